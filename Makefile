@@ -1,0 +1,49 @@
+# tonebridge-dr developer entry points. `make demo` and `make test` do all set-up.
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test unit lint crds controlplane demo bench e2e-kind clean
+
+venv: $(STAMP)
+
+# The venv is built from the system Python so that other OS users (the
+# PostgreSQL server's, for archive_command) can execute the CLI.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+controlplane:
+	bash hack/controlplane/build.sh
+
+crds: venv
+	$(BIN)/python -m tonebridge_dr.api.crdgen --out crds
+
+lint: venv
+	$(BIN)/ruff check operator tests bench hack
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: venv controlplane lint
+	TONEBRIDGE_DR_CONTROLPLANE_DIR="$$(bash hack/controlplane/build.sh 2>/dev/null | tail -n1)" \
+	  $(BIN)/pytest -m 'not kind' $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest -m 'not kind and not sandbox and not postgres' $(PYTEST_ARGS)
+
+demo: venv controlplane
+	TONEBRIDGE_DR_CONTROLPLANE_DIR="$$(bash hack/controlplane/build.sh 2>/dev/null | tail -n1)" \
+	  bash hack/demo.sh
+
+bench: venv
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+e2e-kind: venv
+	$(BIN)/pytest -m kind $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

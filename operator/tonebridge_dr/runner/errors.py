@@ -1,0 +1,100 @@
+"""The one exception root of the runner, and the exit codes it maps to.
+
+Every failure the runner can explain is a `DRError` subclass carrying a stable
+`exit_code` and a `reason` (a CamelCase word the operator copies into a
+condition). Messages are one human sentence and never contain secrets
+(passwords, keys, full DSNs with passwords).
+"""
+
+from __future__ import annotations
+
+
+class DRError(Exception):
+    """Base of every error the runner reports; `str(err)` is the one-line message."""
+
+    exit_code: int = 1
+    reason: str = "Failed"
+
+
+class UsageError(DRError):
+    """Bad command-line input detected before any work started."""
+
+    exit_code = 2
+    reason = "InvalidArguments"
+
+
+class RepositoryConfigError(DRError):
+    """The repository URL is malformed, has an unknown scheme, or its bucket/folder is missing."""
+
+    exit_code = 3
+    reason = "RepositoryUnavailable"
+
+
+class StorageError(DRError):
+    """A storage backend call failed (network, permissions, endpoint down)."""
+
+    exit_code = 4
+    reason = "StorageError"
+
+
+class ObjectNotFound(StorageError):
+    """A key that should exist does not."""
+
+    exit_code = 5
+    reason = "ObjectNotFound"
+
+
+class BackupNotFound(DRError):
+    """No complete backup (with a manifest) matches the requested id."""
+
+    exit_code = 6
+    reason = "BackupNotFound"
+
+
+class IntegrityError(DRError):
+    """A stored object is corrupt, truncated or missing: its checksum or size does not match."""
+
+    exit_code = 7
+    reason = "IntegrityCheckFailed"
+
+
+class EncryptionError(DRError):
+    """Encryption or decryption failed (missing/wrong key, gpg failure)."""
+
+    exit_code = 8
+    reason = "EncryptionError"
+
+
+class SourceError(DRError):
+    """The data source (database, Redis, ...) is unreachable or refused us."""
+
+    exit_code = 9
+    reason = "SourceUnavailable"
+
+
+class AuthenticationError(SourceError):
+    """The data source rejected our credentials."""
+
+    exit_code = 10
+    reason = "AuthenticationFailed"
+
+
+class TargetNotEmpty(DRError):
+    """The restore target already holds data and overwrite/--clean was not asked for."""
+
+    exit_code = 11
+    reason = "TargetNotEmpty"
+
+
+class ToolError(DRError):
+    """An external tool (pg_dump, pg_restore, gpg, ...) failed; the message carries its last stderr line."""
+
+    exit_code = 12
+    reason = "ToolFailed"
+
+
+class ConflictError(DRError):
+    """A write would overwrite different existing content (e.g. a WAL segment pushed twice)."""
+
+    exit_code = 13
+    reason = "Conflict"

@@ -1,0 +1,51 @@
+"""Repository storage backends, chosen by URL scheme."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from pathlib import Path
+
+from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.storage.base import ObjectInfo, Storage
+
+__all__ = ["ObjectInfo", "Storage", "open_storage", "repo_from_env"]
+
+REPO_ENV = "TONEBRIDGE_DR_REPO"
+
+
+def repo_from_env(value: str | None) -> str:
+    """The `--repo` value, else $TONEBRIDGE_DR_REPO; a UsageError when neither is set."""
+    url = value or os.environ.get(REPO_ENV, "")
+    if not url:
+        raise errors.UsageError(f"no repository given: pass --repo URL or set {REPO_ENV}")
+    return url
+
+
+def open_storage(url: str, *, create: bool = True) -> Storage:
+    """Open the repository at `url` (`file:///path` or `s3://bucket/prefix`).
+
+    `create` only matters for file:// (make the folder); an S3 bucket is never created.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise errors.RepositoryConfigError(
+                f"file repository URL must be file:///absolute/path, got {url!r}"
+            )
+        path = urllib.parse.unquote(parsed.path)
+        if not path.startswith("/"):
+            raise errors.RepositoryConfigError(f"file repository path must be absolute: {url!r}")
+        from tonebridge_dr.runner.storage.local import LocalStorage
+
+        return LocalStorage(url, Path(path), create=create)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise errors.RepositoryConfigError(f"S3 repository URL needs a bucket: {url!r}")
+        from tonebridge_dr.runner.storage.s3 import S3Storage
+
+        return S3Storage(url, bucket=parsed.netloc, prefix=parsed.path.strip("/"))
+    raise errors.RepositoryConfigError(
+        f"unknown repository scheme {parsed.scheme or '(none)'!r} in {url!r}: "
+        "use s3://bucket/prefix or file:///path"
+    )

@@ -1,0 +1,76 @@
+"""The small storage interface every repository backend implements.
+
+Backends (`local.LocalStorage`, `s3.S3Storage`) implement five primitives;
+everything above them (checksums, codecs, manifests) is shared. Keys are
+relative, `/`-separated, never start with `/` and never contain `..`.
+
+Contracts:
+- `put_stream` is atomic: a reader never sees a partial object under `key`.
+  On any error (including the iterator raising) nothing is left under `key`
+  and a multipart upload is aborted. Memory is bounded by the part size.
+- `get_stream` yields the object's bytes in chunks; a missing key raises
+  `ObjectNotFound` before the first chunk.
+- `list` yields objects under a prefix in key order; missing prefix -> nothing.
+- `delete` of a missing key is not an error (idempotent).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Iterator
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified: dt.datetime  # timezone-aware UTC
+    storage_class: str | None = None
+
+
+class Storage(abc.ABC):
+    """A flat key -> bytes store rooted at one repository URL."""
+
+    #: Chunk size used when reading objects.
+    read_chunk_size: int = 1024 * 1024
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @abc.abstractmethod
+    def put_stream(
+        self, key: str, chunks: Iterable[bytes], *, storage_class: str | None = None
+    ) -> int:
+        """Store the concatenation of `chunks` under `key`; return the byte count."""
+
+    @abc.abstractmethod
+    def get_stream(self, key: str) -> Iterator[bytes]:
+        """Yield the bytes stored under `key`."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with `prefix`, in key order."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """Return the object's info, or None when it does not exist."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key`; a missing key is fine."""
+
+    # Shared helpers built on the primitives.
+    def put_bytes(self, key: str, data: bytes, *, storage_class: str | None = None) -> int:
+        return self.put_stream(key, [data], storage_class=storage_class)
+
+    def get_bytes(self, key: str) -> bytes:
+        return b"".join(self.get_stream(key))
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def check(self) -> None:
+        """Raise RepositoryConfigError/StorageError when the repository cannot be used."""
+        next(iter(self.list("")), None)

@@ -1,0 +1,8 @@
+"""Shared test fixtures; each real component has its own plugin module."""
+
+pytest_plugins = [
+    "tests.fixtures.sandbox",
+    "tests.fixtures.s3",
+    "tests.fixtures.gpg",
+    "tests.fixtures.postgres",
+]
