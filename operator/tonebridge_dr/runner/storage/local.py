@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -67,7 +68,7 @@ class LocalStorage(base.Storage):
         path = self._path(key)
         try:
             handle = path.open("rb")
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise errors.ObjectNotFound(f"object {key} not found in {self.url}") from None
         return self._read(handle)
 
@@ -95,8 +96,10 @@ class LocalStorage(base.Storage):
     def head(self, key: str) -> base.ObjectInfo | None:
         try:
             st = self._path(key).stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        if not stat.S_ISREG(st.st_mode):
+            return None  # a folder is a key prefix, not an object
         modified = dt.datetime.fromtimestamp(st.st_mtime, tz=dt.UTC)
         return base.ObjectInfo(key=key, size=st.st_size, last_modified=modified)
 

@@ -1,0 +1,1 @@
+"""Streaming codecs: compression registry, OpenPGP encryption, and the pipeline composing them."""

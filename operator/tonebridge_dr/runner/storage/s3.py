@@ -1,0 +1,368 @@
+"""`s3://bucket/prefix` repositories on AWS S3 or any S3-compatible endpoint.
+
+The client is configured only from the standard AWS environment: the endpoint from
+AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, the region from AWS_REGION /
+AWS_DEFAULT_REGION (default us-east-1), credentials from the usual chain (env,
+shared files, IRSA / instance roles). Timeouts are short and retries few, so a dead
+endpoint fails a Job within seconds instead of hanging it.
+
+Server-side encryption comes from TONEBRIDGE_DR_S3_SSE (`AES256` or `aws:kms`) and
+TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID; it applies to every object written.
+
+Every botocore failure becomes a runner error with one sentence: a missing bucket is
+a RepositoryConfigError, a missing key an ObjectNotFound, everything else a
+StorageError naming the operation and the key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import urllib3.exceptions
+
+from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.storage import base
+
+SSE_ENV = "TONEBRIDGE_DR_S3_SSE"
+SSE_KMS_KEY_ENV = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
+SSE_MODES = ("AES256", "aws:kms")
+
+STORAGE_CLASSES = frozenset(
+    {
+        "STANDARD",
+        "REDUCED_REDUNDANCY",
+        "STANDARD_IA",
+        "ONEZONE_IA",
+        "INTELLIGENT_TIERING",
+        "GLACIER",
+        "GLACIER_IR",
+        "DEEP_ARCHIVE",
+        "OUTPOSTS",
+        "SNOW",
+        "EXPRESS_ONEZONE",
+    }
+)
+
+_MISSING_KEY_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_DENIED_CODES = frozenset(
+    {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+)
+# Failures of the connection itself rather than answers from S3.
+_NETWORK_ERRORS = (
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+)
+
+
+def _check_key(key: str) -> None:
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise errors.UsageError(f"invalid object key {key!r}")
+
+
+def _region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+class S3Storage(base.Storage):
+    """Objects live under `prefix/` in `bucket`; keys handed in and out are relative to it.
+
+    Writes are atomic by construction: a PutObject, or a multipart upload that only
+    becomes visible when completed and is aborted on any error.
+    """
+
+    #: Bytes per uploaded part; also the most a put_stream buffers.
+    part_size: int = 8 * 1024 * 1024
+    #: S3's smallest allowed part (every part but the last).
+    MIN_PART_SIZE = 5 * 1024 * 1024
+    #: S3's largest part, and its part count limit.
+    MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
+    MAX_PARTS = 10_000
+    #: Parts per size tier: after this many parts the part size doubles, so a stream of
+    #: unknown length can reach terabytes within MAX_PARTS.
+    PARTS_PER_TIER = 1000
+
+    #: Keys per ListObjectsV2 page (S3's maximum); every page is read.
+    list_page_size: int = 1000
+
+    CONNECT_TIMEOUT = 5.0
+    READ_TIMEOUT = 30.0
+    MAX_ATTEMPTS = 3
+
+    def __init__(self, url: str, bucket: str, prefix: str = "") -> None:
+        super().__init__(url)
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._extra = self._sse_args()
+        config = botocore.config.Config(
+            region_name=_region(),
+            connect_timeout=self.CONNECT_TIMEOUT,
+            read_timeout=self.READ_TIMEOUT,
+            retries={"mode": "standard", "max_attempts": self.MAX_ATTEMPTS},
+        )
+        self.endpoint = _endpoint()
+        session = boto3.session.Session()
+        try:
+            self.client: Any = session.client("s3", endpoint_url=self.endpoint, config=config)
+        except ValueError as exc:  # e.g. a malformed endpoint URL
+            raise errors.RepositoryConfigError(
+                f"invalid S3 endpoint configuration: {exc}"
+            ) from None
+
+    @staticmethod
+    def _sse_args() -> dict[str, str]:
+        mode = os.environ.get(SSE_ENV, "").strip()
+        kms_key = os.environ.get(SSE_KMS_KEY_ENV, "").strip()
+        if not mode:
+            if kms_key:
+                raise errors.RepositoryConfigError(
+                    f"{SSE_KMS_KEY_ENV} is set but {SSE_ENV} is not aws:kms"
+                )
+            return {}
+        if mode not in SSE_MODES:
+            raise errors.RepositoryConfigError(
+                f"{SSE_ENV} must be one of {', '.join(SSE_MODES)}, got {mode!r}"
+            )
+        args = {"ServerSideEncryption": mode}
+        if kms_key:
+            if mode != "aws:kms":
+                raise errors.RepositoryConfigError(
+                    f"{SSE_KMS_KEY_ENV} needs {SSE_ENV}=aws:kms, got {mode!r}"
+                )
+            args["SSEKMSKeyId"] = kms_key
+        return args
+
+    # -- keys and errors ---------------------------------------------------------------
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    def _where(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def _error(self, exc: BaseException, operation: str, key: str | None) -> errors.DRError:
+        """One runner error with one sentence for a botocore/network failure."""
+        what = f"{operation} {key}" if key is not None else operation
+        if isinstance(exc, botocore.exceptions.ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            if code == "NoSuchBucket":
+                return errors.RepositoryConfigError(f"bucket {self.bucket} does not exist")
+            if code in _MISSING_KEY_CODES and key is not None:
+                return errors.ObjectNotFound(f"object {key} not found in {self._where()}")
+            if code in _DENIED_CODES:
+                return errors.StorageError(f"access denied to {what} in {self._where()} ({code})")
+            message = str(error.get("Message", "")).strip() or "no details"
+            return errors.StorageError(
+                f"S3 refused to {what} in {self._where()}: {code or 'error'}: {message}"
+            )
+        if isinstance(exc, _NETWORK_ERRORS):
+            endpoint = self.endpoint or f"of region {_region()}"
+            return errors.StorageError(f"cannot reach S3 endpoint {endpoint}: {what} failed")
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return errors.StorageError(
+                "no S3 credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "a profile, or a workload role"
+            )
+        return errors.StorageError(f"S3 {what} in {self._where()} failed: {exc}")
+
+    def _call(self, operation: str, key: str | None, method: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, operation, key) from None
+        except _NETWORK_ERRORS as exc:
+            raise self._error(exc, operation, key) from None
+
+    # -- primitives ----------------------------------------------------------------------
+
+    def _part_limit(self, part_number: int) -> int:
+        """Size of part `part_number` (1-based): doubles every PARTS_PER_TIER parts."""
+        tier = (part_number - 1) // self.PARTS_PER_TIER
+        size = max(self.part_size, self.MIN_PART_SIZE) << tier
+        return min(size, self.MAX_PART_SIZE)
+
+    def put_stream(
+        self, key: str, chunks: Iterable[bytes], *, storage_class: str | None = None
+    ) -> int:
+        _check_key(key)
+        extra = dict(self._extra)
+        if storage_class is not None:
+            if storage_class not in STORAGE_CLASSES:
+                raise errors.UsageError(
+                    f"unknown S3 storage class {storage_class!r}: use one of "
+                    f"{', '.join(sorted(STORAGE_CLASSES))}"
+                )
+            extra["StorageClass"] = storage_class
+        full = self._full(key)
+        it = iter(chunks)
+        buf = bytearray()
+        size = 0
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        try:
+            for chunk in it:
+                buf += chunk
+                size += len(chunk)
+                # Strictly greater: a stream of exactly one part stays a single PutObject.
+                while len(buf) > (limit := self._part_limit(len(parts) + 1)):
+                    if upload_id is None:
+                        created = self._call(
+                            "start a multipart upload of",
+                            key,
+                            "create_multipart_upload",
+                            Key=full,
+                            **extra,
+                        )
+                        upload_id = str(created["UploadId"])
+                    if len(parts) + 1 > self.MAX_PARTS:
+                        raise errors.StorageError(
+                            f"object {key} is too large for one S3 multipart upload"
+                        )
+                    with memoryview(buf) as view:
+                        body = bytes(view[:limit])
+                    del buf[:limit]
+                    parts.append(self._upload_part(key, full, upload_id, len(parts) + 1, body))
+            if upload_id is None:
+                self._call("upload", key, "put_object", Key=full, Body=bytes(buf), **extra)
+            else:
+                parts.append(self._upload_part(key, full, upload_id, len(parts) + 1, bytes(buf)))
+                buf.clear()
+                self._call(
+                    "complete the upload of",
+                    key,
+                    "complete_multipart_upload",
+                    Key=full,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+                upload_id = None
+        except BaseException:
+            # Whatever failed (S3, the input, Ctrl-C, a closed generator), leave no
+            # half-written upload behind; the original error is what the caller sees.
+            buf.clear()
+            if upload_id is not None:
+                self._abort(full, upload_id)
+            close = getattr(it, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+            raise
+        return size
+
+    def _upload_part(
+        self, key: str, full: str, upload_id: str, number: int, body: bytes
+    ) -> dict[str, Any]:
+        answer = self._call(
+            f"upload part {number} of",
+            key,
+            "upload_part",
+            Key=full,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def _abort(self, full: str, upload_id: str) -> None:
+        # Best effort: when the endpoint is gone this fails too, and the bucket's
+        # lifecycle rule for incomplete uploads is the backstop.
+        with contextlib.suppress(Exception):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+
+    def get_stream(self, key: str) -> Iterator[bytes]:
+        _check_key(key)
+        answer = self._call("download", key, "get_object", Key=self._full(key))
+        return self._read(key, answer["Body"])
+
+    def _read(self, key: str, body: Any) -> Iterator[bytes]:
+        try:
+            yield from body.iter_chunks(self.read_chunk_size)
+        except (botocore.exceptions.BotoCoreError, *_NETWORK_ERRORS) as exc:
+            raise self._error(exc, "download", key) from None
+        finally:
+            with contextlib.suppress(Exception):
+                body.close()
+
+    def list(self, prefix: str = "") -> Iterator[base.ObjectInfo]:
+        full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        return self._list(prefix, full_prefix)
+
+    def _list(self, prefix: str, full_prefix: str) -> Iterator[base.ObjectInfo]:
+        infos: list[base.ObjectInfo] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=full_prefix,
+                PaginationConfig={"PageSize": self.list_page_size},
+            ):
+                for item in page.get("Contents", ()):
+                    infos.append(
+                        base.ObjectInfo(
+                            key=self._relative(item["Key"]),
+                            size=int(item["Size"]),
+                            last_modified=_utc(item["LastModified"]),
+                            storage_class=item.get("StorageClass") or "STANDARD",
+                        )
+                    )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, "list", prefix or "/") from None
+        except _NETWORK_ERRORS as exc:
+            raise self._error(exc, "list", prefix or "/") from None
+        # S3 lists in UTF-8 byte order, which is code point order, but not every
+        # S3-compatible store promises it: sort to keep the contract everywhere.
+        infos.sort(key=lambda info: info.key)
+        yield from infos
+
+    def head(self, key: str) -> base.ObjectInfo | None:
+        _check_key(key)
+        try:
+            answer = self._call("inspect", key, "head_object", Key=self._full(key))
+        except errors.ObjectNotFound:
+            return None
+        return base.ObjectInfo(
+            key=key,
+            size=int(answer["ContentLength"]),
+            last_modified=_utc(answer["LastModified"]),
+            storage_class=answer.get("StorageClass") or "STANDARD",
+        )
+
+    def delete(self, key: str) -> None:
+        _check_key(key)
+        self._call("delete", key, "delete_object", Key=self._full(key))
+
+    def check(self) -> None:
+        """The bucket exists and its prefix can be listed; else a one-sentence error."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise errors.RepositoryConfigError(f"bucket {self.bucket} does not exist") from None
+            raise self._error(exc, "open the bucket", None) from None
+        except (botocore.exceptions.BotoCoreError, *_NETWORK_ERRORS) as exc:
+            raise self._error(exc, "open the bucket", None) from None
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        self._call("list", prefix or "/", "list_objects_v2", Prefix=prefix, MaxKeys=1)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
