@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane used by tests and `make demo`:
-# etcd, kube-apiserver, kube-controller-manager and kubectl, from the Go module proxy only.
+# etcd, kube-apiserver, kube-controller-manager, kubectl and helm (for chart tests),
+# from the Go module proxy only.
 #
 # Output: $TONEBRIDGE_DR_CONTROLPLANE_DIR (default ~/.cache/tonebridge-dr/controlplane/<k8s>-<etcd>)
-# holding etcd, kube-apiserver, kube-controller-manager, kubectl. Nothing is rebuilt when all
+# holding etcd, kube-apiserver, kube-controller-manager, kubectl, helm. Nothing is rebuilt when all
 # three exist. When KUBEBUILDER_ASSETS points at a folder with these binaries it is
 # used as is (the envtest convention) and nothing is built.
 #
@@ -13,7 +14,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 k8s_version=$(awk '/^require k8s.io\/kubernetes /{print $3}' "$here/kubernetes/go.mod")
 etcd_version=$(awk '/^require go.etcd.io\/etcd\/server\/v3 /{print $3}' "$here/etcd/go.mod")
-binaries=(etcd kube-apiserver kube-controller-manager kubectl)
+binaries=(etcd kube-apiserver kube-controller-manager kubectl helm)
+helm_version=v3.19.0
 
 have_all() {
   local dir=$1 b
@@ -65,5 +67,13 @@ for cmd in kube-apiserver kube-controller-manager kubectl; do
     mv "$out/$cmd.tmp" "$out/$cmd"
   fi
 done
+if [ ! -x "$out/helm" ]; then
+  echo "building helm ${helm_version} ..." >&2
+  # helm's module has no replace directives, so `go install` works as is.
+  tmpbin=$(mktemp -d)
+  GOBIN="$tmpbin" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@${helm_version}"
+  mv "$tmpbin/helm" "$out/helm"
+  rmdir "$tmpbin"
+fi
 echo "control plane built in $out in $(( $(date +%s) - start ))s" >&2
 echo "$out"

@@ -1,0 +1,104 @@
+"""Standard status conditions (the shape of `metav1.Condition`) and their stable vocabulary.
+
+Condition types and reasons are part of the API: monitoring, GitOps health
+checks and `kubectl wait --for=condition=...` depend on them, so values are
+never renamed once shipped. Add new members instead.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from tonebridge_dr.api import formats
+from tonebridge_dr.api.base import StatusModel, Time
+
+__all__ = ["Condition", "ConditionList", "ConditionStatus", "ConditionType", "Reason"]
+
+
+class ConditionStatus(StrEnum):
+    """Whether a condition holds: True, False or Unknown."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class ConditionType(StrEnum):
+    """Condition types used by the four kinds."""
+
+    READY = "Ready"
+    """The object is valid and everything it needs exists (all kinds)."""
+    SUCCEEDED = "Succeeded"
+    """RestoreRequest finished and verified the restore."""
+    RPO_MET = "RPOMet"
+    """BackupPolicy: the newest recovery point is younger than `objectives.rpo`."""
+    RTO_MET = "RTOMet"
+    """RestoreTest / FailoverPlan: the measured recovery time is within the objective."""
+    BACKUP_STALE = "BackupStale"
+    """BackupPolicy: the newest backup in the repository is older than allowed."""
+    HEALTHY = "Healthy"
+    """FailoverPlan: the health-checked primary answers."""
+    PASSED = "Passed"
+    """RestoreTest: the last run restored and every check passed."""
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons (CamelCase) used in conditions and Events."""
+
+    RECONCILED = "Reconciled"
+    INVALID_SPEC = "InvalidSpec"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    POLICY_NOT_FOUND = "PolicyNotFound"
+    REPOSITORY_UNREACHABLE = "RepositoryUnreachable"
+    SUSPENDED = "Suspended"
+    NO_OBJECTIVE = "NoObjective"
+    OBJECTIVE_MET = "ObjectiveMet"
+    OBJECTIVE_MISSED = "ObjectiveMissed"
+    NO_BACKUPS = "NoBackups"
+    BACKUP_FRESH = "BackupFresh"
+    BACKUP_TOO_OLD = "BackupTooOld"
+    BACKUP_SUCCEEDED = "BackupSucceeded"
+    BACKUP_FAILED = "BackupFailed"
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    JOB_FAILED = "JobFailed"
+    BACKUP_NOT_FOUND = "BackupNotFound"
+    VERIFICATION_FAILED = "VerificationFailed"
+    CHECKS_PASSED = "ChecksPassed"
+    CHECKS_FAILED = "ChecksFailed"
+    HEALTH_CHECK_PASSING = "HealthCheckPassing"
+    HEALTH_CHECK_FAILING = "HealthCheckFailing"
+    FAILOVER_STARTED = "FailoverStarted"
+    STAGE_RTO_MISSED = "StageRTOMissed"
+    DRILL = "Drill"
+
+
+class Condition(StatusModel):
+    """One observation about the object, in the standard Kubernetes shape."""
+
+    type: Annotated[str, Field(max_length=316)]
+    """Condition type in CamelCase, e.g. Ready, RPOMet, BackupStale."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: Annotated[str, Field(max_length=1024, pattern=formats.REASON_RE)]
+    """Machine-readable CamelCase reason for the last transition."""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    """Human-readable details."""
+    last_transition_time: Time
+    """When `status` last changed."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The `metadata.generation` this condition was computed from."""
+
+
+ConditionList = Annotated[
+    list[Condition],
+    Field(
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+    ),
+]
+"""`status.conditions`: at most one condition per type."""

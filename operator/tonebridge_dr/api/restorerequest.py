@@ -1,0 +1,385 @@
+"""RestoreRequest: one restore, run once (its spec is immutable)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, StrictBool, StrictInt
+
+from tonebridge_dr.api import formats
+from tonebridge_dr.api.base import (
+    FreeForm,
+    Lsn,
+    Matches,
+    ObjectName,
+    Quantity,
+    Rfc3339,
+    Rule,
+    SpecModel,
+    StatusModel,
+    Time,
+)
+from tonebridge_dr.api.common import (
+    BackupMethod,
+    DatabaseName,
+    LocalObjectRef,
+    Repository,
+    ResourceRequirements,
+    SecretKeyRef,
+    TableName,
+)
+from tonebridge_dr.api.conditions import ConditionList
+
+__all__ = [
+    "IMMUTABLE_SPEC_RULE",
+    "AccessMode",
+    "BackupId",
+    "ClaimTemplate",
+    "DatabaseTarget",
+    "Instance",
+    "KubernetesRestoreTarget",
+    "RedisRestoreTarget",
+    "Repair",
+    "RestorePhase",
+    "RestoreRequestSpec",
+    "RestoreRequestStatus",
+    "RestoreSource",
+    "RestoreTarget",
+    "RestoredSummary",
+    "VolumeTarget",
+]
+
+BackupId = Annotated[
+    str,
+    Field(max_length=253),
+    Matches(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$", "must be a backup id as listed by `backups list`"),
+]
+"""A backup id as shown by `tonebridge-dr backups list` and in BackupPolicy status."""
+
+ColumnName = Annotated[
+    str, Field(max_length=63), Matches(formats.SQL_NAME_RE, formats.SQL_NAME_MESSAGE)
+]
+
+
+class RestoreSource(SpecModel):
+    """Where the backups come from: a BackupPolicy in this namespace, or a repository given
+    directly (the disaster case: a new cluster that only has the bucket)."""
+
+    policy_ref: LocalObjectRef | None = None
+    """The BackupPolicy whose repository, credentials and keys to use."""
+    repository: Repository | None = None
+    """A repository given directly; its credentialsSecretRef needs read access only."""
+    policy_name: ObjectName | None = None
+    """With repository: the name of the BackupPolicy that wrote the backups (its folder)."""
+    private_key_secret_ref: SecretKeyRef | None = None
+    """OpenPGP private key for encrypted backups (default: the policy's
+    encryption.privateKeySecretRef)."""
+
+    cel_rules = (
+        Rule(
+            "has(self.policyRef) != has(self.repository)",
+            "source needs exactly one of policyRef or repository",
+            lambda s: (s.policy_ref is None) != (s.repository is None),
+        ),
+        Rule(
+            "!has(self.repository) || has(self.policyName)",
+            "source.repository needs policyName: the BackupPolicy whose backups to read",
+            lambda s: s.repository is None or s.policy_name is not None,
+        ),
+        Rule(
+            "!has(self.policyName) || has(self.repository)",
+            "policyName is only used with repository (policyRef already names the policy)",
+            lambda s: s.policy_name is None or s.repository is not None,
+        ),
+    )
+
+    def describe(self) -> str:
+        """One-line summary for the SOURCE column."""
+        if self.policy_ref is not None:
+            return self.policy_ref.name
+        assert self.repository is not None
+        return f"{self.repository.url} ({self.policy_name})"
+
+
+class DatabaseTarget(SpecModel):
+    """A running PostgreSQL server that receives a logical restore."""
+
+    dsn_secret_ref: SecretKeyRef
+    """Secret key holding the connection string of the restore role (spec 8.2)."""
+    database: DatabaseName | None = None
+    """Database to restore into (default: the one in the connection string)."""
+
+
+class AccessMode(StrEnum):
+    """PersistentVolumeClaim access modes."""
+
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
+    READ_WRITE_MANY = "ReadWriteMany"
+
+
+class ClaimTemplate(SpecModel):
+    """A PersistentVolumeClaim created for the restore."""
+
+    size: Quantity
+    """Requested storage, e.g. 100Gi."""
+    storage_class_name: ObjectName | None = None
+    """StorageClass of the claim (default: the cluster default)."""
+    access_modes: Annotated[list[AccessMode], Field(min_length=1, max_length=3)] | None = None
+    """Access modes (default: ReadWriteOnce)."""
+
+
+class VolumeTarget(SpecModel):
+    """A volume that receives a physical restore as a PostgreSQL data directory."""
+
+    claim_name: ObjectName | None = None
+    """An existing PersistentVolumeClaim."""
+    claim_template: ClaimTemplate | None = None
+    """A new PersistentVolumeClaim (named after the RestoreRequest)."""
+
+    cel_rules = (
+        Rule(
+            "has(self.claimName) != has(self.claimTemplate)",
+            "volume needs exactly one of claimName or claimTemplate",
+            lambda v: (v.claim_name is None) != (v.claim_template is None),
+        ),
+    )
+
+
+class Instance(SpecModel):
+    """Run PostgreSQL on the restored volume (a Deployment and a Service named after the
+    RestoreRequest), e.g. to inspect data or to repoint applications."""
+
+    image: (
+        Annotated[str, Field(max_length=512), Matches(formats.IMAGE_RE, formats.IMAGE_MESSAGE)]
+        | None
+    ) = None
+    """PostgreSQL image (default: postgres:<major version recorded in the backup>)."""
+    port: Annotated[StrictInt, Field(ge=1, le=65535)] = 5432
+    """Port of the Service."""
+    resources: ResourceRequirements | None = None
+    """Resources of the PostgreSQL container."""
+
+
+class RedisRestoreTarget(SpecModel):
+    """A Redis server that receives a snapshot."""
+
+    url_secret_ref: SecretKeyRef
+    """Secret key holding redis://[:password@]host:port."""
+
+
+class KubernetesRestoreTarget(SpecModel):
+    """Re-apply an exported Kubernetes configuration."""
+
+    namespace: (
+        Annotated[
+            str, Field(max_length=63), Matches(formats.DNS_LABEL_RE, formats.DNS_LABEL_MESSAGE)
+        ]
+        | None
+    ) = None
+    """Restore every object into this namespace (default: each object's own namespace)."""
+
+
+class RestoreTarget(SpecModel):
+    """Where the data goes: exactly one of database, volume, redis, kubernetes."""
+
+    database: DatabaseTarget | None = None
+    """A running PostgreSQL server (logical restores, tables, repair)."""
+    volume: VolumeTarget | None = None
+    """A PostgreSQL data directory on a volume (physical restores, PITR)."""
+    instance: Instance | None = None
+    """With volume: also run PostgreSQL on it once restored."""
+    redis: RedisRestoreTarget | None = None
+    """A Redis server."""
+    kubernetes: KubernetesRestoreTarget | None = None
+    """The Kubernetes API of this cluster."""
+
+    cel_rules = (
+        Rule(
+            "(has(self.database) ? 1 : 0) + (has(self.volume) ? 1 : 0)"
+            " + (has(self.redis) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) == 1",
+            "exactly one restore target must be set: database, volume, redis or kubernetes",
+            lambda t: (
+                sum(x is not None for x in (t.database, t.volume, t.redis, t.kubernetes)) == 1
+            ),
+        ),
+        Rule(
+            "!has(self.instance) || has(self.volume)",
+            "instance runs PostgreSQL on the restored volume: it needs volume",
+            lambda t: t.instance is None or t.volume is not None,
+        ),
+    )
+
+
+class Repair(SpecModel):
+    """Re-insert rows of a time range that are missing from a live table (spec 9.2): rows of
+    the backup whose primary key is absent from the table are inserted; nothing is updated."""
+
+    table: TableName
+    """Table to repair."""
+    column: ColumnName
+    """Timestamp column that defines the range, e.g. created_at."""
+    from_: Rfc3339
+    """Start of the range (inclusive)."""
+    to: Rfc3339
+    """End of the range (inclusive)."""
+
+    cel_rules = (
+        Rule(
+            f"!self.from.matches(r'{formats.RFC3339_RE}')"
+            f" || !self.to.matches(r'{formats.RFC3339_RE}')"
+            " || timestamp(self.from) < timestamp(self.to)",
+            "repair.from must be before repair.to",
+            lambda r: r.from_ < r.to,
+        ),
+    )
+
+
+class RestoreRequestSpec(SpecModel):
+    """One restore. Choose exactly one of backupId, latest, targetTime, targetLSN."""
+
+    source: RestoreSource
+    """Where the backups come from."""
+    backup_id: BackupId | None = None
+    """Restore this backup."""
+    latest: StrictBool | None = None
+    """Restore the newest complete backup (of `method`, when set)."""
+    target_time: Rfc3339 | None = None
+    """Point-in-time recovery: newest base backup before this time, plus WAL up to it."""
+    target_lsn: Lsn | None = None
+    """Point-in-time recovery up to this WAL position."""
+    method: BackupMethod | None = None
+    """Kind of backup to restore: logical (database), physical (volume), snapshot (redis),
+    export (kubernetes); default: implied by the target."""
+    target: RestoreTarget
+    """Where the data goes."""
+    tables: Annotated[list[TableName], Field(min_length=1, max_length=32)] | None = None
+    """Restore only these tables (logical restores)."""
+    repair: Repair | None = None
+    """Re-insert missing rows of a time range instead of replacing the table."""
+    overwrite: StrictBool = False
+    """Allow replacing existing data (a non-empty database, tables or volume)."""
+    resources: ResourceRequirements | None = None
+    """Resources of the restore Job."""
+
+    cel_rules = (
+        Rule(
+            "(has(self.backupId) ? 1 : 0) + ((has(self.latest) && self.latest) ? 1 : 0)"
+            " + (has(self.targetTime) ? 1 : 0) + (has(self.targetLSN) ? 1 : 0) == 1",
+            "choose exactly one of backupId, latest: true, targetTime or targetLSN",
+            lambda r: (
+                sum(
+                    (
+                        r.backup_id is not None,
+                        r.latest is True,
+                        r.target_time is not None,
+                        r.target_lsn is not None,
+                    )
+                )
+                == 1
+            ),
+        ),
+        Rule(
+            "!has(self.method)"
+            " || (self.method == 'logical' && has(self.target.database))"
+            " || (self.method == 'physical' && has(self.target.volume))"
+            " || (self.method == 'snapshot' && has(self.target.redis))"
+            " || (self.method == 'export' && has(self.target.kubernetes))",
+            "method must suit the target: logical for database, physical for volume, "
+            "snapshot for redis, export for kubernetes",
+            lambda r: r.method is None or r.method == _method_for(r.target),
+        ),
+        Rule(
+            "!(has(self.targetTime) || has(self.targetLSN)) || has(self.target.volume)",
+            "targetTime and targetLSN replay WAL onto a physical base backup: "
+            "they need target.volume",
+            lambda r: (
+                (r.target_time is None and r.target_lsn is None) or r.target.volume is not None
+            ),
+        ),
+        Rule(
+            "!(has(self.tables) || has(self.repair)) || has(self.target.database)",
+            "tables and repair restore from a logical backup: they need target.database",
+            lambda r: (r.tables is None and r.repair is None) or r.target.database is not None,
+        ),
+    )
+
+    @property
+    def effective_method(self) -> BackupMethod:
+        """The method to restore with: `method`, or the one the target implies."""
+        return self.method or _method_for(self.target)
+
+
+def _method_for(target: RestoreTarget) -> BackupMethod:
+    if target.database is not None:
+        return BackupMethod.LOGICAL
+    if target.volume is not None:
+        return BackupMethod.PHYSICAL
+    if target.redis is not None:
+        return BackupMethod.SNAPSHOT
+    return BackupMethod.EXPORT
+
+
+IMMUTABLE_SPEC_RULE = {
+    "rule": "self == oldSelf",
+    "message": "spec is immutable: a RestoreRequest runs once; create a new RestoreRequest "
+    "to restore again",
+}
+"""Transition rule crdgen puts on RestoreRequest.spec (not on the model: the spec is also
+embedded in FailoverPlan steps, where it may change)."""
+
+
+class RestorePhase(StrEnum):
+    """Lifecycle of a RestoreRequest."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class RestoredSummary(StatusModel):
+    """What a finished restore recovered."""
+
+    backup_id: str | None = None
+    """Backup that was restored (the base backup for PITR)."""
+    method: BackupMethod | None = None
+    """Method of that backup."""
+    recovered_to_time: Time | None = None
+    """Time of the last transaction recovered."""
+    recovered_to_lsn: str | None = None
+    """WAL position recovery stopped at."""
+    tables: list[str] | None = None
+    """Tables restored."""
+    repaired_rows: Annotated[int, Field(ge=0)] | None = None
+    """Rows re-inserted by repair."""
+
+
+class RestoreRequestStatus(StatusModel):
+    """Observed state of a RestoreRequest."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The metadata.generation last reconciled."""
+    conditions: ConditionList | None = None
+    """Ready, Succeeded."""
+    phase: RestorePhase | None = None
+    """Pending, Running, Succeeded or Failed."""
+    source: str | None = None
+    """Summary of the source for `kubectl get`."""
+    job_name: str | None = None
+    """The restore Job."""
+    started_at: Time | None = None
+    """When the restore Job started."""
+    completed_at: Time | None = None
+    """When it finished."""
+    duration_seconds: Annotated[float, Field(ge=0)] | None = None
+    """Wall-clock duration of the restore."""
+    duration: str | None = None
+    """The same, as text for `kubectl get` (e.g. 12m30s)."""
+    restored: RestoredSummary | None = None
+    """What was recovered."""
+    message: str | None = None
+    """Last error or progress note."""
+    kopf: FreeForm | None = None
+    """Reserved for the kopf framework's own bookkeeping."""
