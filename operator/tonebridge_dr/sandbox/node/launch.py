@@ -1,0 +1,143 @@
+"""Start one container: a local process in its own private mount namespace.
+
+    unshare --mount --propagation private -- /bin/sh -c '<bind mounts>; exec "$@"' sh ARGV...
+
+Inside the namespace every `Mount` is bind-mounted over its target, so the
+container sees e.g. its own termination-message file at /dev/termination-log
+and its volumes at their mountPaths, while the host and other containers see
+nothing. A bind mount needs an existing target: missing targets are created
+once on the host as empty placeholders (an empty file for file sources, an
+empty folder for folder sources), e.g. /dev/termination-log and
+/var/run/secrets/kubernetes.io/serviceaccount. They stay empty on the host.
+
+With `securityContext.runAsUser` / `runAsGroup` the mounts are made as root and
+the command is then exec'd through `setpriv` with that uid / gid.
+
+`unshare` without `--fork` execs in place, so the pid we get is the container's
+main process and the parent-death signal set before exec survives.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tonebridge_dr.sandbox import procs
+from tonebridge_dr.sandbox.node.volumes import Mount
+
+UNSHARE = "unshare"
+
+
+class StartError(Exception):
+    """The container's process could not be started (the runtime's StartError)."""
+
+
+@dataclass(frozen=True)
+class ContainerLaunch:
+    """Everything needed to start one container process."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: Path
+    log_path: Path
+    mounts: Sequence[Mount] = field(default_factory=list)
+    user: int | None = None
+    group: int | None = None
+
+
+def ensure_mount_point(mount: Mount) -> None:
+    """Create the bind-mount target on the host if missing (see module docstring)."""
+    target = Path(mount.target)
+    if target.exists() or target.is_symlink():
+        if mount.source.is_dir() != target.is_dir():
+            kind = "folder" if mount.source.is_dir() else "file"
+            raise StartError(f"cannot mount a {kind} at {target}: the host has another type there")
+        return
+    if mount.source.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch(exist_ok=True)
+
+
+def resolve_command(command: str, env: Mapping[str, str]) -> str:
+    """Resolve the first argv element on the container's PATH, as a runtime does."""
+    if "/" in command:
+        if not os.access(command, os.X_OK):
+            raise StartError(f'exec: "{command}": no such file or directory or not executable')
+        return command
+    found = shutil.which(command, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise StartError(f'exec: "{command}": executable file not found in $PATH')
+    return found
+
+
+def namespace_argv(
+    mounts: Sequence[Mount],
+    argv: Sequence[str],
+    user: int | None = None,
+    group: int | None = None,
+) -> list[str]:
+    """The argv that sets up the mount namespace and then execs `argv` (as `user`)."""
+    lines = ["set -e"]
+    mount_binary = shutil.which("mount") or "/usr/bin/mount"
+    for mount in mounts:
+        source, target = shlex.quote(str(mount.source)), shlex.quote(mount.target)
+        lines.append(f"{mount_binary} --bind {source} {target}")
+        if mount.read_only:
+            lines.append(f"{mount_binary} -o remount,bind,ro {target}")
+    if user is None and group is None:
+        lines.append('exec "$@"')
+    else:
+        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        ids = []
+        if user is not None:
+            ids.append(f"--reuid={int(user)}")
+        ids.append(f"--regid={int(group if group is not None else 0)}")
+        lines.append(f'exec {setpriv} {" ".join(ids)} --clear-groups -- "$@"')
+    unshare = shutil.which(UNSHARE) or f"/usr/bin/{UNSHARE}"
+    script = "\n".join(lines)
+    return [
+        unshare,
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+        "sh",
+        *argv,
+    ]
+
+
+def start(launch: ContainerLaunch) -> subprocess.Popen[bytes]:
+    """Start the container process (own session, parent-death signal), output
+    appended to `launch.log_path`. Raises StartError if it cannot start.
+
+    Call from the thread that will wait for the process: the parent-death signal
+    is tied to it.
+    """
+    if not launch.argv:
+        raise StartError("container has no command")
+    argv = [resolve_command(launch.argv[0], launch.env), *launch.argv[1:]]
+    for mount in launch.mounts:
+        ensure_mount_point(mount)
+    if not launch.cwd.is_dir():
+        raise StartError(f"workingDir {launch.cwd} does not exist on the sandbox host")
+    with launch.log_path.open("ab") as log_file:
+        try:
+            return procs.spawn(
+                namespace_argv(launch.mounts, argv, launch.user, launch.group),
+                env=launch.env,
+                cwd=launch.cwd,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        except OSError as error:
+            raise StartError(f"cannot start {argv[0]}: {error}") from error
