@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.gpg",
     "tests.fixtures.postgres",
+    "tests.fixtures.redis",
 ]
