@@ -1,0 +1,549 @@
+"""Pure builders of everything a BackupPolicy owns: backup CronJobs, run-now Jobs and the
+WAL streamer Deployment.
+
+Each function maps a validated policy (plus operator settings) to plain Kubernetes
+manifests (dicts); nothing here talks to the API server, so the same input always gives
+the same output and the controller can apply the result as often as it likes.
+
+Security contract (tested):
+* credentials reach pods only as `secretKeyRef` env vars or mounted `secret` volumes,
+  never as literal values;
+* backup pods get the encryption PUBLIC key only; the private key is never referenced;
+* pods run as non-root with a read-only root filesystem (an emptyDir at /tmp), no
+  privilege escalation, no capabilities, the RuntimeDefault seccomp profile, no
+  service-account token, under the dedicated backup ServiceAccount.
+
+WAL archiving: `walArchive.mode: stream` gets a one-replica Deployment running
+`tonebridge-dr wal-stream` (pg_receivewal over a replication slot). `mode:
+archive_command` needs no object here: the database pod itself runs
+`tonebridge-dr wal-push %p` as its PostgreSQL `archive_command`, configured by whoever
+runs the database.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tonebridge_dr.api.backuppolicy import Schedule, TargetKind, WalArchiveMode
+from tonebridge_dr.api.common import BackupMethod, Repository, SecretKeyRef
+from tonebridge_dr.api.kinds import API_VERSION, BACKUP_POLICY, BackupPolicy
+from tonebridge_dr.builders import names
+from tonebridge_dr.builders.settings import RunnerSettings
+
+__all__ = [
+    "CONTAINER_BACKUP",
+    "CONTAINER_WAL_STREAM",
+    "ENCRYPTION_MOUNT_PATH",
+    "ENV_DSN",
+    "ENV_REDIS_URL",
+    "ENV_REPO",
+    "ENV_S3_SSE",
+    "ENV_S3_SSE_KMS_KEY_ID",
+    "SUPPORTED_TARGETS",
+    "TERMINATION_MESSAGE_PATH",
+    "TMP_MOUNT_PATH",
+    "UnsupportedTarget",
+    "build_backup_cronjob",
+    "build_backup_cronjobs",
+    "build_run_now_job",
+    "build_run_now_jobs",
+    "build_wal_stream_deployment",
+    "desired_objects",
+    "encrypt_to_path",
+    "owner_reference",
+    "pod_env",
+    "runner_args",
+    "wal_slot",
+    "wal_stream_args",
+]
+
+Manifest = dict[str, Any]
+
+# Environment contract with the runner (runner/storage, engines/*/connection, storage/s3).
+# Spelled again here because builders must not import the runner; a test checks they match.
+ENV_REPO = "TONEBRIDGE_DR_REPO"
+ENV_DSN = "TONEBRIDGE_DR_DSN"
+ENV_REDIS_URL = "TONEBRIDGE_DR_REDIS_URL"
+ENV_S3_SSE = "TONEBRIDGE_DR_S3_SSE"
+ENV_S3_SSE_KMS_KEY_ID = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
+_AWS_CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
+    ("AWS_ACCESS_KEY_ID", False),
+    ("AWS_SECRET_ACCESS_KEY", False),
+    ("AWS_SESSION_TOKEN", True),  # optional: only temporary credentials have one
+)
+
+CONTAINER_BACKUP = "backup"
+CONTAINER_WAL_STREAM = "wal-stream"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TMP_MOUNT_PATH = "/tmp"
+ENCRYPTION_MOUNT_PATH = "/etc/tonebridge-dr/encryption"
+_TMP_VOLUME = "tmp"
+_ENCRYPTION_VOLUME = "encryption-public-key"
+
+SUPPORTED_TARGETS: frozenset[TargetKind] = frozenset({TargetKind.POSTGRES, TargetKind.REDIS})
+"""Targets that have a runner; kubernetes and bucket targets come later."""
+
+
+class UnsupportedTarget(ValueError):
+    """The policy's target kind has no runner yet (kubernetes, bucket).
+
+    The controller reports it as Ready=False, reason TargetNotSupported; retrying does not
+    help until the operator is upgraded.
+    """
+
+    reason = "TargetNotSupported"
+
+    def __init__(self, kind: TargetKind) -> None:
+        self.kind = kind
+        supported = ", ".join(sorted(k.value for k in SUPPORTED_TARGETS))
+        super().__init__(
+            f"{kind.value} targets are not supported by this version of tonebridge-dr yet "
+            f"(supported: {supported})"
+        )
+
+
+def _require_supported(policy: BackupPolicy) -> TargetKind:
+    kind = policy.spec.target.kind
+    if kind not in SUPPORTED_TARGETS:
+        raise UnsupportedTarget(kind)
+    return kind
+
+
+# --- metadata ------------------------------------------------------------------------------------
+
+
+def _policy_name(policy: BackupPolicy) -> str:
+    name = policy.metadata.name
+    if not name:
+        raise ValueError("the BackupPolicy has no metadata.name")
+    return name
+
+
+def owner_reference(policy: BackupPolicy) -> Manifest:
+    """The controller owner reference to `policy` (garbage collection deletes what it owns)."""
+    if not policy.metadata.uid:
+        raise ValueError(
+            f"BackupPolicy {policy.metadata.name!r} has no metadata.uid; "
+            "owner references need the object as stored by the API server"
+        )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": BACKUP_POLICY.kind,
+        "name": _policy_name(policy),
+        "uid": policy.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(policy: BackupPolicy, name: str, labels: Mapping[str, str]) -> Manifest:
+    meta: Manifest = {"name": name}
+    if policy.metadata.namespace:
+        meta["namespace"] = policy.metadata.namespace
+    meta["labels"] = dict(labels)
+    meta["ownerReferences"] = [owner_reference(policy)]
+    return meta
+
+
+# --- container parts ----------------------------------------------------------------------------
+
+
+def _secret_env(name: str, ref: SecretKeyRef | tuple[str, str], *, optional: bool = False) -> (
+    Manifest
+):
+    secret, key = (ref.name, ref.key) if isinstance(ref, SecretKeyRef) else ref
+    selector: Manifest = {"name": secret, "key": key}
+    if optional:
+        selector["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": selector}}
+
+
+def _value_env(name: str, value: str) -> Manifest:
+    return {"name": name, "value": value}
+
+
+def _repository_env(repository: Repository) -> list[Manifest]:
+    env = [_value_env(ENV_REPO, repository.url)]
+    if repository.credentials_secret_ref is not None:
+        secret = repository.credentials_secret_ref.name
+        env.extend(
+            _secret_env(key, (secret, key), optional=optional)
+            for key, optional in _AWS_CREDENTIAL_KEYS
+        )
+    if repository.region is not None:
+        env.append(_value_env("AWS_REGION", repository.region))
+    if repository.endpoint is not None:
+        env.append(_value_env("AWS_ENDPOINT_URL_S3", repository.endpoint))
+    if repository.sse is not None:
+        env.append(_value_env(ENV_S3_SSE, repository.sse.value))
+    if repository.kms_key_id is not None:
+        env.append(_value_env(ENV_S3_SSE_KMS_KEY_ID, repository.kms_key_id))
+    return env
+
+
+def pod_env(policy: BackupPolicy) -> list[Manifest]:
+    """Environment of backup and WAL streamer containers: the repository (URL, write
+    credentials by secretKeyRef, region, endpoint, SSE) and the target's connection
+    secret (TONEBRIDGE_DR_DSN or TONEBRIDGE_DR_REDIS_URL, by secretKeyRef)."""
+    target = policy.spec.target
+    env: list[Manifest] = []
+    if target.postgres is not None:
+        env.append(_secret_env(ENV_DSN, target.postgres.dsn_secret_ref))
+    elif target.redis is not None:
+        env.append(_secret_env(ENV_REDIS_URL, target.redis.url_secret_ref))
+    else:
+        raise UnsupportedTarget(target.kind)
+    env.extend(_repository_env(policy.spec.repository))
+    # Tools that want a writable home (gpg, libpq's ~/.pgpass lookup) get the emptyDir.
+    env.append(_value_env("HOME", TMP_MOUNT_PATH))
+    return env
+
+
+def encrypt_to_path(policy: BackupPolicy) -> str | None:
+    """Where the encryption public key is mounted in backup pods (None: no encryption)."""
+    encryption = policy.spec.encryption
+    if encryption is None:
+        return None
+    return f"{ENCRYPTION_MOUNT_PATH}/{encryption.public_key_secret_ref.key}"
+
+
+def _codec_args(policy: BackupPolicy) -> list[str]:
+    spec = policy.spec
+    args = ["--compression", spec.compression.algorithm.value]
+    if spec.compression.level is not None:
+        args += ["--level", str(spec.compression.level)]
+    key_path = encrypt_to_path(policy)
+    if key_path is not None:
+        args += ["--encrypt-to", key_path]
+    if spec.repository.storage_class is not None:
+        args += ["--storage-class", spec.repository.storage_class.value]
+    return args
+
+
+def runner_args(policy: BackupPolicy, schedule: Schedule) -> list[str]:
+    """Arguments after the runner's command for one scheduled backup, e.g.
+    `backup postgres --method logical --table t --compression zstd --level 6 --json`.
+
+    Connection strings and the repository come from the environment (`pod_env`), never
+    from arguments (arguments are visible to anyone who can read the pod).
+    """
+    kind = _require_supported(policy)
+    args = ["backup", kind.value]
+    if kind is TargetKind.POSTGRES:
+        method = policy.spec.method_of(schedule)
+        args += ["--method", method.value]
+        if method is BackupMethod.LOGICAL:
+            for table in schedule.tables or ():
+                args += ["--table", table]
+    args += _codec_args(policy)
+    args.append("--json")
+    return args
+
+
+def _resources(policy: BackupPolicy, settings: RunnerSettings) -> Manifest:
+    if policy.spec.resources is not None:
+        dumped: Manifest = policy.spec.resources.model_dump(mode="json", exclude_none=True)
+        if dumped:
+            return dumped
+    return copy.deepcopy(settings.default_resources)
+
+
+def _container_security_context() -> Manifest:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _pod_security_context(settings: RunnerSettings) -> Manifest:
+    context: Manifest = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if settings.run_as_user is not None:
+        context["runAsUser"] = settings.run_as_user
+        context["runAsGroup"] = settings.run_as_user
+        context["fsGroup"] = settings.run_as_user
+    return context
+
+
+def _volumes(policy: BackupPolicy) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, volumeMounts): /tmp always, the public key when encrypting."""
+    volumes: list[Manifest] = [{"name": _TMP_VOLUME, "emptyDir": {}}]
+    mounts: list[Manifest] = [{"name": _TMP_VOLUME, "mountPath": TMP_MOUNT_PATH}]
+    encryption = policy.spec.encryption
+    if encryption is not None:
+        ref = encryption.public_key_secret_ref
+        volumes.append(
+            {
+                "name": _ENCRYPTION_VOLUME,
+                "secret": {
+                    "secretName": ref.name,
+                    "items": [{"key": ref.key, "path": ref.key}],
+                    # A public key is not secret; readable whatever uid the image runs as.
+                    "defaultMode": 0o444,
+                },
+            }
+        )
+        mounts.append(
+            {"name": _ENCRYPTION_VOLUME, "mountPath": ENCRYPTION_MOUNT_PATH, "readOnly": True}
+        )
+    return volumes, mounts
+
+
+def _pod_spec(
+    policy: BackupPolicy,
+    settings: RunnerSettings,
+    *,
+    container_name: str,
+    args: list[str],
+    restart_policy: str,
+) -> Manifest:
+    volumes, mounts = _volumes(policy)
+    container: Manifest = {
+        "name": container_name,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.command),
+        "args": args,
+        "env": pod_env(policy),
+        "resources": _resources(policy, settings),
+        "securityContext": _container_security_context(),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    return {
+        "serviceAccountName": settings.backup_service_account,
+        # Backups talk to the database and the bucket, never to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "restartPolicy": restart_policy,
+        "securityContext": _pod_security_context(settings),
+        "containers": [container],
+        "volumes": volumes,
+    }
+
+
+def _pod_failure_policy(settings: RunnerSettings) -> Manifest | None:
+    if not settings.non_retriable_exit_codes:
+        return None
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": CONTAINER_BACKUP,
+                    "operator": "In",
+                    "values": sorted(settings.non_retriable_exit_codes),
+                },
+            },
+            # A pod evicted or preempted is not the backup's fault: do not count it.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }
+
+
+# --- backup CronJobs and Jobs -------------------------------------------------------------------
+
+
+def build_backup_cronjob(
+    policy: BackupPolicy, schedule: Schedule, settings: RunnerSettings
+) -> Manifest:
+    """The CronJob of one schedule (see `build_backup_cronjobs`)."""
+    _require_supported(policy)
+    policy_name = _policy_name(policy)
+    labels = names.standard_labels(policy_name, names.COMPONENT_BACKUP, schedule.name)
+    pod = _pod_spec(
+        policy,
+        settings,
+        container_name=CONTAINER_BACKUP,
+        args=runner_args(policy, schedule),
+        restart_policy="Never",
+    )
+    job_spec: Manifest = {
+        "backoffLimit": settings.backoff_limit,
+        # A hung backup becomes a failed one (reason DeadlineExceeded) instead of blocking
+        # every later run through concurrencyPolicy: Forbid.
+        "activeDeadlineSeconds": settings.active_deadline_seconds,
+        "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+    }
+    failure_policy = _pod_failure_policy(settings)
+    if failure_policy is not None:
+        job_spec["podFailurePolicy"] = failure_policy
+    job_spec["template"] = {
+        "metadata": {
+            "labels": dict(labels),
+            "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER_BACKUP},
+        },
+        "spec": pod,
+    }
+    spec: Manifest = {
+        "schedule": schedule.cron,
+        "concurrencyPolicy": "Forbid",
+        "startingDeadlineSeconds": settings.starting_deadline_seconds,
+        "suspend": policy.spec.suspend,
+        "successfulJobsHistoryLimit": settings.successful_jobs_history_limit,
+        "failedJobsHistoryLimit": settings.failed_jobs_history_limit,
+    }
+    if schedule.time_zone is not None:
+        spec["timeZone"] = schedule.time_zone
+    spec["jobTemplate"] = {"metadata": {"labels": dict(labels)}, "spec": job_spec}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": _metadata(policy, names.cronjob_name(policy_name, schedule.name), labels),
+        "spec": spec,
+    }
+
+
+def build_backup_cronjobs(policy: BackupPolicy, settings: RunnerSettings) -> list[Manifest]:
+    """One CronJob per `spec.schedules` entry, in spec order.
+
+    Raises `UnsupportedTarget` for kubernetes and bucket targets and `ValueError` when the
+    policy lacks metadata.name or metadata.uid.
+    """
+    return [build_backup_cronjob(policy, s, settings) for s in policy.spec.schedules]
+
+
+def build_run_now_job(
+    cronjob: Mapping[str, Any],
+    *,
+    name: str,
+    token: str,
+    owner_references: Sequence[Mapping[str, Any]] | None = None,
+) -> Manifest:
+    """A Job from `cronjob`'s jobTemplate, like `kubectl create job --from=cronjob/x`.
+
+    Labels and spec are the template's; annotations add `cronjob.kubernetes.io/instantiate:
+    manual` and `dr.tonebridge.io/run-now: <token>`. The owner is the BackupPolicy (the
+    CronJob's own owner references, or `owner_references`), not the CronJob, so the Job
+    does not count against the CronJob's concurrency or history and survives a CronJob
+    replacement; `ttlSecondsAfterFinished` cleans it up. Use `names.run_now_job_name`
+    for `name` so a repeated request creates nothing new.
+    """
+    template = cronjob["spec"]["jobTemplate"]
+    template_meta = template.get("metadata") or {}
+    cronjob_meta = cronjob["metadata"]
+    owners = owner_references if owner_references is not None else (
+        cronjob_meta.get("ownerReferences") or []
+    )
+    metadata: Manifest = {"name": name}
+    if cronjob_meta.get("namespace"):
+        metadata["namespace"] = cronjob_meta["namespace"]
+    metadata["labels"] = dict(template_meta.get("labels") or cronjob_meta.get("labels") or {})
+    metadata["annotations"] = {
+        **dict(template_meta.get("annotations") or {}),
+        names.ANNOTATION_INSTANTIATE: "manual",
+        names.ANNOTATION_RUN_NOW: token,
+    }
+    metadata["ownerReferences"] = [dict(o) for o in owners]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": copy.deepcopy(dict(template["spec"])),
+    }
+
+
+def build_run_now_jobs(
+    policy: BackupPolicy,
+    settings: RunnerSettings,
+    token: str,
+    schedules: Iterable[str] | None = None,
+) -> list[Manifest]:
+    """Run-now Jobs for `schedules` (default: every schedule), named deterministically
+    from `token` with `names.run_now_job_name`."""
+    wanted = None if schedules is None else set(schedules)
+    policy_name = _policy_name(policy)
+    jobs = []
+    for schedule in policy.spec.schedules:
+        if wanted is not None and schedule.name not in wanted:
+            continue
+        cronjob = build_backup_cronjob(policy, schedule, settings)
+        name = names.run_now_job_name(policy_name, schedule.name, token)
+        jobs.append(build_run_now_job(cronjob, name=name, token=token))
+    return jobs
+
+
+# --- WAL streaming ------------------------------------------------------------------------------
+
+
+def wal_slot(policy: BackupPolicy) -> str | None:
+    """Replication slot of the WAL streamer: spec's `walArchive.slot`, else derived from the
+    policy name (`tonebridge_dr_<policy>`); None when the policy does not stream WAL."""
+    postgres = policy.spec.target.postgres
+    if postgres is None or postgres.wal_archive is None:
+        return None
+    if postgres.wal_archive.mode is not WalArchiveMode.STREAM:
+        return None
+    return postgres.wal_archive.slot or names.wal_slot_name(_policy_name(policy))
+
+
+def wal_stream_args(policy: BackupPolicy) -> list[str]:
+    """`wal-stream --slot <slot>` (DSN and repository come from the environment)."""
+    slot = wal_slot(policy)
+    if slot is None:
+        raise ValueError("the policy does not use walArchive.mode: stream")
+    return ["wal-stream", "--slot", slot]
+
+
+def build_wal_stream_deployment(
+    policy: BackupPolicy, settings: RunnerSettings
+) -> Manifest | None:
+    """The WAL streamer for `walArchive.mode: stream` (postgres only), else None.
+
+    One replica with the Recreate strategy: two streamers on one slot would fight over
+    it, so the old pod is gone before the new one starts.
+    """
+    if wal_slot(policy) is None:
+        return None
+    policy_name = _policy_name(policy)
+    labels = names.standard_labels(policy_name, names.COMPONENT_WAL_STREAM)
+    selector = {
+        names.LABEL_POLICY: labels[names.LABEL_POLICY],
+        names.LABEL_COMPONENT: names.COMPONENT_WAL_STREAM,
+        names.LABEL_MANAGED_BY: names.MANAGED_BY,
+    }
+    pod = _pod_spec(
+        policy,
+        settings,
+        container_name=CONTAINER_WAL_STREAM,
+        args=wal_stream_args(policy),
+        restart_policy="Always",
+    )
+    pod["terminationGracePeriodSeconds"] = settings.wal_stream_termination_grace_seconds
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(policy, names.wal_stream_name(policy_name), labels),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {
+                        "kubectl.kubernetes.io/default-container": CONTAINER_WAL_STREAM
+                    },
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def desired_objects(policy: BackupPolicy, settings: RunnerSettings) -> list[Manifest]:
+    """Everything `policy` owns: its CronJobs, then the WAL streamer Deployment if any.
+
+    The controller applies these and deletes owned objects (same owner uid) that are not
+    in the list. Raises `UnsupportedTarget` before building anything for targets without
+    a runner.
+    """
+    _require_supported(policy)
+    objects = build_backup_cronjobs(policy, settings)
+    deployment = build_wal_stream_deployment(policy, settings)
+    if deployment is not None:
+        objects.append(deployment)
+    return objects

@@ -1,0 +1,162 @@
+"""Names, labels and annotations of every object a policy owns: the one place they are spelled.
+
+Every name is a pure function of its inputs, so a handler that runs twice computes the
+same names and can never create a second copy of an object. Names that would exceed a
+Kubernetes limit are cut and given a short, stable hash of the full name, so two long
+names that share a prefix stay distinct.
+
+Limits that matter:
+* CronJob names: 52 characters (the CronJob controller appends `-<11 digits>` to name
+  its Jobs, and a Job's name must fit a 63-character label value).
+* Job names: 63 characters (they become the `job-name` label of their pods).
+* Label values: 63 characters, alphanumeric at both ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+__all__ = [
+    "ANNOTATION_INSTANTIATE",
+    "ANNOTATION_RUN_NOW",
+    "ANNOTATION_RUN_NOW_HANDLED",
+    "COMPONENT_BACKUP",
+    "COMPONENT_RESTORE",
+    "COMPONENT_WAL_STREAM",
+    "CRONJOB_NAME_LIMIT",
+    "JOB_NAME_LIMIT",
+    "LABEL_COMPONENT",
+    "LABEL_INSTANCE",
+    "LABEL_MANAGED_BY",
+    "LABEL_NAME",
+    "LABEL_PART_OF",
+    "LABEL_POLICY",
+    "LABEL_SCHEDULE",
+    "MANAGED_BY",
+    "NAME_LIMIT",
+    "cronjob_name",
+    "label_value",
+    "run_now_job_name",
+    "selector_for_policy",
+    "standard_labels",
+    "wal_slot_name",
+    "wal_stream_name",
+]
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_POLICY = "dr.tonebridge.io/policy"
+"""Name of the owning BackupPolicy (hash-shortened when longer than a label value allows)."""
+LABEL_SCHEDULE = "dr.tonebridge.io/schedule"
+"""Name of the schedule (`spec.schedules[].name`) a CronJob / Job belongs to."""
+
+APP_NAME = "tonebridge-dr"
+MANAGED_BY = "tonebridge-dr"
+PART_OF = "tonebridge"
+
+COMPONENT_BACKUP = "backup"
+COMPONENT_WAL_STREAM = "wal-stream"
+COMPONENT_RESTORE = "restore"
+
+ANNOTATION_RUN_NOW = "dr.tonebridge.io/run-now"
+"""Set on a BackupPolicy (any new value, e.g. a timestamp) to start its backups now; on a
+run-now Job it records the token the Job was created for."""
+ANNOTATION_RUN_NOW_HANDLED = "dr.tonebridge.io/run-now-handled"
+"""Stored on the BackupPolicy: the run-now value that was last handled."""
+ANNOTATION_INSTANTIATE = "cronjob.kubernetes.io/instantiate"
+"""What `kubectl create job --from=cronjob/x` sets (value `manual`)."""
+
+NAME_LIMIT = 63
+JOB_NAME_LIMIT = 63
+CRONJOB_NAME_LIMIT = 52
+_HASH_LENGTH = 8
+_SLOT_LIMIT = 63  # NAMEDATALEN - 1
+_LABEL_VALUE_RE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+
+
+def _digest(text: str, length: int = _HASH_LENGTH) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _fit(base: str, limit: int, suffix: str = "") -> str:
+    """`base + suffix` when it fits in `limit`, else a cut `base`, `-<hash of base>`, `suffix`.
+
+    The cut never ends in `-` or `.`, so a valid DNS name stays valid.
+    """
+    if len(base) + len(suffix) <= limit:
+        return base + suffix
+    keep = limit - len(suffix) - _HASH_LENGTH - 1
+    head = base[:keep].rstrip("-.")
+    return f"{head}-{_digest(base)}{suffix}"
+
+
+def label_value(value: str) -> str:
+    """`value` as a valid label value (<= 63 chars, alphanumeric at both ends); values that
+    had to change end in a hash of the original, so distinct inputs stay distinct."""
+    if len(value) <= NAME_LIMIT and re.fullmatch(_LABEL_VALUE_RE, value):
+        return value
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", value)
+    head = cleaned[: NAME_LIMIT - _HASH_LENGTH - 1].strip("-._")
+    return f"{head}-{_digest(value)}" if head else _digest(value)
+
+
+def standard_labels(
+    policy_name: str, component: str, schedule: str | None = None
+) -> dict[str, str]:
+    """The labels of every object (and pod) owned by a policy."""
+    policy = label_value(policy_name)
+    labels = {
+        LABEL_NAME: APP_NAME,
+        LABEL_INSTANCE: policy,
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_PART_OF: PART_OF,
+        LABEL_POLICY: policy,
+    }
+    if schedule is not None:
+        labels[LABEL_SCHEDULE] = label_value(schedule)
+    return labels
+
+
+def selector_for_policy(policy_name: str, component: str | None = None) -> str:
+    """Label selector of the objects (CronJobs, Jobs, pods, Deployment) a policy owns.
+
+    Listing by label is a pre-filter: owner references (uid) decide what is really owned.
+    """
+    parts = [f"{LABEL_MANAGED_BY}={MANAGED_BY}", f"{LABEL_POLICY}={label_value(policy_name)}"]
+    if component is not None:
+        parts.append(f"{LABEL_COMPONENT}={component}")
+    return ",".join(parts)
+
+
+def cronjob_name(policy_name: str, schedule_name: str) -> str:
+    """`<policy>-<schedule>`, at most 52 characters."""
+    return _fit(f"{policy_name}-{schedule_name}", CRONJOB_NAME_LIMIT)
+
+
+def run_now_job_name(policy_name: str, schedule_name: str, token: str) -> str:
+    """`<policy>-<schedule>-now-<hash of token>`, at most 63 characters.
+
+    Deterministic in `token`: a handler that runs twice for the same run-now request
+    computes the same name, and the API server refuses the duplicate (409 AlreadyExists).
+    """
+    suffix = f"-now-{_digest(token)}"
+    return _fit(f"{policy_name}-{schedule_name}", JOB_NAME_LIMIT, suffix)
+
+
+def wal_stream_name(policy_name: str) -> str:
+    """`<policy>-wal-stream`, at most 63 characters (name of the streamer Deployment)."""
+    return _fit(policy_name, NAME_LIMIT, "-wal-stream")
+
+
+def wal_slot_name(policy_name: str) -> str:
+    """Default replication slot of a policy's WAL streamer: `tonebridge_dr_<policy>`
+    (a-z, 0-9 and `_`, at most 63 characters)."""
+    base = "tonebridge_dr_" + re.sub(r"[^a-z0-9_]", "_", policy_name.lower())
+    if len(base) <= _SLOT_LIMIT:
+        return base
+    return f"{base[: _SLOT_LIMIT - _HASH_LENGTH - 1]}_{_digest(policy_name)}"

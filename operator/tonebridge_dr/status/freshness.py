@@ -1,0 +1,232 @@
+"""Freshness of a policy's backups, from the repository catalog (the source of truth).
+
+`assess_freshness` is called on every monitoring tick with a `CatalogSummary` read by
+the controller. It writes the recovery point, its age, the catalog counters and two
+conditions:
+
+* RPOMet: True when the newest recovery point (newest complete backup, or newest
+  archived WAL) is younger than `objectives.rpo`; False when older; Unknown when there
+  is no objective, no backup yet, or the repository cannot be read.
+* BackupStale (for alerting): True when the newest complete backup is older than
+  `objectives.staleAfter` (default: rpo, else 25h); False when fresh; Unknown as above.
+
+It returns a `FreshnessChange` only when RPOMet's status value changes, so the
+controller notifies once per change and not on every tick. The first assessment of a
+policy is not a change unless it finds the objective missed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tonebridge_dr.api.backuppolicy import BackupPolicyStatus, BackupSummary, WalStatus
+from tonebridge_dr.api.common import Objectives
+from tonebridge_dr.api.conditions import Condition, Reason
+from tonebridge_dr.api.formats import format_duration
+from tonebridge_dr.status import conditions
+from tonebridge_dr.status.backuppolicy import backup_method
+
+__all__ = [
+    "DEFAULT_STALE_AFTER",
+    "CatalogSummary",
+    "FreshnessChange",
+    "assess_freshness",
+    "recovery_point",
+    "stale_after",
+]
+
+DEFAULT_STALE_AFTER = timedelta(hours=25)
+"""BackupStale threshold without objectives: a daily backup plus an hour of slack."""
+
+
+@dataclass(frozen=True)
+class CatalogSummary:
+    """What the controller read from the repository catalog.
+
+    `error` explains why the catalog could not be read (unreachable endpoint, denied,
+    missing bucket); the other fields are then ignored.
+    """
+
+    newest_backup_id: str | None = None
+    newest_backup_time: datetime | None = None
+    backup_count: int = 0
+    total_size_bytes: int = 0
+    newest_wal_time: datetime | None = None
+    newest_wal_segment: str | None = None
+    error: str | None = None
+    newest_backup_method: str | None = None
+    """Method of the newest backup as the manifest says (`logical`, `physical`, `rdb`...);
+    lets `lastSuccessfulBackup` follow the catalog."""
+    newest_backup_engine: str | None = None
+    """Engine of the newest backup (`postgres`, `redis`)."""
+    newest_backup_size_bytes: int | None = None
+    """Stored size of the newest backup."""
+
+
+@dataclass(frozen=True)
+class FreshnessChange:
+    """RPOMet changed: `old_state` -> `new_state` ("True" / "False" / "Unknown"; old is None
+    on the first assessment). `message` is the new condition's message."""
+
+    old_state: str | None
+    new_state: str
+    message: str
+    reason: str = ""
+
+
+def recovery_point(summary: CatalogSummary) -> datetime | None:
+    """The newest point in time that can be restored: the newer of the newest backup's
+    finish and the newest archived WAL; None without a backup (archived WAL alone restores
+    nothing) or on a catalog error."""
+    if summary.error is not None or summary.newest_backup_time is None:
+        return None
+    times = [t for t in (summary.newest_backup_time, summary.newest_wal_time) if t is not None]
+    return max(times) if times else None
+
+
+def stale_after(objectives: Objectives | None) -> timedelta:
+    """Age at which the newest backup counts as stale."""
+    if objectives is not None:
+        if objectives.stale_after is not None:
+            return objectives.stale_after
+        if objectives.rpo is not None:
+            return objectives.rpo
+    return DEFAULT_STALE_AFTER
+
+
+def _age(now: datetime, then: datetime) -> timedelta:
+    return max(now - then, timedelta(0))  # clock skew never gives a negative age
+
+
+def _text(age: timedelta) -> str:
+    return format_duration(timedelta(seconds=int(age.total_seconds())))
+
+
+def _time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _catalog_updates(current: BackupPolicyStatus, summary: CatalogSummary) -> dict[str, Any]:
+    updates: dict[str, Any] = {
+        "backup_count": max(summary.backup_count, 0),
+        "total_size_bytes": max(summary.total_size_bytes, 0),
+    }
+    if summary.newest_wal_time is not None or summary.newest_wal_segment is not None:
+        wal = current.wal or WalStatus()
+        updates["wal"] = wal.model_copy(
+            update={
+                "last_archived_segment": summary.newest_wal_segment,
+                "last_archived_time": summary.newest_wal_time,
+            }
+        )
+    newest_id, newest_time = summary.newest_backup_id, summary.newest_backup_time
+    if newest_id and newest_time is not None:
+        known = current.last_successful_backup
+        if known is None or (known.id != newest_id and newest_time >= known.time):
+            method = backup_method(summary.newest_backup_method, summary.newest_backup_engine)
+            if method is None and known is not None:
+                method = known.method
+            if method is not None:
+                updates["last_successful_backup"] = BackupSummary(
+                    id=newest_id,
+                    method=method,
+                    time=newest_time,
+                    size_bytes=summary.newest_backup_size_bytes,
+                )
+    return updates
+
+
+def assess_freshness(
+    status: BackupPolicyStatus | None,
+    summary: CatalogSummary,
+    objectives: Objectives | None,
+    *,
+    generation: int | None,
+    now: datetime,
+) -> tuple[BackupPolicyStatus, FreshnessChange | None]:
+    """Status with recoveryPoint, rpoAgeSeconds, catalog counters, RPOMet and BackupStale
+    set from `summary` at `now`; plus the RPOMet change, if any (see module docstring).
+
+    Pure and deterministic in its arguments; on a catalog error the last known recovery
+    point and counters are kept and both conditions become Unknown.
+    """
+    current = status or BackupPolicyStatus()
+    old = conditions.get_condition(current.conditions, conditions.RPO_MET)
+    updates: dict[str, Any] = {}
+    rpo_status: conditions.StatusValue
+    stale_status: conditions.StatusValue
+    rpo = objectives.rpo if objectives is not None else None
+
+    if summary.error is not None:
+        reason = Reason.REPOSITORY_UNREACHABLE.value
+        rpo_status, rpo_message = "Unknown", f"cannot read the repository: {summary.error}"
+        stale_status, stale_message = "Unknown", rpo_message
+        stale_reason = reason
+    else:
+        updates.update(_catalog_updates(current, summary))
+        point = recovery_point(summary)
+        updates["recovery_point"] = point
+        updates["rpo_age_seconds"] = (
+            float(int(_age(now, point).total_seconds())) if point is not None else None
+        )
+        if point is None:
+            reason = Reason.NO_BACKUPS.value
+            rpo_status = "Unknown"
+            rpo_message = "the repository has no complete backup yet"
+        else:
+            age = _age(now, point)
+            described = f"the newest recovery point ({_time(point)}) is {_text(age)} old"
+            if rpo is None:
+                reason, rpo_status = Reason.NO_OBJECTIVE.value, "Unknown"
+                rpo_message = f"{described}; no objectives.rpo is set"
+            elif age <= rpo:
+                reason, rpo_status = Reason.OBJECTIVE_MET.value, "True"
+                rpo_message = f"{described}, within the RPO of {_text(rpo)}"
+            else:
+                reason, rpo_status = Reason.OBJECTIVE_MISSED.value, "False"
+                rpo_message = f"{described}, beyond the RPO of {_text(rpo)}"
+
+        backup_time = summary.newest_backup_time
+        if backup_time is None:
+            stale_reason, stale_status = Reason.NO_BACKUPS.value, "Unknown"
+            stale_message = "the repository has no complete backup yet"
+        else:
+            limit = stale_after(objectives)
+            age = _age(now, backup_time)
+            name = f" {summary.newest_backup_id}" if summary.newest_backup_id else ""
+            described = f"the newest backup{name} ({_time(backup_time)}) is {_text(age)} old"
+            if age > limit:
+                stale_reason, stale_status = Reason.BACKUP_TOO_OLD.value, "True"
+                stale_message = f"{described}, older than {_text(limit)}"
+            else:
+                stale_reason, stale_status = Reason.BACKUP_FRESH.value, "False"
+                stale_message = f"{described}, within {_text(limit)}"
+
+    updated: list[Condition] = conditions.set_condition(
+        current.conditions,
+        type=conditions.RPO_MET,
+        status=rpo_status,
+        reason=reason,
+        message=rpo_message,
+        observed_generation=generation,
+        now=now,
+    )
+    updated = conditions.set_condition(
+        updated,
+        type=conditions.BACKUP_STALE,
+        status=stale_status,
+        reason=stale_reason,
+        message=stale_message,
+        observed_generation=generation,
+        now=now,
+    )
+    updates["conditions"] = updated
+    new_status = current.model_copy(update=updates)
+
+    change: FreshnessChange | None = None
+    old_state = old.status.value if old is not None else None
+    if old_state != rpo_status and (old_state is not None or rpo_status == "False"):
+        change = FreshnessChange(old_state, rpo_status, rpo_message, reason)
+    return new_status, change
