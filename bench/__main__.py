@@ -1,0 +1,32 @@
+"""`python -m bench [postgres|redis] [ARGS...]` (what `make bench BENCH_ARGS=...` runs).
+
+- `postgres` (default): bench/pg_dump_bench.py, our logical backup vs pg_dump and the
+  spec's pg_dump + tar + upload pipeline.
+- `redis`: bench/redis_bench.py, our Redis backup vs `redis-cli --rdb`.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv: list[str]) -> int:
+    name, rest = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else ("postgres", argv)
+    if name in ("postgres", "pg", "pg_dump"):
+        from bench import pg_dump_bench
+
+        return pg_dump_bench.main(rest)
+    if name == "redis":
+        sys.argv = [str(HERE / "redis_bench.py"), *rest]
+        runpy.run_path(str(HERE / "redis_bench.py"), run_name="__main__")
+        return 0
+    print(f"unknown benchmark {name!r}: use postgres or redis", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,421 @@
+"""The runner's command line: what every backup / restore Job runs.
+
+```
+tonebridge-dr --version
+tonebridge-dr backup  <engine> --repo URL ... [--json]
+tonebridge-dr restore <engine> --repo URL --backup ID|latest ... [--json]
+tonebridge-dr backups list|show ID|verify ID|prune [...] --repo URL [--json]
+tonebridge-dr check --repo URL [--dsn DSN]
+```
+
+Engines plug in through `tonebridge_dr.runner.engines.<name>.commands`
+(`add_backup_arguments` / `run_backup`, `add_restore_arguments` / `run_restore`,
+each run returning the `--json` result dict); an engine whose module is not
+installed simply has no sub-command.
+
+Contract: `main(argv) -> int` never raises. `--repo` defaults to
+$TONEBRIDGE_DR_REPO. Success prints the result (JSON with `--json`, else a
+readable table) and exits 0. A failure prints exactly one line `error: <message>`
+on stderr and exits with the DRError's code (2 usage, 3 repository config, 4
+storage, 5 object missing, 6 backup missing, 7 integrity, 8 encryption, 9
+source, 10 authentication, 11 target not empty, 12 tool, 13 conflict; 1 for an
+unexpected error, 130/143 when interrupted/terminated). In a pod the result or
+the error also goes to /dev/termination-log (or $TONEBRIDGE_DR_TERMINATION_LOG)
+for the operator. Logs go to stderr with UTC timestamps, level from -v/-q or
+$TONEBRIDGE_DR_LOG_LEVEL (default INFO); nothing is logged before input is
+validated, and secrets never are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import importlib
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType, ModuleType
+from typing import Any, NoReturn, TextIO
+
+import tonebridge_dr
+from tonebridge_dr.runner import errors, result
+
+log = logging.getLogger("tonebridge_dr.runner.cli")
+
+LOG_LEVEL_ENV = "TONEBRIDGE_DR_LOG_LEVEL"
+ENGINES = ("postgres", "redis", "kubernetes", "bucket")
+_QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "psycopg")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise errors.UsageError(f"{self.prog}: {message}")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a command produced: `payload` for --json, `show` for humans, `summary` for the pod."""
+
+    payload: Any
+    show: Callable[[TextIO], None]
+    summary: dict[str, Any]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (the Job was deleted or timed out): stop tools, clean up, exit 143."""
+
+
+# --- engines ------------------------------------------------------------------------------------
+def _engine_commands(name: str) -> ModuleType | None:
+    """The engine's command module, or None when this installation has no such engine."""
+    module = f"tonebridge_dr.runner.engines.{name}.commands"
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module.startswith(exc.name):
+            raise
+        return None
+
+
+def _selected_engine(argv: Sequence[str]) -> str | None:
+    """The engine named after `backup`/`restore` in argv: only its module gets imported
+    (start-up time counts in every Job; an engine's imports can take 100 ms)."""
+    for pos, token in enumerate(argv[:-1]):
+        if token in ("backup", "restore"):
+            following = argv[pos + 1]
+            return following if following in ENGINES else None
+    return None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repo",
+        help="repository URL: s3://bucket/prefix or file:///path (default $TONEBRIDGE_DR_REPO)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _repo_arg(args: argparse.Namespace) -> str:
+    from tonebridge_dr.runner.storage import repo_from_env
+
+    return repo_from_env(args.repo)
+
+
+def _mapping_outcome(data: dict[str, Any]) -> Outcome:
+    return Outcome(data, lambda out: result.print_mapping(data, out), data)
+
+
+def _engine_runner(run: Callable[[argparse.Namespace], dict[str, Any]]) -> Callable[..., Outcome]:
+    def handler(args: argparse.Namespace) -> Outcome:
+        return _mapping_outcome(run(args))
+
+    return handler
+
+
+# --- backups ------------------------------------------------------------------------------------
+_LIST_COLUMNS = (
+    ("id", "ID"),
+    ("engine", "ENGINE"),
+    ("method", "METHOD"),
+    ("databases", "DATABASES"),
+    ("started_at", "STARTED"),
+    ("duration_seconds", "SECONDS"),
+    ("size_bytes", "SIZE"),
+    ("encrypted", "ENCRYPTED"),
+)
+
+
+def _open_repo(args: argparse.Namespace) -> Any:
+    from tonebridge_dr.runner.repository.catalog import Repository
+
+    return Repository.open(_repo_arg(args), create=False)
+
+
+def _backups_list(args: argparse.Namespace) -> Outcome:
+    manifests = _open_repo(args).list_backups(engine=args.engine, method=args.method)
+    rows = [m.result() for m in manifests]
+    summary = {"backups": len(rows), "latest": rows[-1]["id"] if rows else None}
+
+    def show(out: TextIO) -> None:
+        if rows:
+            result.print_table(rows, _LIST_COLUMNS, out)
+        else:
+            out.write("no backups\n")
+
+    return Outcome(rows, show, summary)
+
+
+def _backups_show(args: argparse.Namespace) -> Outcome:
+    manifest = _open_repo(args).get(args.id)
+    payload = manifest.model_dump(mode="json")
+
+    def show(out: TextIO) -> None:
+        result.print_mapping(manifest.result(), out)
+        out.write("\n")
+        result.print_table(
+            [o.model_dump() for o in manifest.objects],
+            (("name", "OBJECT"), ("size", "STORED"), ("raw_size", "RAW"), ("sha256", "SHA256")),
+            out,
+        )
+
+    return Outcome(payload, show, manifest.result())
+
+
+def _backups_verify(args: argparse.Namespace) -> Outcome:
+    report = _open_repo(args).verify(args.id)
+    payload = report.result()
+    if not report.ok:
+        if args.json:
+            result.print_json(payload, sys.stdout)
+        report.raise_for_problems()
+    return _mapping_outcome(payload)
+
+
+_DURATION_RE = re.compile(r"(\d+)\s*(w|d|h|m|s)")
+_DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """`30d`, `12h`, `1w2d`, `90m`, `3600s` (or plain seconds) -> timedelta."""
+    value = text.strip().lower()
+    if value.isdigit():
+        return dt.timedelta(seconds=int(value))
+    pos, seconds = 0, 0
+    for match in _DURATION_RE.finditer(value):
+        if match.start() != pos:
+            break
+        seconds += int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(value) or not value:
+        raise errors.UsageError(f"invalid duration {text!r}: use e.g. 30d, 12h, 1w2d, 90m")
+    return dt.timedelta(seconds=seconds)
+
+
+def _backups_prune(args: argparse.Namespace) -> Outcome:
+    from tonebridge_dr.runner.repository.retention import RetentionPolicy
+
+    counts = {
+        "keep_last": args.keep_last,
+        "hourly": args.keep_hourly,
+        "daily": args.keep_daily,
+        "weekly": args.keep_weekly,
+        "monthly": args.keep_monthly,
+        "yearly": args.keep_yearly,
+    }
+    if not any(counts.values()):
+        raise errors.UsageError(
+            "prune needs at least one of --keep-last/--keep-hourly/--keep-daily/--keep-weekly/"
+            "--keep-monthly/--keep-yearly (a policy without rules would keep everything)"
+        )
+    min_age = parse_duration(args.min_age) if args.min_age else None
+    policy = RetentionPolicy(**counts, min_age=min_age)
+    report = _open_repo(args).prune(
+        policy,
+        now=dt.datetime.now(dt.UTC),
+        dry_run=args.dry_run,
+        engine=args.engine,
+        method=args.method,
+    )
+    payload = report.result()
+
+    def show(out: TextIO) -> None:
+        verb = "would delete" if report.dry_run else "deleted"
+        out.write(f"policy: {report.policy}\n")
+        out.write(f"kept ({len(report.kept)}): {', '.join(report.kept) or '-'}\n")
+        out.write(f"{verb} ({len(report.deleted)}): {', '.join(report.deleted) or '-'}\n")
+        if report.orphans:
+            out.write(f"incomplete folders {verb}: {', '.join(report.orphans)}\n")
+        if report.unreadable:
+            out.write(f"unreadable manifests (left alone): {', '.join(report.unreadable)}\n")
+
+    summary = {k: payload[k] for k in ("kept", "deleted", "orphans", "dry_run", "policy")}
+    return Outcome(payload, show, summary)
+
+
+def _check(args: argparse.Namespace) -> Outcome:
+    from tonebridge_dr.runner.repository.catalog import Repository
+
+    url = _repo_arg(args)
+    repo = Repository.open(url, create=False)
+    repo.storage.check()
+    manifests = repo.list_backups()
+    data: dict[str, Any] = {
+        "repository": url,
+        "repository_ok": True,
+        "backups": len(manifests),
+        "latest": manifests[-1].id if manifests else None,
+    }
+    dsn = args.dsn or os.environ.get("TONEBRIDGE_DR_DSN")
+    if dsn:
+        from tonebridge_dr.runner.engines.postgres import commands as pg_commands
+
+        data["database"] = pg_commands.check(dsn)
+        data["database_ok"] = True
+    return _mapping_outcome(data)
+
+
+# --- parser -------------------------------------------------------------------------------------
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The full parser; engine options only for the engine `argv` selects."""
+    parser = _Parser(prog="tonebridge-dr", description="ToneBridge backup and disaster recovery")
+    parser.add_argument(
+        "--version", action="version", version=f"tonebridge-dr {tonebridge_dr.__version__}"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    verbs = parser.add_subparsers(
+        dest="verb", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    selected = _selected_engine(argv)
+
+    backup = verbs.add_parser("backup", help="take a backup into a repository")
+    backup_engines = backup.add_subparsers(
+        dest="engine", required=True, metavar="ENGINE", parser_class=_Parser
+    )
+    restore = verbs.add_parser("restore", help="restore a backup from a repository")
+    restore_engines = restore.add_subparsers(
+        dest="engine", required=True, metavar="ENGINE", parser_class=_Parser
+    )
+    for name in ENGINES:
+        module = _engine_commands(name) if name == selected else None
+        if name == selected and module is None:
+            continue  # not installed: argparse then says "invalid choice"
+        for engines, kind in ((backup_engines, "backup"), (restore_engines, "restore")):
+            if module is not None and not hasattr(module, f"add_{kind}_arguments"):
+                continue
+            sub = engines.add_parser(name, help=f"{kind} {name}")
+            _common(sub)
+            if module is not None:
+                getattr(module, f"add_{kind}_arguments")(sub)
+                sub.set_defaults(handler=_engine_runner(getattr(module, f"run_{kind}")))
+
+    backups = verbs.add_parser("backups", help="list, show, verify and prune backups")
+    actions = backups.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=_Parser
+    )
+    listing = actions.add_parser("list", help="complete backups, oldest first")
+    _common(listing)
+    for parser_ in (listing,):
+        parser_.add_argument("--engine", choices=ENGINES, default=None)
+        parser_.add_argument("--method", default=None)
+    listing.set_defaults(handler=_backups_list)
+    show = actions.add_parser("show", help="one backup's manifest")
+    show.add_argument("id", help="backup id or 'latest'")
+    _common(show)
+    show.set_defaults(handler=_backups_show)
+    verify = actions.add_parser("verify", help="re-read every object and check its SHA-256")
+    verify.add_argument("id", help="backup id or 'latest'")
+    _common(verify)
+    verify.set_defaults(handler=_backups_verify)
+    prune = actions.add_parser("prune", help="delete backups the retention rules do not keep")
+    _common(prune)
+    for flag in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        prune.add_argument(f"--keep-{flag}", type=_count, default=0, metavar="N")
+    prune.add_argument(
+        "--min-age",
+        default=None,
+        metavar="DUR",
+        help="never delete backups younger than this (e.g. 7d, 12h)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    prune.add_argument("--engine", choices=ENGINES, default=None)
+    prune.add_argument("--method", default=None)
+    prune.set_defaults(handler=_backups_prune)
+
+    check = verbs.add_parser("check", help="check the repository (and a database) can be used")
+    _common(check)
+    check.add_argument("--dsn", help="also check this database (default $TONEBRIDGE_DR_DSN)")
+    check.set_defaults(handler=_check)
+    return parser
+
+
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
+    return int(value)
+
+
+# --- logging and signals ------------------------------------------------------------------------
+class _UTCFormatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        moment = dt.datetime.fromtimestamp(record.created, dt.UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return result.scrub(super().format(record))
+
+
+def _configure_logging(args: argparse.Namespace) -> logging.Handler:
+    level_name = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
+    level = logging.getLevelName(level_name) if level_name else logging.INFO
+    if not isinstance(level, int):
+        level = logging.INFO
+    if args.verbose:
+        level = logging.DEBUG
+    elif args.quiet:
+        level = logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_UTCFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("tonebridge_dr")
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    return handler
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+# --- main ---------------------------------------------------------------------------------------
+def _fail(exc_code: int, reason: str, message: str) -> int:
+    message = result.scrub(" ".join(message.split()))
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    result.write_termination({"error": reason, "message": message, "exit_code": exc_code})
+    return exc_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (never raises, never calls sys.exit)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    handler: logging.Handler | None = None
+    try:
+        try:
+            args = build_parser(argv).parse_args(argv)
+        except SystemExit as exc:  # --help / --version printed and want to exit
+            return int(exc.code or 0) if isinstance(exc.code, int | None) else 2
+        handler = _configure_logging(args)
+        outcome: Outcome = args.handler(args)
+        if getattr(args, "json", False):
+            result.print_json(outcome.payload, sys.stdout)
+        else:
+            outcome.show(sys.stdout)
+        sys.stdout.flush()
+        result.write_termination(outcome.summary)
+        return 0
+    except errors.DRError as exc:
+        return _fail(exc.exit_code, exc.reason, str(exc) or type(exc).__name__)
+    except Terminated:
+        return _fail(143, "Cancelled", "terminated by SIGTERM; work in progress was rolled back")
+    except KeyboardInterrupt:
+        return _fail(130, "Cancelled", "interrupted; work in progress was rolled back")
+    except Exception as exc:
+        log.debug("unexpected error", exc_info=True)
+        return _fail(1, "InternalError", f"internal error: {type(exc).__name__}: {exc}")
+    finally:
+        if handler is not None:
+            logging.getLogger("tonebridge_dr").removeHandler(handler)
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)

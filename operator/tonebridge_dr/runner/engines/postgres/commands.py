@@ -1,0 +1,248 @@
+"""Command-line glue for `tonebridge-dr backup postgres` and `restore postgres`.
+
+Same protocol as every engine: the runner CLI builds a sub-parser (with the shared
+`--repo` and `--json` already on it), calls `add_*_arguments(parser)`, later
+`run_*(args)`, and prints the returned dict (the stable `--json` result).
+
+Credentials never need the command line: `--dsn` defaults to $TONEBRIDGE_DR_DSN,
+`--target-dsn` to $TONEBRIDGE_DR_TARGET_DSN, and a password missing from the DSN
+comes from PGPASSWORD / PGPASSFILE (libpq).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.engines.postgres import basebackup, connection, dump, repair, restore
+from tonebridge_dr.runner.repository.catalog import Repository
+from tonebridge_dr.runner.storage import repo_from_env
+
+
+def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
+    """add_argument unless the CLI already defined the option."""
+    if any(flag in parser._option_string_actions for flag in flags):
+        return
+    parser.add_argument(*flags, **kwargs)
+
+
+def add_backup_arguments(parser: argparse.ArgumentParser) -> None:
+    _add(
+        parser,
+        "--dsn",
+        help=f"libpq DSN of the database (default ${connection.DSN_ENV}; password from "
+        "PGPASSWORD or PGPASSFILE, never put it here in a Job)",
+    )
+    _add(
+        parser,
+        "--method",
+        choices=("logical", "physical"),
+        default="logical",
+        help="logical: pg_dump (default); physical: pg_basebackup of the whole cluster",
+    )
+    _add(
+        parser,
+        "--table",
+        action="append",
+        default=[],
+        metavar="TABLE",
+        help="logical: back up only this table ([schema.]table), one object per table; "
+        "repeat for several",
+    )
+    _add(parser, "--compression", default="zstd", help="zstd (default), gzip or none")
+    _add(parser, "--level", type=int, default=None, help="compression level")
+    _add(
+        parser,
+        "--encrypt-to",
+        type=Path,
+        metavar="PUBKEY_FILE",
+        help="encrypt every object to this OpenPGP public key",
+    )
+    _add(parser, "--storage-class", default=None, help="storage class of the stored objects")
+    _add(
+        parser,
+        "--no-globals",
+        action="store_true",
+        help="logical: do not store roles and tablespaces (globals.sql)",
+    )
+    _add(
+        parser,
+        "--role-passwords",
+        action="store_true",
+        help="logical: include role password hashes in globals.sql (needs a superuser)",
+    )
+    _add(
+        parser,
+        "--checkpoint",
+        choices=("fast", "spread"),
+        default="fast",
+        help="physical: checkpoint mode at the start of the base backup (default fast)",
+    )
+
+
+def run_backup(args: argparse.Namespace) -> dict[str, Any]:
+    dsn = connection.dsn_from(args.dsn, connection.DSN_ENV, option="--dsn")
+    connection.ConnInfo.parse(dsn)  # a malformed DSN is a usage error before any work
+    if args.method == "physical":
+        if args.table:
+            raise errors.UsageError("--table needs --method logical")
+        if args.no_globals or args.role_passwords:
+            raise errors.UsageError("--no-globals/--role-passwords need --method logical")
+    elif args.checkpoint != "fast":
+        raise errors.UsageError("--checkpoint needs --method physical")
+    repo = Repository.open(repo_from_env(args.repo))
+    repo.storage.check()  # a missing bucket fails before the database is touched
+    if args.method == "physical":
+        manifest = basebackup.backup_physical(
+            repo,
+            dsn,
+            basebackup.PhysicalBackupOptions(
+                checkpoint=args.checkpoint,
+                compression=args.compression,
+                level=args.level,
+                encrypt_to=args.encrypt_to,
+                storage_class=args.storage_class,
+            ),
+        )
+    else:
+        manifest = dump.backup_logical(
+            repo,
+            dsn,
+            dump.LogicalBackupOptions(
+                tables=tuple(args.table),
+                include_globals=not args.no_globals,
+                role_passwords=args.role_passwords,
+                compression=args.compression,
+                level=args.level,
+                encrypt_to=args.encrypt_to,
+                storage_class=args.storage_class,
+            ),
+        )
+    return manifest.result()
+
+
+def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
+    _add(parser, "--backup", default="latest", help="backup id or 'latest' (default)")
+    _add(
+        parser,
+        "--target-dsn",
+        help=f"libpq DSN of the database to restore into (default ${connection.TARGET_DSN_ENV};"
+        " password from PGPASSWORD or PGPASSFILE)",
+    )
+    _add(
+        parser,
+        "--table",
+        action="append",
+        default=[],
+        metavar="TABLE",
+        help="restore only this table (definition + data); repeat for several",
+    )
+    _add(
+        parser,
+        "--clean",
+        action="store_true",
+        help="replace what the backup contains in a non-empty target (DROP ... IF EXISTS)",
+    )
+    _add(
+        parser,
+        "--create",
+        action="store_true",
+        help="create the target database when it does not exist",
+    )
+    _add(
+        parser,
+        "--globals",
+        action="store_true",
+        help="also restore roles and tablespaces (globals.sql) first",
+    )
+    _add(
+        parser,
+        "--with-owners",
+        action="store_true",
+        help="keep object owners and grants (default: the restoring role owns everything)",
+    )
+    _add(
+        parser,
+        "--decrypt-key",
+        type=Path,
+        metavar="PRIVKEY_FILE",
+        help="OpenPGP secret key file for an encrypted backup",
+    )
+    _add(
+        parser,
+        "--repair-column",
+        metavar="COLUMN",
+        help="time-range repair: insert the backup's rows with COLUMN in [--from, --to) "
+        "that are missing from the live --table (by primary key)",
+    )
+    _add(parser, "--from", dest="from_value", metavar="TS", help="repair range start (inclusive)")
+    _add(parser, "--to", dest="to_value", metavar="TS", help="repair range end (exclusive)")
+
+
+def run_restore(args: argparse.Namespace) -> dict[str, Any]:
+    target_dsn = connection.dsn_from(
+        args.target_dsn, connection.TARGET_DSN_ENV, option="--target-dsn"
+    )
+    connection.ConnInfo.parse(target_dsn)
+    repair_mode = args.repair_column is not None
+    if repair_mode or args.from_value is not None or args.to_value is not None:
+        if not (repair_mode and args.from_value is not None and args.to_value is not None):
+            raise errors.UsageError("time-range repair needs --repair-column, --from and --to")
+        if len(args.table) != 1:
+            raise errors.UsageError("time-range repair needs exactly one --table")
+        for flag, value in (
+            ("--clean", args.clean),
+            ("--create", args.create),
+            ("--globals", args.globals),
+            ("--with-owners", args.with_owners),
+        ):
+            if value:
+                raise errors.UsageError(f"{flag} cannot be combined with --repair-column")
+    repo = Repository.open(repo_from_env(args.repo), create=False)
+    if repair_mode:
+        return repair.repair_time_range(
+            repo,
+            args.backup,
+            target_dsn,
+            repair.RepairOptions(
+                table=args.table[0],
+                column=args.repair_column,
+                from_value=str(args.from_value),
+                to_value=str(args.to_value),
+                decrypt_key=args.decrypt_key,
+            ),
+        )
+    return restore.restore_logical(
+        repo,
+        args.backup,
+        target_dsn,
+        restore.RestoreOptions(
+            tables=tuple(args.table),
+            clean=args.clean,
+            create=args.create,
+            with_owners=args.with_owners,
+            restore_globals=args.globals,
+            decrypt_key=args.decrypt_key,
+        ),
+    )
+
+
+def check(dsn: str) -> dict[str, Any]:
+    """Connectivity check of a database: version and what the role may do."""
+    info = connection.ConnInfo.parse(dsn)
+    with connection.connect(info, purpose="database") as conn:
+        row = conn.execute(
+            "SELECT current_user, r.rolsuper, r.rolreplication, pg_catalog.pg_is_in_recovery() "
+            "FROM pg_catalog.pg_roles r WHERE r.rolname = current_user"
+        ).fetchone()
+        return {
+            "target": info.masked(),
+            "server_version": connection.server_version(conn),
+            "database": conn.info.dbname,
+            "user": str(row[0]) if row else info.user,
+            "superuser": bool(row[1]) if row else False,
+            "replication": bool(row[2]) if row else False,
+            "in_recovery": bool(row[3]) if row else False,
+        }
