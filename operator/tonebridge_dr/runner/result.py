@@ -62,9 +62,15 @@ def compact(payload: Mapping[str, Any], limit: int = TERMINATION_LIMIT) -> bytes
 
 
 def write_termination(payload: Mapping[str, Any]) -> None:
-    """Write the termination message when running in a pod (or when the env var asks)."""
+    """Write the termination message when running in a pod (or when the env var asks).
+
+    "In a pod" means the kubelet's `KUBERNETES_SERVICE_HOST` is set: a root shell on a
+    laptop must not scribble into a host file that happens to exist at that path.
+    """
     path = os.environ.get(TERMINATION_LOG_ENV)
     if not path:
+        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            return
         path = DEFAULT_TERMINATION_LOG
         if not os.path.exists(path) or not os.access(path, os.W_OK):
             return
