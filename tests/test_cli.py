@@ -345,7 +345,7 @@ def test_scrub_masks_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30d", 30 * 86400), ("12h", 43200), ("1w2d", 9 * 86400), ("90m", 5400), ("3600", 3600)],
+    [("30d", 30 * 86400), ("12h", 43200), ("1d12h", 36 * 3600), ("90m", 5400), ("3600", 3600)],
 )
 def test_parse_duration(text: str, seconds: int) -> None:
     assert runner_cli.parse_duration(text).total_seconds() == seconds

@@ -14,6 +14,14 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     verb = args[0] if args else ""
+    if verb in ("wal-push", "wal-fetch"):
+        # PostgreSQL runs these once per WAL file: answer from the spool (files already
+        # pushed ahead / prefetched) before importing anything heavy.
+        from tonebridge_dr.runner.engines.postgres.wal import spool
+
+        fast = spool.fast_main(args)
+        if fast is not None:
+            return fast
     if verb == "sandbox":
         from tonebridge_dr.sandbox import cli as sandbox_cli
 

@@ -6,6 +6,7 @@ tonebridge-dr backup  <engine> --repo URL ... [--json]
 tonebridge-dr restore <engine> --repo URL --backup ID|latest ... [--json]
 tonebridge-dr backups list|show ID|verify ID|prune [...] --repo URL [--json]
 tonebridge-dr check --repo URL [--dsn DSN]
+tonebridge-dr wal-push PATH | wal-fetch NAME DEST | wal-stream | wal-status | wal-prune
 ```
 
 Engines plug in through `tonebridge_dr.runner.engines.<name>.commands`
@@ -34,7 +35,6 @@ import datetime as dt
 import importlib
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -178,24 +178,17 @@ def _backups_verify(args: argparse.Namespace) -> Outcome:
     return _mapping_outcome(payload)
 
 
-_DURATION_RE = re.compile(r"(\d+)\s*(w|d|h|m|s)")
-_DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
 def parse_duration(text: str) -> dt.timedelta:
-    """`30d`, `12h`, `1w2d`, `90m`, `3600s` (or plain seconds) -> timedelta."""
+    """`30d`, `12h`, `1h30m` (the CRDs' duration format) or plain seconds -> timedelta."""
+    from tonebridge_dr.api import formats
+
     value = text.strip().lower()
     if value.isdigit():
         return dt.timedelta(seconds=int(value))
-    pos, seconds = 0, 0
-    for match in _DURATION_RE.finditer(value):
-        if match.start() != pos:
-            break
-        seconds += int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(value) or not value:
-        raise errors.UsageError(f"invalid duration {text!r}: use e.g. 30d, 12h, 1w2d, 90m")
-    return dt.timedelta(seconds=seconds)
+    try:
+        return formats.parse_duration(value)
+    except ValueError as exc:
+        raise errors.UsageError(f"invalid duration: {exc}") from None
 
 
 def _backups_prune(args: argparse.Namespace) -> Outcome:
@@ -216,7 +209,8 @@ def _backups_prune(args: argparse.Namespace) -> Outcome:
         )
     min_age = parse_duration(args.min_age) if args.min_age else None
     policy = RetentionPolicy(**counts, min_age=min_age)
-    report = _open_repo(args).prune(
+    repo = _open_repo(args)
+    report = repo.prune(
         policy,
         now=dt.datetime.now(dt.UTC),
         dry_run=args.dry_run,
@@ -224,6 +218,12 @@ def _backups_prune(args: argparse.Namespace) -> Outcome:
         method=args.method,
     )
     payload = report.result()
+    wal_report = None
+    if args.engine in (None, "postgres"):
+        from tonebridge_dr.runner.engines.postgres.wal import retention as wal_retention
+
+        wal_report = wal_retention.prune_wal(repo, dry_run=args.dry_run).result()
+        payload["wal"] = wal_report
 
     def show(out: TextIO) -> None:
         verb = "would delete" if report.dry_run else "deleted"
@@ -234,6 +234,8 @@ def _backups_prune(args: argparse.Namespace) -> Outcome:
             out.write(f"incomplete folders {verb}: {', '.join(report.orphans)}\n")
         if report.unreadable:
             out.write(f"unreadable manifests (left alone): {', '.join(report.unreadable)}\n")
+        if wal_report is not None:
+            out.write(f"wal: {wal_report}\n")
 
     summary = {k: payload[k] for k in ("kept", "deleted", "orphans", "dry_run", "policy")}
     return Outcome(payload, show, summary)
@@ -329,11 +331,45 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     prune.add_argument("--method", default=None)
     prune.set_defaults(handler=_backups_prune)
 
+    _add_wal_verbs(verbs, argv)
+
     check = verbs.add_parser("check", help="check the repository (and a database) can be used")
     _common(check)
     check.add_argument("--dsn", help="also check this database (default $TONEBRIDGE_DR_DSN)")
     check.set_defaults(handler=_check)
     return parser
+
+
+_WAL_VERBS = {
+    "wal-push": "archive one WAL file (archive_command = 'tonebridge-dr wal-push %p')",
+    "wal-fetch": "fetch one WAL file (restore_command = 'tonebridge-dr wal-fetch %f %p')",
+    "wal-prefetch": "(internal) prefetch WAL segments for wal-fetch",
+    "wal-stream": "stream WAL with pg_receivewal into the repository",
+    "wal-status": "the archive position: newest archived segment and its time",
+    "wal-prune": "delete WAL no retained base backup needs",
+}
+
+
+def _add_wal_verbs(verbs: Any, argv: Sequence[str]) -> None:
+    """The WAL verbs; their module is imported only when one of them is used."""
+    selected = next((a for a in argv if a in _WAL_VERBS), None)
+    for verb, help_text in _WAL_VERBS.items():
+        sub = verbs.add_parser(verb, help=help_text)
+        if verb != selected:
+            continue
+        from tonebridge_dr.runner.engines.postgres.wal import commands as wal
+
+        name = verb.replace("-", "_")
+        getattr(wal, f"add_{name}_arguments")(sub)
+        run = getattr(wal, f"run_{name}")
+        if verb in ("wal-push", "wal-fetch", "wal-prefetch"):
+            # PostgreSQL reads only their exit codes (wal-fetch: 1 = not found, 255 = abort
+            # recovery); they print their own one-line errors.
+            sub.set_defaults(handler=run, raw_exit=True)
+        else:
+            if not any(o == "--json" for a in sub._actions for o in a.option_strings):
+                sub.add_argument("--json", action="store_true", help="print the result as JSON")
+            sub.set_defaults(handler=_engine_runner(run))
 
 
 def _count(value: str) -> int:
@@ -397,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help / --version printed and want to exit
             return int(exc.code or 0) if isinstance(exc.code, int | None) else 2
         handler = _configure_logging(args)
+        if getattr(args, "raw_exit", False):
+            return int(args.handler(args))
         outcome: Outcome = args.handler(args)
         if getattr(args, "json", False):
             result.print_json(outcome.payload, sys.stdout)

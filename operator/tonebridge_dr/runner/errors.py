@@ -87,7 +87,7 @@ class TargetNotEmpty(DRError):
 
 
 class ToolError(DRError):
-    """An external tool (pg_dump, pg_restore, gpg, ...) failed; the message carries its last stderr line."""
+    """An external tool (pg_dump, gpg, ...) failed; the message carries its last stderr line."""
 
     exit_code = 12
     reason = "ToolFailed"

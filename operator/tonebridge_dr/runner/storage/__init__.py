@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import urllib.parse
 from pathlib import Path
@@ -9,9 +10,25 @@ from pathlib import Path
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.storage.base import ObjectInfo, Storage
 
-__all__ = ["ObjectInfo", "Storage", "open_storage", "repo_from_env"]
+__all__ = ["ObjectInfo", "S3Config", "Storage", "open_storage", "repo_from_env"]
 
 REPO_ENV = "TONEBRIDGE_DR_REPO"
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Config:
+    """Explicit S3 client settings, for callers that serve many repositories from one
+    process (the operator reads each policy's catalog with that policy's credentials).
+
+    Every field left None falls back to the standard AWS environment, exactly as
+    when no config is given. The repr hides the secret parts.
+    """
+
+    access_key_id: str | None = dataclasses.field(default=None, repr=False)
+    secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    session_token: str | None = dataclasses.field(default=None, repr=False)
+    endpoint_url: str | None = None
+    region: str | None = None
 
 
 def repo_from_env(value: str | None) -> str:
@@ -22,10 +39,11 @@ def repo_from_env(value: str | None) -> str:
     return url
 
 
-def open_storage(url: str, *, create: bool = True) -> Storage:
+def open_storage(url: str, *, create: bool = True, s3: S3Config | None = None) -> Storage:
     """Open the repository at `url` (`file:///path` or `s3://bucket/prefix`).
 
     `create` only matters for file:// (make the folder); an S3 bucket is never created.
+    `s3` overrides the AWS environment for s3:// URLs (ignored for file://).
     """
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme == "file":
@@ -44,7 +62,7 @@ def open_storage(url: str, *, create: bool = True) -> Storage:
             raise errors.RepositoryConfigError(f"S3 repository URL needs a bucket: {url!r}")
         from tonebridge_dr.runner.storage.s3 import S3Storage
 
-        return S3Storage(url, bucket=parsed.netloc, prefix=parsed.path.strip("/"))
+        return S3Storage(url, bucket=parsed.netloc, prefix=parsed.path.strip("/"), config=s3)
     raise errors.RepositoryConfigError(
         f"unknown repository scheme {parsed.scheme or '(none)'!r} in {url!r}: "
         "use s3://bucket/prefix or file:///path"

@@ -12,6 +12,11 @@ Contracts:
   `ObjectNotFound` before the first chunk.
 - `list` yields objects under a prefix in key order; missing prefix -> nothing.
 - `delete` of a missing key is not an error (idempotent).
+
+Optional operations with a default built on the primitives (backends override
+them when they can do better): `list_after` (a bounded, resumable listing: S3's
+StartAfter/MaxKeys, so a caller can find the newest of millions of keys with a
+few small requests) and `delete_many` (S3 DeleteObjects, 1000 keys a request).
 """
 
 from __future__ import annotations
@@ -60,6 +65,34 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove `key`; a missing key is fine."""
+
+    def list_after(
+        self, prefix: str = "", start_after: str = "", limit: int | None = None
+    ) -> Iterator[ObjectInfo]:
+        """Objects under `prefix` whose key sorts strictly after `start_after`, in key
+        order, at most `limit` of them (None: all).
+
+        The default filters `list(prefix)`; backends override it so that the cost
+        depends on `limit`, not on how many keys sort before `start_after`.
+        """
+        if limit is not None and limit <= 0:
+            return
+        count = 0
+        for info in self.list(prefix):
+            if info.key <= start_after:
+                continue
+            yield info
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete every key (missing ones are fine); returns how many were asked for."""
+        count = 0
+        for key in keys:
+            self.delete(key)
+            count += 1
+        return count
 
     # Shared helpers built on the primitives.
     def put_bytes(self, key: str, data: bytes, *, storage_class: str | None = None) -> int:

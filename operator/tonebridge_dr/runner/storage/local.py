@@ -93,6 +93,56 @@ class LocalStorage(base.Storage):
             if info is not None:
                 yield info
 
+    def list_after(
+        self, prefix: str = "", start_after: str = "", limit: int | None = None
+    ) -> Iterator[base.ObjectInfo]:
+        """Walks only the folders that can hold keys under `prefix` after `start_after`.
+
+        Entries of a folder are visited in key order (a subfolder sorts as `name/`),
+        so the walk yields keys in global key order and stops after `limit` hits.
+        """
+        if limit is not None and limit <= 0:
+            return
+        if prefix:
+            _check_key(prefix.rstrip("/") or "x")
+        count = 0
+        top = prefix.rpartition("/")[0]
+        for key in self._walk_sorted(top, prefix, start_after):
+            info = self.head(key)
+            if info is None:
+                continue  # deleted while walking
+            yield info
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+    def _walk_sorted(self, rel_dir: str, prefix: str, start_after: str) -> Iterator[str]:
+        folder = self.root / rel_dir if rel_dir else self.root
+        try:
+            with os.scandir(folder) as it:
+                entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in it]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        items: list[tuple[str, str, bool]] = []
+        for name, is_dir in entries:
+            key = f"{rel_dir}/{name}" if rel_dir else name
+            if is_dir:
+                items.append((key + "/", key, True))
+            elif not (name.startswith(".") and name.endswith(".part")):
+                items.append((key, key, False))
+        items.sort()
+        for sort_key, key, is_dir in items:
+            if is_dir:
+                if not (sort_key.startswith(prefix) or prefix.startswith(sort_key)):
+                    continue
+                # Every key in the folder starts with `sort_key`: when that already
+                # sorts before `start_after` (and is not a prefix of it), skip it whole.
+                if sort_key < start_after and not start_after.startswith(sort_key):
+                    continue
+                yield from self._walk_sorted(key, prefix, start_after)
+            elif key.startswith(prefix) and key > start_after:
+                yield key
+
     def head(self, key: str) -> base.ObjectInfo | None:
         try:
             st = self._path(key).stat()

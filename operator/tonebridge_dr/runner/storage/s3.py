@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import boto3
@@ -28,7 +28,7 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from tonebridge_dr.runner import errors
-from tonebridge_dr.runner.storage import base
+from tonebridge_dr.runner.storage import S3Config, base
 
 SSE_ENV = "TONEBRIDGE_DR_S3_SSE"
 SSE_KMS_KEY_ENV = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
@@ -103,21 +103,33 @@ class S3Storage(base.Storage):
     READ_TIMEOUT = 30.0
     MAX_ATTEMPTS = 3
 
-    def __init__(self, url: str, bucket: str, prefix: str = "") -> None:
+    def __init__(
+        self, url: str, bucket: str, prefix: str = "", config: S3Config | None = None
+    ) -> None:
+        """`config` (optional) gives explicit credentials, endpoint and region; whatever
+        it leaves None comes from the AWS environment as usual."""
         super().__init__(url)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._extra = self._sse_args()
-        config = botocore.config.Config(
-            region_name=_region(),
+        explicit = config or S3Config()
+        self.region = explicit.region or _region()
+        client_config = botocore.config.Config(
+            region_name=self.region,
             connect_timeout=self.CONNECT_TIMEOUT,
             read_timeout=self.READ_TIMEOUT,
             retries={"mode": "standard", "max_attempts": self.MAX_ATTEMPTS},
         )
-        self.endpoint = _endpoint()
-        session = boto3.session.Session()
+        self.endpoint = explicit.endpoint_url or _endpoint()
+        session = boto3.session.Session(
+            aws_access_key_id=explicit.access_key_id,
+            aws_secret_access_key=explicit.secret_access_key,
+            aws_session_token=explicit.session_token,
+        )
         try:
-            self.client: Any = session.client("s3", endpoint_url=self.endpoint, config=config)
+            self.client: Any = session.client(
+                "s3", endpoint_url=self.endpoint, config=client_config
+            )
         except ValueError as exc:  # e.g. a malformed endpoint URL
             raise errors.RepositoryConfigError(
                 f"invalid S3 endpoint configuration: {exc}"
@@ -174,7 +186,7 @@ class S3Storage(base.Storage):
                 f"S3 refused to {what} in {self._where()}: {code or 'error'}: {message}"
             )
         if isinstance(exc, _NETWORK_ERRORS):
-            endpoint = self.endpoint or f"of region {_region()}"
+            endpoint = self.endpoint or f"of region {self.region}"
             return errors.StorageError(f"cannot reach S3 endpoint {endpoint}: {what} failed")
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return errors.StorageError(
@@ -331,6 +343,65 @@ class S3Storage(base.Storage):
         # S3-compatible store promises it: sort to keep the contract everywhere.
         infos.sort(key=lambda info: info.key)
         yield from infos
+
+    def list_after(
+        self, prefix: str = "", start_after: str = "", limit: int | None = None
+    ) -> Iterator[base.ObjectInfo]:
+        """ListObjectsV2 with StartAfter and MaxKeys: one small request when `limit` is small."""
+        if limit is not None and limit <= 0:
+            return
+        full_prefix = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        params: dict[str, Any] = {"Prefix": full_prefix}
+        if start_after:
+            params["StartAfter"] = self._full(start_after)
+        count = 0
+        while True:
+            want = self.list_page_size if limit is None else min(self.list_page_size, limit - count)
+            page = self._call("list", prefix or "/", "list_objects_v2", MaxKeys=want, **params)
+            for item in page.get("Contents", ()):
+                yield base.ObjectInfo(
+                    key=self._relative(item["Key"]),
+                    size=int(item["Size"]),
+                    last_modified=_utc(item["LastModified"]),
+                    storage_class=item.get("StorageClass") or "STANDARD",
+                )
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            params = {"Prefix": full_prefix, "ContinuationToken": token}
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """DeleteObjects, up to 1000 keys a request; any per-key error fails the call."""
+        batch: list[str] = []
+        count = 0
+        for key in keys:
+            _check_key(key)
+            batch.append(key)
+            count += 1
+            if len(batch) == 1000:
+                self._delete_batch(batch)
+                batch = []
+        if batch:
+            self._delete_batch(batch)
+        return count
+
+    def _delete_batch(self, keys: Sequence[str]) -> None:
+        answer = self._call(
+            "delete",
+            keys[0],
+            "delete_objects",
+            Delete={"Objects": [{"Key": self._full(key)} for key in keys], "Quiet": True},
+        )
+        failed = answer.get("Errors") or []
+        if failed:
+            first = failed[0]
+            raise errors.StorageError(
+                f"S3 refused to delete {len(failed)} of {len(keys)} objects in {self._where()}, "
+                f"e.g. {self._relative(str(first.get('Key', '?')))}: {first.get('Code', 'error')}"
+            )
 
     def head(self, key: str) -> base.ObjectInfo | None:
         _check_key(key)

@@ -17,6 +17,7 @@ from typing import Any
 
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres import basebackup, connection, dump, repair, restore
+from tonebridge_dr.runner.engines.postgres.wal import commands as wal_commands
 from tonebridge_dr.runner.repository.catalog import Repository
 from tonebridge_dr.runner.storage import repo_from_env
 
@@ -179,9 +180,26 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add(parser, "--from", dest="from_value", metavar="TS", help="repair range start (inclusive)")
     _add(parser, "--to", dest="to_value", metavar="TS", help="repair range end (exclusive)")
+    # Physical point-in-time restore into a data directory (--data-dir and a target).
+    wal_commands.add_restore_arguments(parser)
 
 
 def run_restore(args: argparse.Namespace) -> dict[str, Any]:
+    if wal_commands.is_physical_restore(args):
+        if args.target_dsn or args.table or args.repair_column:
+            raise errors.UsageError(
+                "--data-dir (physical restore) cannot be combined with --target-dsn, --table "
+                "or --repair-column (logical restore)"
+            )
+        return wal_commands.run_restore(args)
+    for flag, value in (
+        ("--target-time", args.target_time),
+        ("--target-lsn", args.target_lsn),
+        ("--latest", args.latest),
+        ("--start", args.start),
+    ):
+        if value:
+            raise errors.UsageError(f"{flag} needs --data-dir (a physical point-in-time restore)")
     target_dsn = connection.dsn_from(
         args.target_dsn, connection.TARGET_DSN_ENV, option="--target-dsn"
     )

@@ -1,0 +1,18 @@
+"""`python -m tonebridge_dr.runner.engines.postgres.wal VERB ...` (see commands.py)."""
+
+import sys
+
+
+def _main() -> int:
+    from tonebridge_dr.runner.engines.postgres.wal import spool
+
+    fast = spool.fast_main(sys.argv[1:])
+    if fast is not None:
+        return fast
+    from tonebridge_dr.runner.engines.postgres.wal import commands
+
+    return commands.main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

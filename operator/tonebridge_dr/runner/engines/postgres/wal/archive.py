@@ -1,0 +1,495 @@
+"""`wal-push`: archive_command. One WAL file in, exit 0 only once it is durable.
+
+Guarantees (what exit status 0 of `wal-push PATH` means):
+
+1. The file's exact content is stored in the repository under
+   `wal/<tli+log>/<name>.<sha256><ext>` (naming.py): the upload finished and the
+   backend acknowledged it (S3 answered the PUT / multipart completion; file://
+   fsynced the file and its folder). The SHA-256 is computed over the raw file
+   before upload and again while streaming it up; if they differ nothing is
+   kept and the push fails.
+2. Or an object with the same name and the same SHA-256 already existed (a
+   retry after a crash, or the file was pushed ahead earlier): identical
+   content is not uploaded twice. Different content under a name that is
+   already archived fails with ConflictError (exit 13) and nothing is
+   overwritten. Two writers racing with different content: each checks again
+   after its upload, and one that sees a different object removes its own
+   (not yet acknowledged) copy and fails, so an acknowledged object is never
+   removed or replaced. Exception: a newer `.partial` of the same segment
+   replaces an older one when the older is a prefix of it (the WAL received by
+   a stopped pg_receivewal only grows); when the old one cannot be read
+   (encrypted archive) the newer one replaces it.
+3. Or (the fast path, spool.py) a push marker written after an earlier
+   acknowledged upload of this very file (same repository URL, size, mtime and
+   inode) exists; it is consumed.
+
+Anything else exits non-zero, so PostgreSQL keeps the file and retries:
+invalid names (UsageError, 2), a file that does not look like the WAL its name
+claims (IntegrityError, 7: wrong size, no long page header, page address or
+segment size not matching the name), repository or network failures
+(StorageError, 4), conflicts (13).
+
+Push-ahead: a call that has to upload also takes up to `push_ahead - 1` other
+files PostgreSQL has marked `.ready` (oldest first, history files first, like
+the archiver) and uploads them with `parallel` threads; each upload that
+succeeds leaves a push marker, so PostgreSQL's next calls return at once. A
+failed push-ahead upload only logs a warning (the file stays `.ready`; its own
+call retries it). Nothing is acknowledged that is not durable: a marker exists
+only after its upload was acknowledged, and PostgreSQL only learns about a file
+through its own call's exit status.
+
+What is not guaranteed: a marker is trusted without asking the repository, so
+if someone deletes archived WAL behind our back in the seconds between a
+push-ahead and PostgreSQL's call for that file, the call still succeeds.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import logging
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.codecs import compression as codecs
+from tonebridge_dr.runner.codecs import pipeline
+from tonebridge_dr.runner.engines.postgres.wal import catalog, naming, spool
+from tonebridge_dr.runner.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+COMPRESSION_ENV = "TONEBRIDGE_DR_COMPRESSION"
+LEVEL_ENV = "TONEBRIDGE_DR_COMPRESSION_LEVEL"
+ENCRYPT_ENV = "TONEBRIDGE_DR_ENCRYPT_TO"
+PARALLEL_ENV = "TONEBRIDGE_DR_WAL_PARALLEL"
+PUSH_AHEAD_ENV = "TONEBRIDGE_DR_WAL_PUSH_AHEAD"
+
+DEFAULT_PARALLEL = 8
+DEFAULT_PUSH_AHEAD = 64
+#: Archiving must keep up with the server: zstd level 1 compresses WAL nearly as well as
+#: level 3 at several times the speed (TONEBRIDGE_DR_COMPRESSION_LEVEL overrides it).
+DEFAULT_ZSTD_LEVEL = 1
+CHUNK = 1024 * 1024
+#: History and backup-label files are tiny text files; refuse anything absurd.
+MAX_SMALL_FILE = 16 * 1024 * 1024
+
+_XLP_LONG_HEADER = 0x0002
+_LONG_HEADER = struct.Struct("=HHIQI4xQII")  # XLogLongPageHeaderData on 64-bit builds
+
+
+@dataclasses.dataclass(frozen=True)
+class PushSettings:
+    """How wal-push stores files; from the environment of the archive_command."""
+
+    repo_url: str
+    compression: str = codecs.DEFAULT
+    level: int | None = None
+    encrypt_to: Path | None = None
+    parallel: int = DEFAULT_PARALLEL
+    push_ahead: int = DEFAULT_PUSH_AHEAD
+
+    @classmethod
+    def from_env(cls, repo_url: str, env: Mapping[str, str] | None = None) -> PushSettings:
+        env = os.environ if env is None else env
+        encrypt = env.get(ENCRYPT_ENV, "").strip()
+        compression = env.get(COMPRESSION_ENV, "").strip() or codecs.DEFAULT
+        level = _int_env(env, LEVEL_ENV, None, minimum=None)
+        if level is None and compression == "zstd":
+            level = DEFAULT_ZSTD_LEVEL
+        settings = cls(
+            repo_url=repo_url,
+            compression=compression,
+            level=level,
+            encrypt_to=Path(encrypt) if encrypt else None,
+            parallel=_int_env(env, PARALLEL_ENV, DEFAULT_PARALLEL, minimum=1) or 1,
+            push_ahead=_int_env(env, PUSH_AHEAD_ENV, DEFAULT_PUSH_AHEAD, minimum=1) or 1,
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Bad settings fail before anything is read or stored."""
+        codec = codecs.get(self.compression)
+        if self.level is not None:
+            codec._level(self.level)
+        if self.encrypt_to is not None and not self.encrypt_to.is_file():
+            raise errors.EncryptionError(f"encryption key file {self.encrypt_to} does not exist")
+
+    @property
+    def extension(self) -> str:
+        return pipeline.object_extension(self.compression, self.encrypt_to is not None)
+
+
+def _int_env(
+    env: Mapping[str, str], name: str, default: int | None, *, minimum: int | None
+) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise errors.UsageError(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise errors.UsageError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class PushOutcome:
+    """What one push did."""
+
+    name: str
+    key: str
+    sha256: str
+    uploaded: bool  # False: the archive already held identical (or newer partial) content
+    raw_size: int
+    stored_size: int
+
+    def result(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def check_wal_file(path: Path, wal: naming.WalName, size: int) -> None:
+    """Refuse files that cannot be the WAL their name says (before reading them whole)."""
+    if wal.kind in (naming.HISTORY, naming.BACKUP):
+        if size == 0 or size > MAX_SMALL_FILE:
+            raise errors.IntegrityError(f"{path} is not a {wal.kind} file: {size} bytes")
+        return
+    try:
+        naming.check_segment_size(size)
+    except errors.IntegrityError as exc:
+        raise errors.IntegrityError(f"{path} is not a WAL segment: {exc}") from None
+    with path.open("rb") as handle:
+        head = handle.read(_LONG_HEADER.size)
+    if len(head) < _LONG_HEADER.size:
+        raise errors.IntegrityError(f"{path} is not a WAL segment: it is truncated")
+    if wal.kind == naming.PARTIAL and not head.strip(b"\0"):
+        return  # a partial segment nothing was written to yet
+    _magic, info, page_tli, pageaddr, _rem, _sysid, seg_size, _blcksz = _LONG_HEADER.unpack(head)
+    expected_addr = wal.segno(size) * size
+    problems = []
+    if not info & _XLP_LONG_HEADER:
+        problems.append("its first page has no long header")
+    if seg_size != size:
+        problems.append(f"its header says segments of {seg_size} bytes, the file has {size}")
+    if pageaddr != expected_addr:
+        problems.append(
+            f"it holds WAL from {naming.format_lsn(pageaddr)}, "
+            f"not {naming.format_lsn(expected_addr)}"
+        )
+    if page_tli == 0 or page_tli > wal.timeline:
+        problems.append(f"its first page is on timeline {page_tli}")
+    if problems:
+        raise errors.IntegrityError(
+            f"{path} does not hold WAL segment {wal.segment}: {'; '.join(problems)}"
+        )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _strip_zero_tail(data: bytes) -> bytes:
+    return data.rstrip(b"\0")
+
+
+#: Files up to this size are read once into memory (one read, one hash, one-shot
+#: compression); larger ones (wal_segment_size up to 1 GiB) stream in two passes.
+IN_MEMORY_LIMIT = 64 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class _Pending:
+    """One file of a batch: what it is, what it became, what it replaces."""
+
+    path: Path
+    wal: naming.WalName
+    outcome: PushOutcome | None = None
+    error: BaseException | None = None
+    superseded: list[catalog.ArchivedObject] = dataclasses.field(default_factory=list)
+
+
+class Pusher:
+    """Stores WAL files in one repository. Thread-safe (one storage client, no state).
+
+    `push_all` handles a batch with one listing per repository folder before the
+    uploads (the duplicate check) and one after them (the race check), instead of
+    two per file.
+    """
+
+    def __init__(self, archive: catalog.WalArchive, settings: PushSettings) -> None:
+        self.archive = archive
+        self.storage = archive.storage
+        self.settings = settings
+        self.extension = settings.extension
+
+    def push_file(self, path: Path) -> PushOutcome:
+        """Store one WAL file (see the module docstring for the contract)."""
+        result = self.push_all([path])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def push_all(
+        self, paths: list[Path], *, parallel: int = 1
+    ) -> list[PushOutcome | BaseException]:
+        """Store every file; one outcome or error per path, in order."""
+        pending: list[_Pending] = []
+        for path in paths:
+            try:
+                pending.append(_Pending(path, naming.parse(path.name)))
+            except errors.DRError as exc:
+                pending.append(_Pending(path, naming.WalName(path.name, "?", 0), error=exc))
+        valid = [item for item in pending if item.error is None]
+        known = self._listing({item.wal.folder for item in valid})
+        if parallel > 1 and len(valid) > 1:
+            workers = min(parallel, len(valid))
+            with concurrent.futures.ThreadPoolExecutor(workers, "wal-push") as pool:
+                list(pool.map(lambda item: self._push_one(item, known), valid))
+        else:
+            for item in valid:
+                self._push_one(item, known)
+        uploaded = [item for item in valid if item.outcome is not None and item.outcome.uploaded]
+        if uploaded:
+            self._check_rivals(uploaded)
+        results: list[PushOutcome | BaseException] = []
+        for item in pending:
+            if item.error is not None:
+                results.append(item.error)
+            else:
+                assert item.outcome is not None
+                results.append(item.outcome)
+        return results
+
+    def _listing(self, folders: set[str]) -> dict[str, list[catalog.ArchivedObject]]:
+        by_name: dict[str, list[catalog.ArchivedObject]] = {}
+        for folder in sorted(folders):
+            for obj in self.archive.folder_objects(folder):
+                by_name.setdefault(obj.name, []).append(obj)
+        return by_name
+
+    def _push_one(self, item: _Pending, known: dict[str, list[catalog.ArchivedObject]]) -> None:
+        try:
+            item.outcome = self._store(item, known.get(item.wal.name, []))
+        except BaseException as exc:  # reported per file; the batch goes on
+            item.error = exc
+
+    def _store(self, item: _Pending, same: list[catalog.ArchivedObject]) -> PushOutcome:
+        path, wal = item.path, item.wal
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise errors.SourceError(f"WAL file {path} does not exist") from None
+        except OSError as exc:
+            raise errors.SourceError(f"cannot read WAL file {path}: {exc.strerror}") from None
+        check_wal_file(path, wal, size)
+        data = path.read_bytes() if size <= IN_MEMORY_LIMIT else None
+        if data is not None and len(data) != size:
+            raise errors.IntegrityError(f"WAL file {path} changed while it was archived")
+        sha = hashlib.sha256(data).hexdigest() if data is not None else _sha256_file(path)
+        for obj in same:
+            if obj.sha256 == sha:
+                log.info("%s is already archived as %s", wal.name, obj.key)
+                return PushOutcome(wal.name, obj.key, sha, False, size, obj.info.size)
+        if same:
+            if wal.kind != naming.PARTIAL:
+                existing = same[0]
+                raise errors.ConflictError(
+                    f"WAL file {wal.name} is already archived with different content "
+                    f"(stored sha256 {existing.sha256[:16]}..., this file {sha[:16]}...) in "
+                    f"{self.archive.url}; refusing to overwrite it"
+                )
+            newer = self._newer_partial(path, same)
+            if newer is not None:
+                log.info("%s: the archive already holds a longer copy %s", wal.name, newer.key)
+                return PushOutcome(wal.name, newer.key, newer.sha256, False, size, newer.info.size)
+            item.superseded = same
+        key = naming.object_key(wal, sha, self.extension)
+        if data is not None:
+            stored = self._upload_bytes(key, data)
+        else:
+            stored = self._upload_stream(path, key, sha)
+        log.info("archived %s as %s (%d bytes, %d stored)", wal.name, key, size, stored)
+        return PushOutcome(wal.name, key, sha, True, size, stored)
+
+    def _check_rivals(self, uploaded: list[_Pending]) -> None:
+        """After the uploads: withdraw any copy that raced with different content."""
+        after = self._listing({item.wal.folder for item in uploaded})
+        for item in uploaded:
+            assert item.outcome is not None
+            replaced = {obj.key for obj in item.superseded}
+            rivals = [
+                obj
+                for obj in after.get(item.wal.name, [])
+                if obj.sha256 != item.outcome.sha256 and obj.key not in replaced
+            ]
+            if rivals:
+                self.storage.delete(item.outcome.key)
+                item.outcome = None
+                item.error = errors.ConflictError(
+                    f"WAL file {item.wal.name} was archived concurrently with different "
+                    f"content ({rivals[0].key}); this copy was withdrawn"
+                )
+                continue
+            for obj in item.superseded:
+                self.storage.delete(obj.key)
+                log.info("replaced the shorter partial %s", obj.key)
+
+    def _compress(self, data: bytes) -> bytes:
+        if self.settings.compression == "zstd":
+            # One frame, one thread: parallelism comes from pushing several files at once.
+            import zstandard
+
+            level = self.settings.level if self.settings.level is not None else 3
+            return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
+        codec = codecs.get(self.settings.compression)
+        return b"".join(codec.compress([data], self.settings.level))
+
+    def _upload_bytes(self, key: str, data: bytes) -> int:
+        compressed = self._compress(data)
+        if self.settings.encrypt_to is None:
+            return self.storage.put_bytes(key, compressed)
+        from tonebridge_dr.runner.codecs import encryption
+
+        encrypted = encryption.encrypt([compressed], self.settings.encrypt_to)
+        return self.storage.put_stream(key, encrypted)
+
+    def _upload_stream(self, path: Path, key: str, sha: str) -> int:
+        def raw() -> Iterator[bytes]:
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    digest.update(chunk)
+                    yield chunk
+            if digest.hexdigest() != sha:
+                raise errors.IntegrityError(f"WAL file {path} changed while it was archived")
+
+        encoded = pipeline.encode(
+            raw(),
+            compression=self.settings.compression,
+            encrypt_to=self.settings.encrypt_to,
+            level=self.settings.level,
+        )
+        stored = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal stored
+            for chunk in encoded:
+                stored += len(chunk)
+                yield chunk
+
+        written = self.storage.put_stream(key, counted())
+        if written != stored:
+            raise errors.StorageError(f"storage stored {written} of {stored} bytes of {key}")
+        return stored
+
+    def _newer_partial(
+        self, path: Path, existing: list[catalog.ArchivedObject]
+    ) -> catalog.ArchivedObject | None:
+        """The stored partial when it already contains this one; None when this one is newer.
+
+        ConflictError when they diverge (neither is a prefix of the other).
+        """
+        ours = _strip_zero_tail(path.read_bytes())
+        for obj in existing:
+            try:
+                theirs = _strip_zero_tail(self.archive.read_bytes(obj))
+            except errors.EncryptionError:
+                log.warning("cannot compare with encrypted %s; the newer partial wins", obj.key)
+                continue
+            if theirs.startswith(ours):
+                return obj
+            if not ours.startswith(theirs):
+                raise errors.ConflictError(
+                    f"partial WAL file {path.name} diverges from the archived {obj.key}; "
+                    "refusing to replace it"
+                )
+        return None
+
+
+# -- the archive_command ------------------------------------------------------------------
+
+
+def ready_files(wal_dir: Path, *, exclude: str, limit: int, repo_url: str) -> list[Path]:
+    """Up to `limit` files PostgreSQL marked `.ready`, in its archiving order.
+
+    Files whose push marker is still valid (pushed ahead by an earlier call) are
+    left out.
+    """
+    if limit <= 0:
+        return []
+    try:
+        entries = os.listdir(wal_dir / "archive_status")
+    except OSError:
+        return []
+    names: list[naming.WalName] = []
+    for entry in entries:
+        if not entry.endswith(".ready"):
+            continue
+        name = entry[: -len(".ready")]
+        if name == exclude or not naming.is_valid(name):
+            continue
+        names.append(naming.parse(name))
+    names.sort(key=naming.WalName.archive_order)
+    chosen: list[Path] = []
+    for wal in names:
+        path = wal_dir / wal.name
+        if spool.has_push_marker(str(path), repo_url):
+            continue
+        chosen.append(path)
+        if len(chosen) >= limit:
+            break
+    return chosen
+
+
+def push(path_arg: str, settings: PushSettings) -> PushOutcome:
+    """The archive_command: store `path_arg`, pushing other ready files ahead in parallel.
+
+    Returns the outcome for `path_arg` once it is durable; raises its error
+    otherwise. The caller has already tried the spool fast path.
+    """
+    path = Path(os.path.abspath(path_arg))
+    naming.parse(path.name)
+    settings.check()
+    pusher = Pusher(catalog.WalArchive(open_storage(settings.repo_url)), settings)
+    wal_dir = path.parent
+    ahead = ready_files(
+        wal_dir, exclude=path.name, limit=settings.push_ahead - 1, repo_url=settings.repo_url
+    )
+    stats = {}
+    for other in ahead:
+        try:
+            stats[other] = spool.file_stat(str(other))  # before reading: see spool.py
+        except OSError:
+            continue
+    files = [path, *stats]
+    results = pusher.push_all(files, parallel=settings.parallel)
+    pushed = 0
+    for other, result in zip(files[1:], results[1:], strict=True):
+        if isinstance(result, BaseException):
+            log.warning("could not push %s ahead: %s", other.name, result)
+            continue
+        try:
+            spool.write_push_marker(
+                str(other), settings.repo_url, result.key, result.sha256, stats[other]
+            )
+        except OSError as exc:  # only an optimisation: PostgreSQL's own call re-checks
+            log.warning("cannot write the push marker of %s: %s", other.name, exc)
+            continue
+        pushed += 1
+    if ahead:
+        log.info("pushed %d of %d ready files ahead", pushed, len(ahead))
+        spool.forget_push_markers(str(wal_dir))
+    main = results[0]
+    if isinstance(main, BaseException):
+        raise main
+    return main

@@ -1,0 +1,453 @@
+"""Command-line verbs of WAL archiving and physical restore.
+
+For the runner CLI: each verb has `add_<verb>_arguments(parser)` and
+`run_<verb>(args)`:
+
+| verb                      | run returns     | errors                                      |
+|---------------------------|-----------------|---------------------------------------------|
+| `wal-push PATH`           | exit code (int) | handled inside: stderr line, DRError's code |
+| `wal-fetch NAME DEST`     | exit code (int) | handled inside: 0 / 1 not found / 255 fatal |
+| `wal-stream --dsn --repo` | result dict     | raises DRError                              |
+| `wal-status --repo`       | result dict     | raises DRError                              |
+| `wal-prune --repo`        | result dict     | raises DRError                              |
+| `restore postgres --data-dir ...` (physical) | result dict | raises DRError          |
+| `wal-prefetch ...` (internal, started by wal-fetch) | exit code | logged |
+
+wal-push and wal-fetch keep their exit codes to themselves because PostgreSQL
+reads them (see fetch.py: an ordinary error code would look like "not found"
+to recovery). Call `spool.fast_main(argv)` before importing anything heavy to
+keep their fast paths fast. `main(argv)` runs all verbs (`python -m
+tonebridge_dr.runner.engines.postgres.wal ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.engines.postgres.wal import spool
+
+log = logging.getLogger("tonebridge_dr.runner.engines.postgres.wal")
+
+REPO_ENV = "TONEBRIDGE_DR_REPO"
+
+
+def _repo(value: str | None) -> str:
+    from tonebridge_dr.runner.storage import repo_from_env
+
+    return repo_from_env(value)
+
+
+def _fail(verb: str, message: str) -> None:
+    sys.stderr.write(f"{verb}: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+
+
+def _add_repo(parser: argparse.ArgumentParser) -> None:
+    if not _has_option(parser, "--repo"):
+        parser.add_argument("--repo", help=f"repository URL (default ${REPO_ENV})")
+
+
+def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:
+    return option in parser._option_string_actions
+
+
+# -- wal-push ----------------------------------------------------------------------------
+
+
+def add_wal_push_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_repo(parser)
+    parser.add_argument("path", metavar="PATH", help="the WAL file (archive_command's %%p)")
+
+
+def run_wal_push(args: argparse.Namespace) -> int:
+    """archive_command: 0 once PATH is durable in the repository, else non-zero."""
+    repo = args.repo or os.environ.get(REPO_ENV, "")
+    if spool.try_push_fast(args.path, repo):
+        return 0
+    try:
+        from tonebridge_dr.runner.engines.postgres.wal import archive
+
+        settings = archive.PushSettings.from_env(_repo(args.repo))
+        archive.push(args.path, settings)
+    except errors.DRError as exc:
+        _fail("wal-push", f"{Path(args.path).name}: {exc}")
+        return exc.exit_code
+    return 0
+
+
+# -- wal-fetch ---------------------------------------------------------------------------
+
+
+def add_wal_fetch_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_repo(parser)
+    if not _has_option(parser, "--decrypt-key"):
+        parser.add_argument(
+            "--decrypt-key",
+            type=Path,
+            metavar="PRIVKEY_FILE",
+            help="OpenPGP secret key file for an encrypted archive",
+        )
+    parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="answer a never-completed segment with its .partial",
+    )
+    parser.add_argument("--no-prefetch", action="store_true", help="do not prefetch")
+    parser.add_argument("name", metavar="NAME", help="WAL file name (restore_command's %%f)")
+    parser.add_argument("dest", metavar="DEST", help="where to write it (restore_command's %%p)")
+
+
+def run_wal_fetch(args: argparse.Namespace) -> int:
+    """restore_command: 0 delivered, 1 not in the archive, 255 any other failure."""
+    from tonebridge_dr.runner.engines.postgres.wal import catalog, fetch
+
+    try:
+        repo = _repo(args.repo)
+        settings = fetch.FetchSettings.from_env(
+            repo, decrypt_key=args.decrypt_key, allow_partial=args.allow_partial
+        )
+        if args.no_prefetch:
+            settings = fetch.FetchSettings(
+                repo, args.decrypt_key, args.allow_partial, window=0, parallel=1
+            )
+        elif settings.window > 0:
+            folder = spool.prefetch_dir(os.path.dirname(os.path.abspath(args.dest)))
+            if os.path.isdir(folder):
+                spool.note_wanted(folder, args.name)
+                if spool.take_prefetched(folder, args.name, os.path.abspath(args.dest), repo):
+                    return 0
+        fetch.fetch(args.name, args.dest, settings)
+    except catalog.WalNotFound as exc:
+        _fail("wal-fetch", str(exc))
+        return fetch.EXIT_NOT_FOUND
+    except errors.DRError as exc:
+        _fail("wal-fetch", f"{args.name}: {exc} (recovery stops here; fix and restart)")
+        return fetch.EXIT_FATAL
+    return 0
+
+
+# -- wal-prefetch (internal) -----------------------------------------------------------
+
+
+def add_wal_prefetch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spool", type=Path, required=True)
+    _add_repo(parser)
+    parser.add_argument("--start", required=True)
+    parser.add_argument("--segment-size", type=int, required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--window", type=int, default=16)
+    parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--decrypt-key", type=Path)
+    parser.add_argument("--allow-partial", action="store_true")
+
+
+def run_wal_prefetch(args: argparse.Namespace) -> int:
+    from tonebridge_dr.runner.engines.postgres.wal import fetch
+
+    settings = fetch.FetchSettings(
+        _repo(args.repo),
+        args.decrypt_key,
+        args.allow_partial,
+        max(1, args.window),
+        max(1, args.parallel),
+    )
+    return fetch.run_prefetcher(
+        args.spool,
+        settings,
+        start=args.start,
+        segment_size=args.segment_size,
+        data_dir=args.data_dir,
+    )
+
+
+# -- wal-stream -------------------------------------------------------------------------
+
+
+def add_wal_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_repo(parser)
+    parser.add_argument(
+        "--dsn",
+        help="libpq DSN of the server (default $TONEBRIDGE_DR_DSN); password from PGPASSWORD",
+    )
+    parser.add_argument(
+        "--slot", default=None, help="physical replication slot (default tonebridge_dr)"
+    )
+    parser.add_argument(
+        "--status-interval",
+        type=int,
+        default=10,
+        metavar="SECONDS",
+        help="how often pg_receivewal reports its position (default 10)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where pg_receivewal writes (default $TMPDIR/tonebridge-dr-wal-stream-<slot>)",
+    )
+
+
+def run_wal_stream(args: argparse.Namespace) -> dict[str, Any]:
+    """Stream until SIGTERM/SIGINT; returns what was uploaded."""
+    import tempfile
+
+    from tonebridge_dr.runner.engines.postgres import connection
+    from tonebridge_dr.runner.engines.postgres.wal import archive, stream
+
+    dsn = connection.dsn_from(args.dsn)
+    connection.ConnInfo.parse(dsn)
+    slot = stream.check_slot_name(args.slot or stream.DEFAULT_SLOT)
+    work_dir = args.work_dir or Path(tempfile.gettempdir()) / f"tonebridge-dr-wal-stream-{slot}"
+    settings = stream.StreamSettings(
+        dsn=dsn,
+        slot=slot,
+        work_dir=work_dir,
+        push=archive.PushSettings.from_env(_repo(args.repo)),
+        status_interval=max(1, args.status_interval),
+    )
+    stop = threading.Event()
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    try:
+        stats = stream.WalStreamer(settings, stop).run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return {
+        "slot": slot,
+        "uploaded": len(stats.uploaded),
+        "last_uploaded": stats.uploaded[-1] if stats.uploaded else None,
+        "partial": stats.partial,
+        "restarts": stats.restarts,
+    }
+
+
+# -- wal-status / wal-prune -----------------------------------------------------------
+
+
+def add_wal_status_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_repo(parser)
+
+
+def run_wal_status(args: argparse.Namespace) -> dict[str, Any]:
+    from tonebridge_dr.runner.engines.postgres.wal import catalog
+
+    return catalog.archive_status(_repo(args.repo)).result()
+
+
+def add_wal_prune_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_repo(parser)
+    parser.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+
+
+def run_wal_prune(args: argparse.Namespace) -> dict[str, Any]:
+    from tonebridge_dr.runner.engines.postgres.wal import retention
+    from tonebridge_dr.runner.repository.catalog import Repository
+
+    repo = Repository.open(_repo(args.repo), create=False)
+    return retention.prune_wal(repo, dry_run=args.dry_run).result()
+
+
+# -- restore postgres (physical) ------------------------------------------------------
+
+
+def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
+    """Physical-restore options; options the logical restore already has are not repeated."""
+    _add_repo(parser)
+    if not _has_option(parser, "--backup"):
+        parser.add_argument(
+            "--backup",
+            default=None,
+            help="base backup id (default: the newest that ends before the target)",
+        )
+    if not _has_option(parser, "--decrypt-key"):
+        parser.add_argument(
+            "--decrypt-key",
+            type=Path,
+            metavar="PRIVKEY_FILE",
+            help="OpenPGP secret key file for an encrypted backup and archive",
+        )
+    parser.add_argument("--data-dir", type=Path, help="empty folder to restore the cluster into")
+    parser.add_argument(
+        "--target-time",
+        metavar="TS",
+        help="recover up to this time (ISO 8601; without offset: UTC)",
+    )
+    parser.add_argument("--target-lsn", metavar="LSN", help="recover up to this WAL position")
+    parser.add_argument("--latest", action="store_true", help="recover all archived WAL")
+    parser.add_argument(
+        "--target-timeline", type=int, default=None, help="timeline to follow (default: the latest)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="empty a non-empty --data-dir")
+    parser.add_argument(
+        "--start",
+        action="store_true",
+        help="start the server, wait until recovery ended and it is promoted",
+    )
+    parser.add_argument(
+        "--stop-after",
+        action="store_true",
+        help="with --start: shut the server down cleanly afterwards",
+    )
+    parser.add_argument(
+        "--run-as",
+        default="postgres",
+        help="OS user owning and running the cluster when run as root",
+    )
+    parser.add_argument(
+        "--keep-archiving",
+        action="store_true",
+        help="leave archive_mode on in the restored cluster (it archives its "
+        "new timeline into the same repository)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra postgresql.auto.conf setting, e.g. port=5433; repeatable",
+    )
+    parser.add_argument(
+        "--verify-dsn",
+        default=None,
+        help="with --start: DSN to confirm pg_is_in_recovery() is false",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds to wait for recovery with --start (default 3600)",
+    )
+
+
+def is_physical_restore(args: argparse.Namespace) -> bool:
+    """True when restore arguments ask for a physical restore (a data directory)."""
+    return getattr(args, "data_dir", None) is not None
+
+
+def run_restore(args: argparse.Namespace) -> dict[str, Any]:
+    from tonebridge_dr.runner.engines.postgres.wal import pitr
+    from tonebridge_dr.runner.repository.catalog import Repository
+
+    if args.data_dir is None:
+        raise errors.UsageError("a physical restore needs --data-dir")
+    target = pitr.parse_target(args.target_time, args.target_lsn, args.latest)
+    settings: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise errors.UsageError(f"--set wants NAME=VALUE, got {item!r}")
+        settings[key.strip()] = value
+    backup = args.backup if args.backup not in (None, "latest") else None
+    options = pitr.RestoreOptions(
+        data_dir=args.data_dir,
+        target=target,
+        backup_id=backup,
+        target_timeline=args.target_timeline,
+        overwrite=args.overwrite,
+        start=args.start,
+        stop_after=args.stop_after,
+        run_as=args.run_as,
+        decrypt_key=args.decrypt_key,
+        passphrase=os.environ.get("TONEBRIDGE_DR_DECRYPT_PASSPHRASE") or None,
+        keep_archiving=args.keep_archiving,
+        settings=settings,
+        dsn=args.verify_dsn,
+        timeout=args.timeout,
+    )
+    repo = Repository.open(_repo(args.repo), create=False)
+    return pitr.restore_physical(repo, options)
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise errors.UsageError(f"{self.prog}: {message}")
+
+
+_VERBS = {
+    "wal-push": (add_wal_push_arguments, run_wal_push),
+    "wal-fetch": (add_wal_fetch_arguments, run_wal_fetch),
+    "wal-prefetch": (add_wal_prefetch_arguments, run_wal_prefetch),
+    "wal-stream": (add_wal_stream_arguments, run_wal_stream),
+    "wal-status": (add_wal_status_arguments, run_wal_status),
+    "wal-prune": (add_wal_prune_arguments, run_wal_prune),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tonebridge-dr-wal")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    for verb, (add, run) in _VERBS.items():
+        sub = verbs.add_parser(verb)
+        add(sub)
+        if verb not in ("wal-push", "wal-fetch", "wal-prefetch"):
+            sub.add_argument("--json", action="store_true")
+        sub.set_defaults(run=run)
+    restore = verbs.add_parser("restore")
+    restore.add_argument("engine", choices=["postgres"])
+    add_restore_arguments(restore)
+    restore.add_argument("--json", action="store_true")
+    restore.set_defaults(run=run_restore)
+    return parser
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (so callers can capture it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _configure_logging() -> None:
+    level = logging.getLevelName(os.environ.get("TONEBRIDGE_DR_LOG_LEVEL", "INFO").upper())
+    root = logging.getLogger("tonebridge_dr")
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level if isinstance(level, int) else logging.INFO)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    fast = spool.fast_main(args_list)
+    if fast is not None:
+        return fast
+    _configure_logging()
+    try:
+        args = build_parser().parse_args(args_list)
+        outcome = args.run(args)
+    except errors.DRError as exc:
+        _fail("error", str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _fail("error", "interrupted")
+        return 130
+    if isinstance(outcome, int):
+        return outcome
+    import json
+
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(outcome, indent=2, default=str) + "\n")
+    else:
+        for key, value in outcome.items():
+            sys.stdout.write(f"{key}: {value}\n")
+    return 0

@@ -1,0 +1,303 @@
+"""`wal-fetch`: restore_command, and the background prefetcher that keeps it fast.
+
+`wal-fetch NAME DEST` writes the archived file NAME to DEST (PostgreSQL passes
+`%f %p`; DEST is relative to the data directory, e.g. `pg_wal/RECOVERYXLOG`).
+Exit status, as PostgreSQL reads it:
+
+- 0: DEST holds the file, complete and verified (SHA-256 of the raw content
+  equals the digest in its key; it is written to a temp file and renamed).
+- 1: the archive has no such file. A normal answer: PostgreSQL asks for history
+  files and for the segment after the last one, which need not exist.
+- 255: anything else (repository unreachable, corrupt object, wrong key). An
+  exit status above 125 makes PostgreSQL abort recovery ("child process exited
+  with exit code 255") instead of taking the failure for the end of the
+  archive and promoting a database that silently misses WAL. Fix the cause and
+  start the server again: recovery resumes where it stopped. A name that is no
+  WAL file name at all (a misconfigured restore_command) is such a failure too.
+
+Prefetch: PostgreSQL runs restore_command once per file, one at a time, so a
+call that has to download starts (when none is running) a detached prefetcher
+process. It follows the segment PostgreSQL asked for last
+(`prefetch/.wanted`), keeps the next `window` segments of that timeline
+downloaded (`parallel` at a time) into `pg_wal/tonebridge-dr/prefetch/`, each
+verified, fsynced and renamed into place, and removes files that fell out of
+the window. Later calls move their file from there (one rename, no download,
+no boto3 import). The prefetcher stops when recovery is over (no
+recovery.signal / standby.signal), when the data directory is gone, or after
+`IDLE_EXIT` seconds without a new request; a later miss starts another one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.engines.postgres.wal import catalog, naming, spool
+from tonebridge_dr.runner.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+PREFETCH_ENV = "TONEBRIDGE_DR_WAL_PREFETCH"
+PARALLEL_ENV = "TONEBRIDGE_DR_WAL_PARALLEL"
+PASSPHRASE_ENV = "TONEBRIDGE_DR_DECRYPT_PASSPHRASE"
+DEFAULT_WINDOW = 16
+DEFAULT_PARALLEL = 8
+#: A prefetcher with nothing to do for this long exits.
+IDLE_EXIT = 60.0
+#: How long a "not in the archive" answer is believed before asking again.
+MISSING_RETRY = 2.0
+EXIT_NOT_FOUND = 1
+EXIT_FATAL = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchSettings:
+    repo_url: str
+    decrypt_key: Path | None = None
+    allow_partial: bool = False
+    window: int = DEFAULT_WINDOW  # 0 disables prefetching
+    parallel: int = DEFAULT_PARALLEL
+
+    @classmethod
+    def from_env(
+        cls,
+        repo_url: str,
+        *,
+        decrypt_key: Path | None = None,
+        allow_partial: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> FetchSettings:
+        env = os.environ if env is None else env
+        return cls(
+            repo_url=repo_url,
+            decrypt_key=decrypt_key,
+            allow_partial=allow_partial,
+            window=_int(env, PREFETCH_ENV, DEFAULT_WINDOW),
+            parallel=max(1, _int(env, PARALLEL_ENV, DEFAULT_PARALLEL)),
+        )
+
+    @property
+    def passphrase(self) -> str | None:
+        return os.environ.get(PASSPHRASE_ENV) or None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise errors.UsageError(f"{name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+def download(
+    archive: catalog.WalArchive,
+    name: str,
+    dest: Path,
+    settings: FetchSettings,
+    *,
+    durable: bool = False,
+) -> catalog.ArchivedObject:
+    """Write archived `name` to `dest` (temp file, verify, rename); WalNotFound if absent.
+
+    `durable` fsyncs the file and its folder (for spooled files that must
+    survive a crash of the host before PostgreSQL consumes them).
+    """
+    obj = archive.find(name, allow_partial=settings.allow_partial)
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
+    try:
+        with tmp.open("wb") as out:
+            for chunk in archive.read(
+                obj, decrypt_key=settings.decrypt_key, passphrase=settings.passphrase
+            ):
+                out.write(chunk)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(tmp, dest)
+        if durable:
+            fd = os.open(dest.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return obj
+
+
+def fetch(name: str, dest_arg: str, settings: FetchSettings, *, cwd: str | None = None) -> str:
+    """The restore_command's slow path: download `name` to `dest_arg`, start prefetching.
+
+    Returns "archive". The caller tried the spool (fast path) first.
+    """
+    wal = naming.parse(name)
+    dest = Path(os.path.abspath(dest_arg))
+    archive = catalog.WalArchive(open_storage(settings.repo_url, create=False))
+    download(archive, wal.name, dest, settings)
+    if wal.is_segment and settings.window > 0:
+        ensure_prefetcher(wal.name, dest, settings, cwd=cwd)
+    return "archive"
+
+
+def ensure_prefetcher(
+    name: str, dest: Path, settings: FetchSettings, *, cwd: str | None = None
+) -> bool:
+    """Start a prefetcher for the segments after `name` unless one runs. True if started."""
+    folder = spool.prefetch_dir(str(dest.parent))
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        if spool.prefetcher_running(folder):
+            return False
+        segment_size = dest.stat().st_size
+    except OSError as exc:
+        log.warning("prefetch not started: %s", exc)
+        return False
+    argv = spool.prefetcher_argv(
+        folder,
+        repo_url=settings.repo_url,
+        start=name,
+        segment_size=segment_size,
+        data_dir=cwd or os.getcwd(),
+        window=settings.window,
+        parallel=settings.parallel,
+        decrypt_key=str(settings.decrypt_key) if settings.decrypt_key is not None else None,
+        allow_partial=settings.allow_partial,
+    )
+    spool.note_wanted(folder, name)
+    spool.start_prefetcher(folder, argv)
+    return True
+
+
+# -- the prefetcher process -----------------------------------------------------------------
+
+
+def _recovering(data_dir: Path) -> bool:
+    return (data_dir / "recovery.signal").exists() or (data_dir / "standby.signal").exists()
+
+
+def _clear(folder: Path, keep: set[str] | None = None) -> None:
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and not entry.name.endswith(".tmp"):
+            continue  # .wanted/.repo/.lock
+        if entry.name == spool.LOG or (keep is not None and entry.name in keep):
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+
+
+def run_prefetcher(
+    folder: Path,
+    settings: FetchSettings,
+    *,
+    start: str,
+    segment_size: int,
+    data_dir: Path,
+) -> int:
+    """Keep the window after the wanted segment filled; returns when not needed any more."""
+    import fcntl
+
+    naming.check_segment_size(segment_size)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock_fd = os.open(folder / spool.LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return 0  # another prefetcher is running
+        os.ftruncate(lock_fd, 0)
+        os.write(lock_fd, f"{os.getpid()}\n".encode())
+        if spool.read_text(str(folder / spool.REPO)) != settings.repo_url:
+            _clear(folder)
+            (folder / spool.REPO).write_text(settings.repo_url)
+        archive = catalog.WalArchive(open_storage(settings.repo_url, create=False))
+        _prefetch_loop(archive, folder, settings, start, segment_size, data_dir)
+        if not _recovering(data_dir):
+            with contextlib.suppress(OSError):
+                _clear(folder)
+        return 0
+    finally:
+        os.close(lock_fd)
+
+
+def _prefetch_loop(
+    archive: catalog.WalArchive,
+    folder: Path,
+    settings: FetchSettings,
+    start: str,
+    segment_size: int,
+    data_dir: Path,
+) -> None:
+    inflight: dict[str, concurrent.futures.Future[catalog.ArchivedObject]] = {}
+    missing: dict[str, float] = {}
+    last_wanted = ""
+    last_activity = time.monotonic()
+    pool = concurrent.futures.ThreadPoolExecutor(settings.parallel, thread_name_prefix="prefetch")
+    try:
+        while data_dir.is_dir() and _recovering(data_dir):
+            now = time.monotonic()
+            wanted = spool.read_text(str(folder / spool.WANTED)) or start
+            if not naming.is_valid(wanted) or not naming.parse(wanted).is_segment:
+                wanted = start
+            if wanted != last_wanted:
+                last_wanted, last_activity = wanted, now
+            window = [
+                naming.next_segment(wanted, segment_size, step)
+                for step in range(settings.window + 1)
+            ]
+            _clear(folder, keep=set(window) | {f".{name}.{os.getpid()}.tmp" for name in inflight})
+            for name, future in list(inflight.items()):
+                if not future.done():
+                    continue
+                del inflight[name]
+                last_activity = now
+                try:
+                    future.result()
+                    missing.pop(name, None)
+                except catalog.WalNotFound:
+                    missing[name] = now
+                except errors.DRError as exc:
+                    log.warning("prefetch of %s failed: %s", name, exc)
+                    missing[name] = now
+            for name in window[1:]:
+                if len(inflight) >= settings.parallel:
+                    break
+                if name in inflight or (folder / name).exists():
+                    continue
+                if name in missing and now - missing[name] < MISSING_RETRY:
+                    break  # the end of the archive (for now): nothing beyond it either
+                inflight[name] = pool.submit(
+                    download, archive, name, folder / name, settings, durable=True
+                )
+            if not inflight and now - last_activity > IDLE_EXIT:
+                log.info("prefetch idle for %.0f s, exiting", IDLE_EXIT)
+                return
+            time.sleep(0.02 if inflight else 0.1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stop_prefetcher(wal_dir: Path, *, timeout: float = 10.0) -> None:
+    """Stop a running prefetcher of this pg_wal (if any) and remove its spool."""
+    import signal
+
+    folder = Path(spool.prefetch_dir(str(wal_dir)))
+    pid_text = spool.read_text(str(folder / spool.LOCK))
+    if pid_text and pid_text.isdigit() and spool.prefetcher_running(str(folder)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(pid_text), signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while spool.prefetcher_running(str(folder)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if folder.is_dir():
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,365 @@
+"""The local spool next to pg_wal, and the fast paths of wal-push / wal-fetch.
+
+Location: `<pg_wal>/tonebridge-dr/` (or `$TONEBRIDGE_DR_WAL_SPOOL`). Inside
+pg_wal because pg_basebackup and PostgreSQL's own WAL recycling both ignore
+unknown folders there, so the spool lives and dies with the data directory and
+is never copied into a base backup (a restored cluster must not inherit the
+markers of the one it was copied from).
+
+    pushed/<file>       marker: <file> is durably stored in the repository
+    prefetch/<segment>  a prefetched, verified, fsynced segment waiting for PostgreSQL
+    prefetch/.wanted    the segment PostgreSQL asked for last (the prefetcher follows it)
+    prefetch/.repo      the repository the prefetched files came from
+    prefetch/.lock      flock()ed by the running prefetcher (holds its pid)
+
+A push marker is written only after the repository acknowledged the upload
+(S3 answered the PUT, or the file and its folder were fsynced), and records the
+repository URL plus size, mtime and inode of the file it describes. The fast
+path acknowledges a file only when all of them still match: a different
+repository, or a file rewritten or copied since, goes the slow way (which
+checks the repository itself). Markers are consumed (deleted) when used.
+
+This module is what a fast-path call imports: only `os` and `sys`. Nothing here
+talks to the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+SPOOL_ENV = "TONEBRIDGE_DR_WAL_SPOOL"
+SPOOL_NAME = "tonebridge-dr"
+PUSHED = "pushed"
+PREFETCH = "prefetch"
+WANTED = ".wanted"
+REPO = ".repo"
+LOCK = ".lock"
+LOG = "prefetch.log"
+
+_HEX = frozenset("0123456789ABCDEF")
+
+
+def spool_root(wal_dir: str) -> str:
+    """The spool folder for the pg_wal folder `wal_dir`."""
+    return os.environ.get(SPOOL_ENV) or os.path.join(wal_dir, SPOOL_NAME)
+
+
+def pushed_dir(wal_dir: str) -> str:
+    return os.path.join(spool_root(wal_dir), PUSHED)
+
+
+def prefetch_dir(wal_dir: str) -> str:
+    return os.path.join(spool_root(wal_dir), PREFETCH)
+
+
+def _is_segment_name(name: str) -> bool:
+    return len(name) == 24 and set(name) <= _HEX
+
+
+def _plausible_wal_name(name: str) -> bool:
+    """Cheap pre-check (the slow path validates properly)."""
+    return len(name) >= 16 and set(name[:8]) <= _HEX and "/" not in name
+
+
+def _stat_fields(path: str) -> dict[str, str]:
+    st = os.stat(path)
+    return {"size": str(st.st_size), "mtime_ns": str(st.st_mtime_ns), "ino": str(st.st_ino)}
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _read_fields(path: str) -> dict[str, str]:
+    with open(path) as handle:
+        text = handle.read()
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+# -- push markers ----------------------------------------------------------------------
+
+
+def write_push_marker(
+    path: str, repo_url: str, key: str, sha256: str, stat: dict[str, str]
+) -> None:
+    """Record that `path` (whose stat fields were taken before reading it) is stored as `key`."""
+    folder = pushed_dir(os.path.dirname(os.path.abspath(path)))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    name = os.path.basename(path)
+    fields = {"name": name, "repo": repo_url, "key": key, "sha256": sha256, **stat}
+    _write_atomic(os.path.join(folder, name), "".join(f"{k}={v}\n" for k, v in fields.items()))
+
+
+def file_stat(path: str) -> dict[str, str]:
+    """The stat fields a push marker records (taken before the file is read)."""
+    return _stat_fields(path)
+
+
+def _valid_marker(path: str, repo_url: str) -> str | None:
+    """The marker path when a marker for `path` matches it and `repo_url`, else None."""
+    name = os.path.basename(path)
+    if not _plausible_wal_name(name) or not repo_url:
+        return None
+    marker = os.path.join(pushed_dir(os.path.dirname(path)), name)
+    try:
+        fields = _read_fields(marker)
+        current = _stat_fields(path)
+    except OSError:
+        return None
+    if fields.get("name") != name or fields.get("repo") != repo_url:
+        return None
+    if any(fields.get(key) != value for key, value in current.items()):
+        return None
+    return marker
+
+
+def has_push_marker(path: str, repo_url: str) -> bool:
+    """True when `path` was pushed ahead to `repo_url` and has not changed since."""
+    return _valid_marker(os.path.abspath(path), repo_url) is not None
+
+
+def try_push_fast(path_arg: str, repo_url: str) -> bool:
+    """True when a marker proves `path_arg` is already stored in `repo_url` (marker consumed)."""
+    marker = _valid_marker(os.path.abspath(path_arg), repo_url)
+    if marker is None:
+        return False
+    try:  # noqa: SIM105 - contextlib is not worth importing on the fast path
+        os.unlink(marker)
+    except OSError:
+        pass
+    return True
+
+
+def forget_push_markers(wal_dir: str, keep: set[str] | None = None) -> int:
+    """Remove markers of files that are gone from pg_wal (PostgreSQL removed them)."""
+    folder = pushed_dir(wal_dir)
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        if keep is not None and name in keep:
+            continue
+        if name.endswith(".tmp") or not os.path.exists(os.path.join(wal_dir, name)):
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+# -- prefetch queue --------------------------------------------------------------------
+
+
+def note_wanted(spool: str, name: str) -> None:
+    """Tell the prefetcher which segment PostgreSQL asked for (best effort)."""
+    try:  # noqa: SIM105
+        _write_atomic(os.path.join(spool, WANTED), name)
+    except OSError:
+        pass
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def take_prefetched(spool: str, name: str, dest: str, repo_url: str) -> bool:
+    """Move a prefetched `name` to `dest` when it came from `repo_url`; True on success."""
+    if not _is_segment_name(name):
+        return False
+    source = os.path.join(spool, name)
+    if not os.path.exists(source) or read_text(os.path.join(spool, REPO)) != repo_url:
+        return False
+    try:
+        os.replace(source, dest)
+    except OSError:
+        return False
+    return True
+
+
+def prefetcher_running(spool: str) -> bool:
+    """True while a prefetcher holds the spool lock."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we may just have taken
+    return False
+
+
+def start_prefetcher(spool: str, argv: list[str]) -> None:
+    """Start the prefetcher detached (its own session), logging to `prefetch.log`."""
+    import subprocess
+
+    os.makedirs(spool, mode=0o700, exist_ok=True)
+    log = os.open(os.path.join(spool, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "tonebridge_dr.runner.engines.postgres.wal", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(log)
+
+
+def prefetcher_argv(
+    folder: str,
+    *,
+    repo_url: str,
+    start: str,
+    segment_size: int,
+    data_dir: str,
+    window: int,
+    parallel: int,
+    decrypt_key: str | None,
+    allow_partial: bool,
+) -> list[str]:
+    """The `wal-prefetch` arguments of a prefetcher for `folder`."""
+    argv = [
+        "wal-prefetch",
+        "--spool",
+        folder,
+        "--repo",
+        repo_url,
+        "--start",
+        start,
+        "--segment-size",
+        str(segment_size),
+        "--data-dir",
+        data_dir,
+        "--window",
+        str(window),
+        "--parallel",
+        str(parallel),
+    ]
+    if decrypt_key:
+        argv += ["--decrypt-key", decrypt_key]
+    if allow_partial:
+        argv.append("--allow-partial")
+    return argv
+
+
+# -- the fast paths --------------------------------------------------------------------------
+
+_FETCH_FLAGS = frozenset({"--allow-partial", "--no-prefetch"})
+
+
+def _split(
+    argv: list[str], valued: frozenset[str], flags: frozenset[str]
+) -> tuple[dict[str, str], list[str]] | None:
+    """Tiny argv parser for the fast path; None for anything it does not understand."""
+    options: dict[str, str] = {}
+    positional: list[str] = []
+    items = iter(argv)
+    for item in items:
+        if item.startswith("--"):
+            key, sep, value = item.partition("=")
+            if key in flags and not sep:
+                options[key] = "1"
+            elif key in valued:
+                if not sep:
+                    value = next(items, "")
+                if not value:
+                    return None
+                options[key] = value
+            else:
+                return None
+        elif item.startswith("-") and item != "-":
+            return None
+        else:
+            positional.append(item)
+    return options, positional
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw.isdigit() else default
+
+
+def fast_main(argv: list[str]) -> int | None:
+    """Answer `wal-push` / `wal-fetch` from the spool when possible, else None.
+
+    Importing only `os` and `sys`, this is what makes the calls after a
+    push-ahead or a prefetch cheap. None means: take the normal (slow) path,
+    which also reports every error properly.
+    """
+    if not argv or argv[0] not in ("wal-push", "wal-fetch"):
+        return None
+    if argv[0] == "wal-push":
+        parsed = _split(argv[1:], frozenset({"--repo"}), frozenset())
+        if parsed is None or len(parsed[1]) != 1:
+            return None
+        repo = parsed[0].get("--repo") or os.environ.get("TONEBRIDGE_DR_REPO", "")
+        return 0 if try_push_fast(parsed[1][0], repo) else None
+    parsed = _split(argv[1:], frozenset({"--repo", "--decrypt-key"}), _FETCH_FLAGS)
+    if parsed is None or len(parsed[1]) != 2:
+        return None
+    options, (name, dest_arg) = parsed
+    repo = options.get("--repo") or os.environ.get("TONEBRIDGE_DR_REPO", "")
+    if not repo or not _is_segment_name(name) or "--no-prefetch" in options:
+        return None
+    dest = os.path.abspath(dest_arg)
+    folder = prefetch_dir(os.path.dirname(dest))
+    if not os.path.isdir(folder):
+        return None
+    note_wanted(folder, name)
+    if not take_prefetched(folder, name, dest, repo):
+        return None
+    window = _env_int("TONEBRIDGE_DR_WAL_PREFETCH", 16)
+    if window > 0 and not prefetcher_running(folder):
+        try:
+            size = os.stat(dest).st_size
+            start_prefetcher(
+                folder,
+                prefetcher_argv(
+                    folder,
+                    repo_url=repo,
+                    start=name,
+                    segment_size=size,
+                    data_dir=os.getcwd(),
+                    window=window,
+                    parallel=max(1, _env_int("TONEBRIDGE_DR_WAL_PARALLEL", 8)),
+                    decrypt_key=options.get("--decrypt-key"),
+                    allow_partial="--allow-partial" in options,
+                ),
+            )
+        except OSError:
+            pass  # the file is delivered; prefetching is only an optimisation
+    return 0
+
+
+if __name__ == "__main__":
+    # `python .../wal/spool.py wal-push %p`: the lightest entry point. A spool hit costs
+    # an interpreter start and nothing else (not even the tonebridge_dr package); any
+    # other call becomes the full command in place (exec keeps pid, env and cwd).
+    _code = fast_main(sys.argv[1:])
+    if _code is not None:
+        sys.exit(_code)
+    _argv = [sys.executable, "-m", "tonebridge_dr.runner.engines.postgres.wal", *sys.argv[1:]]
+    os.execv(sys.executable, _argv)

@@ -1,0 +1,125 @@
+"""wal-fetch's prefetcher: real processes, as PostgreSQL runs restore_command.
+
+A fake data directory (pg_wal/ and recovery.signal) stands in for a cluster in
+recovery; each restore_command call is a fresh `python -m ...wal wal-fetch`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.pg_wal import SMALL_SEGMENT, run_wal, segment_bytes, wait_for, write_segment
+from tonebridge_dr.runner.engines.postgres.wal import archive, catalog, naming, spool
+from tonebridge_dr.runner.storage import open_storage
+
+COUNT = 24
+WINDOW = 6
+
+
+@pytest.fixture(params=["file", "s3"])
+def repo_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_repo_url"))
+
+
+def _names(count: int = COUNT) -> list[str]:
+    return [naming.segment_name(1, n, SMALL_SEGMENT) for n in range(1, count + 1)]
+
+
+def _archive(repo_url: str, folder: Path, names: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pusher = archive.Pusher(
+        catalog.WalArchive(open_storage(repo_url)), archive.PushSettings(repo_url)
+    )
+    for index, name in enumerate(names):
+        pusher.push_file(write_segment(folder, name, seed=index))
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    (data / "pg_wal").mkdir(parents=True)
+    (data / "recovery.signal").write_bytes(b"")
+    return data
+
+
+def _env(repo_url: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "TONEBRIDGE_DR_REPO": repo_url, "TONEBRIDGE_DR_WAL_PREFETCH":
+            str(WINDOW), **extra}
+
+
+def _prefetched(data_dir: Path) -> set[str]:
+    folder = Path(spool.prefetch_dir(str(data_dir / "pg_wal")))
+    if not folder.is_dir():
+        return set()
+    return {p.name for p in folder.iterdir() if naming.is_valid(p.name)}
+
+
+def test_first_call_downloads_later_calls_take_prefetched_files(
+    repo_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    names = _names()
+    _archive(repo_url, tmp_path / "src", names)
+    env = _env(repo_url)
+    first = run_wal("wal-fetch", names[0], "pg_wal/RECOVERYXLOG", env=env, cwd=data_dir)
+    assert first.returncode == 0, first.stderr
+    assert (data_dir / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment_bytes(names[0], seed=0)
+    wait_for(lambda: _prefetched(data_dir) >= set(names[1 : 1 + WINDOW]), "the prefetch window")
+    # The window never runs further ahead than asked for.
+    assert _prefetched(data_dir) == set(names[1 : 1 + WINDOW])
+    for index, name in enumerate(names[1:12], start=1):
+        wait_for(lambda name=name: name in _prefetched(data_dir), f"{name} prefetched")
+        later = run_wal("wal-fetch", name, "pg_wal/RECOVERYXLOG", env=env, cwd=data_dir)
+        assert later.returncode == 0 and later.stderr == ""  # a spool hit: no log, no download
+        assert (data_dir / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment_bytes(
+            name, seed=index
+        )
+        assert name not in _prefetched(data_dir)  # moved, not copied
+    wait_for(lambda: _prefetched(data_dir) == set(names[12 : 12 + WINDOW]), "window moved on")
+    # The end of the archive: the next segment is simply not there.
+    for name in names[12:]:
+        wait_for(lambda name=name: name in _prefetched(data_dir), f"{name} prefetched")
+        assert run_wal("wal-fetch", name, "pg_wal/X", env=env, cwd=data_dir).returncode == 0
+    beyond = naming.next_segment(names[-1], SMALL_SEGMENT)
+    missing = run_wal("wal-fetch", beyond, "pg_wal/X", env=env, cwd=data_dir)
+    assert missing.returncode == 1 and "not in the archive" in missing.stderr
+    # Recovery over: the prefetcher notices, exits and empties its spool.
+    (data_dir / "recovery.signal").unlink()
+    folder = spool.prefetch_dir(str(data_dir / "pg_wal"))
+    wait_for(lambda: not spool.prefetcher_running(folder), "the prefetcher to exit")
+    assert _prefetched(data_dir) == set()
+
+
+def test_prefetched_files_of_another_repository_are_not_used(
+    file_repo_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    names = _names(4)
+    _archive(file_repo_url, tmp_path / "src", names)
+    folder = Path(spool.prefetch_dir(str(data_dir / "pg_wal")))
+    folder.mkdir(parents=True)
+    (folder / spool.REPO).write_text("file:///elsewhere")
+    (folder / names[1]).write_bytes(b"stale bytes from another archive")
+    env = _env(file_repo_url, TONEBRIDGE_DR_WAL_PREFETCH="0")
+    result = run_wal("wal-fetch", names[1], "pg_wal/RECOVERYXLOG", env=env, cwd=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert (data_dir / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment_bytes(names[1], seed=1)
+
+
+def test_prefetch_does_not_outlive_a_removed_data_directory(
+    file_repo_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    names = _names(3)
+    _archive(file_repo_url, tmp_path / "src", names)
+    env = _env(file_repo_url)
+    assert run_wal("wal-fetch", names[0], "pg_wal/R", env=env, cwd=data_dir).returncode == 0
+    folder = spool.prefetch_dir(str(data_dir / "pg_wal"))
+    wait_for(lambda: spool.prefetcher_running(folder) or _prefetched(data_dir), "prefetch")
+    pid_text = spool.read_text(os.path.join(folder, spool.LOCK)) or ""
+    import shutil
+
+    shutil.rmtree(data_dir)
+    if pid_text.isdigit():
+        pid = int(pid_text)
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the prefetcher to exit")
