@@ -6,4 +6,6 @@ pytest_plugins = [
     "tests.fixtures.gpg",
     "tests.fixtures.postgres",
     "tests.fixtures.redis",
+    "tests.fixtures.operator",
+    "tests.fixtures.pg_wal",
 ]

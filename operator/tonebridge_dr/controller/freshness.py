@@ -1,0 +1,161 @@
+"""The freshness monitor (spec 7.2, done right): one tick per policy and interval.
+
+Each tick reads the repository catalog with the policy's read-only credentials (the
+truth, not Job history), turns it into a CatalogSummary, runs `assess_freshness` and
+writes the status. When RPOMet changes (and only then) it posts one Event and sends
+at most one notification (the objective is missed; a miss is over); the previous
+state lives in the status, so an operator restart does not notify again. An empty
+or unreachable repository is a condition (NoBackups / RepositoryUnreachable), never
+a crash.
+
+Writes are kept few: the age of the recovery point grows on every tick, so a status
+whose only difference is that age (and the age in condition messages) is written
+when the stored age is at least `refresh_after(interval)` old; metrics are updated
+on every tick.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
+from tonebridge_dr.api.common import NotificationEvent
+from tonebridge_dr.api.kinds import BackupPolicy
+from tonebridge_dr.controller import notify, policies
+from tonebridge_dr.controller.context import Context
+from tonebridge_dr.status import conditions
+from tonebridge_dr.status.freshness import CatalogSummary, FreshnessChange, assess_freshness
+
+log = logging.getLogger(__name__)
+
+REFRESH_MIN_SECONDS = 300.0
+_VOLATILE_CONDITIONS = frozenset({conditions.RPO_MET, conditions.BACKUP_STALE})
+
+Json = dict[str, Any]
+
+
+def refresh_after(interval: float) -> float:
+    """Seconds after which an unchanged status is rewritten just for its age."""
+    return max(REFRESH_MIN_SECONDS, 5 * interval)
+
+
+def _stable(status: Json) -> Json:
+    """The status without what changes on every tick by itself."""
+    stable = {k: v for k, v in status.items() if k != "rpoAgeSeconds"}
+    stable["conditions"] = [
+        {k: v for k, v in c.items() if k != "message"} if c.get("type") in _VOLATILE_CONDITIONS
+        else c
+        for c in status.get("conditions") or []
+    ]
+    return stable
+
+
+def significant(refresh: float) -> Callable[[Json, Json], bool]:
+    def check(old: Json, new: Json) -> bool:
+        if _stable(old) != _stable(new):
+            return True
+        old_age, new_age = old.get("rpoAgeSeconds"), new.get("rpoAgeSeconds")
+        if old_age is None or new_age is None:
+            return old_age != new_age
+        return abs(float(new_age) - float(old_age)) >= refresh
+
+    return check
+
+
+def tick(ctx: Context, body: Mapping[str, Any]) -> FreshnessChange | None:
+    """One monitoring round for one policy; returns the RPOMet change, if any."""
+    metadata = body.get("metadata") or {}
+    namespace, name = policies.ident(body)
+    if metadata.get("deletionTimestamp"):
+        return None
+    try:
+        policy = policies.parse(body)
+    except policies.InvalidPolicy:
+        return None  # reconcile reports it
+    read = ctx.catalog.read(policy, ctx.kube)
+    summary = read.summary
+    now = ctx.clock()
+    changes: list[FreshnessChange | None] = [None]
+    objectives = policy.spec.objectives
+
+    def mutate(current: Json, status: BackupPolicyStatus | None) -> BackupPolicyStatus:
+        generation = (current.get("metadata") or {}).get("generation")
+        new, change = assess_freshness(status, summary, objectives, generation=generation,
+                                       now=now)
+        changes[0] = change
+        return new
+
+    refresh = refresh_after(ctx.settings.freshness_interval)
+    current = policies.update_status(
+        ctx, namespace, name, mutate, body=body, significant=significant(refresh)
+    )
+    if current is None:
+        return None
+    status = policies.status_of(current)
+    ctx.metrics.catalog_read(
+        namespace, name,
+        ok=summary.error is None,
+        rpo_age_seconds=_age(summary, now),
+        backups=summary.backup_count if summary.error is None else None,
+    )
+    if summary.error is None and summary.newest_backup_time is not None:
+        ctx.metrics.backup_succeeded(
+            namespace, name,
+            finished_at=summary.newest_backup_time.timestamp(),
+            duration_seconds=read.newest_duration_seconds,
+            size_bytes=read.newest_size_bytes,
+        )
+    change = changes[0]
+    if change is not None:
+        _report(ctx, current, policy, change, status)
+    return change
+
+
+def _age(summary: CatalogSummary, now: dt.datetime) -> float | None:
+    if summary.error is not None:
+        return None
+    times = [t for t in (summary.newest_backup_time, summary.newest_wal_time) if t is not None]
+    return max(0.0, (now - max(times)).total_seconds()) if times else None
+
+
+def _report(
+    ctx: Context,
+    body: Json,
+    policy: BackupPolicy,
+    change: FreshnessChange,
+    status: BackupPolicyStatus | None,
+) -> None:
+    namespace, name = policies.ident(body)
+    log.info("%s/%s: RPOMet %s -> %s: %s", namespace, name, change.old_state,
+             change.new_state, change.message)
+    if change.new_state == "False":
+        reason, warning, state = "RPOMissed", True, "Missed"
+    elif change.new_state == "True":
+        reason, warning, state = "RPOMet", False, "Resolved"
+    else:
+        reason, warning, state = change.reason or "RPOUnknown", True, "Unknown"
+    policies.event(ctx, body, warning=warning, reason=reason, message=change.message)
+    # Notify when the objective is missed, and when a miss is over; not for Unknown
+    # (no backup yet / unreadable repository: Events and metrics cover those).
+    if change.new_state == "Unknown" or (
+        change.new_state == "True" and change.old_state != "False"
+    ):
+        return
+    stale = conditions.get_condition(status.conditions if status else None,
+                                     conditions.BACKUP_STALE)
+    # ONE notification per change: RPOMissed if the policy wants it, else BackupStale
+    # (the same situation seen from the backups' side); recovery goes to the same event.
+    event = NotificationEvent.RPO_MISSED
+    if not _wants(policy, event) and (
+        _wants(policy, NotificationEvent.BACKUP_STALE)
+        and (change.new_state == "True" or (stale is not None and stale.status.value == "True"))
+    ):
+        event = NotificationEvent.BACKUP_STALE
+    policies.send_notification(ctx, policy, event, state=state, message=change.message)
+
+
+def _wants(policy: BackupPolicy, event: NotificationEvent) -> bool:
+    return notify.wanted(policy.spec, event)

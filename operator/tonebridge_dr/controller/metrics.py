@@ -1,0 +1,156 @@
+"""Prometheus metrics of the operator, per policy (labels `namespace`, `policy`).
+
+Values come from two places: the repository catalog (read by the freshness
+monitor: the newest backup's time, duration and size, the RPO age) and finished
+Jobs (failures). Counters restart at zero with the operator, as Prometheus
+expects; gauges are refilled by the first catalog read after a restart.
+
+Each `Metrics` has its own registry (plus process metrics such as RSS), so
+several can live in one process (tests) without clashing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+log = logging.getLogger(__name__)
+
+LABELS = ("namespace", "policy")
+PREFIX = "tonebridge_dr"
+
+
+class Metrics:
+    """The operator's metrics; every method is thread-safe."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        prometheus_client.ProcessCollector(registry=self.registry)
+        prometheus_client.PlatformCollector(registry=self.registry)
+        self.last_success = Gauge(
+            f"{PREFIX}_backup_last_success_timestamp_seconds",
+            "Unix time of the newest complete backup in the repository",
+            LABELS, registry=self.registry,
+        )
+        self.last_duration = Gauge(
+            f"{PREFIX}_backup_last_duration_seconds",
+            "How long the newest complete backup took",
+            LABELS, registry=self.registry,
+        )
+        self.last_size = Gauge(
+            f"{PREFIX}_backup_last_size_bytes",
+            "Stored size of the newest complete backup",
+            LABELS, registry=self.registry,
+        )
+        self.failures = Counter(
+            f"{PREFIX}_backup_failures",
+            "Backup Jobs that failed (since the operator started)",
+            LABELS, registry=self.registry,
+        )
+        self.rpo_age = Gauge(
+            f"{PREFIX}_rpo_age_seconds",
+            "Age of the newest recovery point (last backup or archived WAL)",
+            LABELS, registry=self.registry,
+        )
+        self.backups = Gauge(
+            f"{PREFIX}_backups",
+            "Complete backups in the repository",
+            LABELS, registry=self.registry,
+        )
+        self.repository_up = Gauge(
+            f"{PREFIX}_repository_up",
+            "1 when the last catalog read succeeded, else 0",
+            LABELS, registry=self.registry,
+        )
+        self.catalog_reads = Counter(
+            f"{PREFIX}_catalog_reads",
+            "Reads of the repository catalog by the freshness monitor",
+            LABELS, registry=self.registry,
+        )
+        self._known: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._server: Any = None
+
+    def _gauges(self) -> tuple[Any, ...]:
+        return (
+            self.last_success, self.last_duration, self.last_size, self.failures,
+            self.rpo_age, self.backups, self.repository_up, self.catalog_reads,
+        )
+
+    def track(self, namespace: str, policy: str) -> None:
+        """Make the policy's counters visible (at 0) before anything happened."""
+        with self._lock:
+            if (namespace, policy) in self._known:
+                return
+            self._known.add((namespace, policy))
+        self.failures.labels(namespace, policy)
+
+    def forget(self, namespace: str, policy: str) -> None:
+        """Drop every series of a deleted policy."""
+        with self._lock:
+            self._known.discard((namespace, policy))
+        for metric in self._gauges():
+            with contextlib.suppress(KeyError):
+                metric.remove(namespace, policy)
+
+    def backup_succeeded(
+        self,
+        namespace: str,
+        policy: str,
+        *,
+        finished_at: float | None,
+        duration_seconds: float | None,
+        size_bytes: int | None,
+    ) -> None:
+        self.track(namespace, policy)
+        if finished_at is not None:
+            self.last_success.labels(namespace, policy).set(finished_at)
+        if duration_seconds is not None:
+            self.last_duration.labels(namespace, policy).set(duration_seconds)
+        if size_bytes is not None:
+            self.last_size.labels(namespace, policy).set(size_bytes)
+
+    def backup_failed(self, namespace: str, policy: str) -> None:
+        self.track(namespace, policy)
+        self.failures.labels(namespace, policy).inc()
+
+    def catalog_read(
+        self,
+        namespace: str,
+        policy: str,
+        *,
+        ok: bool,
+        rpo_age_seconds: float | None,
+        backups: int | None,
+    ) -> None:
+        self.track(namespace, policy)
+        self.catalog_reads.labels(namespace, policy).inc()
+        self.repository_up.labels(namespace, policy).set(1 if ok else 0)
+        if rpo_age_seconds is not None:
+            self.rpo_age.labels(namespace, policy).set(rpo_age_seconds)
+        if backups is not None:
+            self.backups.labels(namespace, policy).set(backups)
+
+    def render(self) -> bytes:
+        """The exposition text (what /metrics serves)."""
+        return prometheus_client.generate_latest(self.registry)
+
+    def serve(self, address: str, port: int) -> None:
+        """Serve /metrics on address:port in a daemon thread (port 0: not at all)."""
+        if port == 0:
+            return
+        server, _thread = prometheus_client.start_http_server(
+            port, addr=address, registry=self.registry
+        )
+        self._server = server
+        log.info("serving metrics on %s:%d/metrics", address, port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

@@ -1,0 +1,105 @@
+"""Slack-compatible webhook notifications.
+
+One POST of a JSON payload with a short timeout. Slack shows `text` (and ignores
+the other keys); other receivers get the structured fields too:
+
+    {"text": "...", "namespace": "...", "policy": "...", "event": "BackupFailed",
+     "state": "Failed", "message": "...", "contacts": [...]}
+
+The webhook URL is a credential (whoever has it can post to the channel): it is
+read from the policy's Secret just before sending and never logged, stored or put
+into an error message. A failed delivery is logged (without the URL) and
+reported as False; it never fails a handler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import urllib.error
+import urllib.request
+from typing import Any
+
+from tonebridge_dr.api.backuppolicy import BackupPolicySpec
+from tonebridge_dr.api.common import DEFAULT_NOTIFICATION_EVENTS, NotificationEvent
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "tonebridge-dr"
+
+
+@dataclasses.dataclass(frozen=True)
+class Notification:
+    """What happened to which policy."""
+
+    namespace: str
+    policy: str
+    event: NotificationEvent
+    state: str
+    message: str
+    contacts: tuple[str, ...] = ()
+
+    def payload(self) -> dict[str, Any]:
+        icon = ":white_check_mark:" if self.event.value.endswith(("Succeeded", "Passed")) else (
+            ":rotating_light:"
+        )
+        text = f"{icon} [{self.namespace}/{self.policy}] {self.event.value}: {self.message}"
+        if self.contacts:
+            text += "\ncc " + ", ".join(self.contacts)
+        return {
+            "text": text,
+            "namespace": self.namespace,
+            "policy": self.policy,
+            "event": self.event.value,
+            "state": self.state,
+            "message": self.message,
+            "contacts": list(self.contacts),
+        }
+
+
+def wanted(spec: BackupPolicySpec, event: NotificationEvent) -> bool:
+    """Whether the policy asks for `event` (and has somewhere to send it)."""
+    notifications = spec.notifications
+    if notifications is None or notifications.webhook_secret_ref is None:
+        return False
+    events = notifications.events or DEFAULT_NOTIFICATION_EVENTS
+    return event in events
+
+
+def first_contacts(spec: BackupPolicySpec) -> tuple[str, ...]:
+    """Contacts of the escalation levels due at once (after: 0s)."""
+    notifications = spec.notifications
+    if notifications is None or not notifications.escalation:
+        return ()
+    due = [level for level in notifications.escalation if level.after.total_seconds() == 0]
+    return tuple(contact for level in due for contact in level.contacts)
+
+
+def send(url: str, notification: Notification, *, timeout: float) -> bool:
+    """POST the notification; True when the receiver answered 2xx."""
+    body = json.dumps(notification.payload()).encode()
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": USER_AGENT},
+    )
+    where = f"{notification.namespace}/{notification.policy}"
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        log.warning("webhook for %s answered HTTP %d", where, exc.code)
+        return False
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        # Messages of these errors may contain the host or URL: log the type only.
+        reason = getattr(exc, "reason", None)
+        detail = type(reason).__name__ if isinstance(reason, BaseException) else type(exc).__name__
+        log.warning("webhook for %s could not be delivered (%s)", where, detail)
+        return False
+    if not 200 <= status <= 299:
+        log.warning("webhook for %s answered HTTP %d", where, status)
+        return False
+    log.info("sent %s notification for %s", notification.event.value, where)
+    return True
