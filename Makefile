@@ -22,6 +22,7 @@ controlplane:
 
 crds: venv
 	$(BIN)/python -m tonebridge_dr.api.crdgen --out crds
+	cp crds/*.yaml charts/tonebridge-dr/crds/
 
 lint: venv
 	$(BIN)/ruff check operator tests bench hack
