@@ -7,7 +7,9 @@ yet marked as recorded:
 2. write the policy status (`apply_job_outcome`, compare-and-set; idempotent and
    order-tolerant, so an old Job seen again never overwrites newer news);
 3. metrics; an Event on the policy (Normal BackupSucceeded / Warning BackupFailed);
-   a webhook notification when the policy asks for it;
+   a webhook notification when the policy asks for it; when a Redis backup found AOF
+   newly disabled, a Warning AppendOnlyDisabled Event (Normal AppendOnlyEnabled when it
+   is back on);
 4. annotate the Job `dr.tonebridge.io/recorded=<state>`.
 
 The Job watch lists every existing Job when the operator starts (and kopf handles
@@ -25,7 +27,7 @@ from typing import Any
 
 from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.common import NotificationEvent
-from tonebridge_dr.api.conditions import Reason
+from tonebridge_dr.api.conditions import Condition, ConditionStatus, Reason
 from tonebridge_dr.builders import names
 from tonebridge_dr.controller import kube as kubemod
 from tonebridge_dr.controller import policies
@@ -114,10 +116,13 @@ def record(ctx: Context, job: Mapping[str, Any]) -> JobOutcome | None:
     if outcome.state == "running":
         return None
     now = ctx.clock()
+    aof: list[Condition | None] = [None]  # what the write that counted changed about AOF
 
     def mutate(current: Json, status: BackupPolicyStatus | None) -> BackupPolicyStatus:
         generation = (current.get("metadata") or {}).get("generation")
-        return policy_status.apply_job_outcome(status, outcome, generation=generation, now=now)
+        new = policy_status.apply_job_outcome(status, outcome, generation=generation, now=now)
+        aof[0] = policy_status.aof_change(status, new)
+        return new
 
     policy_body = policies.update_status(ctx, namespace, owner, mutate, body=policy_body)
     if policy_body is None:
@@ -125,6 +130,7 @@ def record(ctx: Context, job: Mapping[str, Any]) -> JobOutcome | None:
     message = _describe(outcome)
     log.info("%s/%s: %s", namespace, owner, message)
     _report(ctx, policy_body, outcome, message)
+    _report_aof(ctx, policy_body, aof[0])
     ctx.kube.merge_patch(
         kubemod.JOB, namespace, job_name,
         {"metadata": {"annotations": {ANNOTATION_RECORDED: outcome.state}}},
@@ -163,3 +169,16 @@ def _report(ctx: Context, policy_body: Json, outcome: JobOutcome, message: str) 
         state="Succeeded" if succeeded else "Failed",
         message=message,
     )
+
+
+def _report_aof(ctx: Context, policy_body: Json, change: Condition | None) -> None:
+    """One Event when AOFEnabled just turned False (Warning) or back to True (Normal). A
+    status write that changed nothing (the Job recorded again) sees no change: no repeat."""
+    if change is None:
+        return
+    namespace, name = policies.ident(policy_body)
+    disabled = change.status == ConditionStatus.FALSE
+    if disabled:
+        log.warning("%s/%s: %s", namespace, name, change.message)
+    policies.event(ctx, policy_body, warning=disabled, reason=change.reason,
+                   message=change.message)

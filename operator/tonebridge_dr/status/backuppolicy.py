@@ -11,6 +11,9 @@ again after an operator restart) never replaces newer information.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,12 +24,18 @@ from tonebridge_dr.api.backuppolicy import (
     WalStatus,
 )
 from tonebridge_dr.api.common import BackupMethod
-from tonebridge_dr.api.conditions import Reason
+from tonebridge_dr.api.conditions import Condition, Reason
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.status import conditions
 from tonebridge_dr.status.jobs import JobOutcome, parse_time
 
 __all__ = [
+    "REASON_APPEND_ONLY_DISABLED",
+    "REASON_APPEND_ONLY_ENABLED",
+    "REASON_APPEND_ONLY_UNKNOWN",
+    "AofObservation",
+    "aof_change",
+    "aof_observation",
     "apply_job_outcome",
     "apply_not_ready",
     "apply_reconciled",
@@ -85,6 +94,98 @@ def backup_summary(outcome: JobOutcome) -> BackupSummary | None:
     )
 
 
+# --- Redis durability (spec 4.2: AOF) ---------------------------------------------------------
+
+REASON_APPEND_ONLY_ENABLED = "AppendOnlyEnabled"
+REASON_APPEND_ONLY_DISABLED = "AppendOnlyDisabled"
+REASON_APPEND_ONLY_UNKNOWN = "AppendOnlyUnknown"
+_AOF_WORDS = re.compile(r"\bAOF\b|appendonly|appendfsync")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_WARNING_LIMIT = 1024
+_WARNINGS_SHOWN = 4
+
+
+@dataclass(frozen=True)
+class AofObservation:
+    """What one Redis backup result says about the server's append-only file:
+    the AOFEnabled condition's status, reason and message."""
+
+    status: conditions.StatusValue
+    reason: str
+    message: str
+
+
+def _warning_texts(value: Any) -> list[str]:
+    """The runner's `warnings` (a list of strings; anything else counts as none), cleaned
+    and clipped: the termination message they come from is not trusted."""
+    if not isinstance(value, list):
+        return []
+    texts = []
+    for item in value:
+        if not isinstance(item, str):
+            continue
+        text = _CONTROL.sub(" ", item).strip()
+        if len(text) > _WARNING_LIMIT:
+            text = text[: _WARNING_LIMIT - 3] + "..."
+        if text:
+            texts.append(text)
+    return texts
+
+
+def aof_observation(result: Mapping[str, Any] | None) -> AofObservation | None:
+    """AOFEnabled as seen by a Redis backup result, None for other engines and for a result
+    that carries neither `redis` facts nor `warnings` (e.g. cut down to fit the termination
+    message): no news, the condition stays as it is.
+
+    * `redis.appendonly` "yes": True, AppendOnlyEnabled (an appendfsync warning, if any, is
+      the message);
+    * any other value ("no"): False, AppendOnlyDisabled, the runner's warning as message;
+    * not known (the backup user may run neither CONFIG GET nor INFO): Unknown,
+      AppendOnlyUnknown.
+    """
+    if result is None or result.get("engine") != "redis":
+        return None
+    facts = result.get("redis")
+    warnings = result.get("warnings")
+    if not isinstance(facts, Mapping) and not isinstance(warnings, list):
+        return None
+    facts = facts if isinstance(facts, Mapping) else {}
+    about_aof = [w for w in _warning_texts(warnings) if _AOF_WORDS.search(w)]
+    backup_id = result.get("id")
+    seen = f" (seen by backup {backup_id})" if isinstance(backup_id, str) and backup_id else ""
+    shown = "; ".join(about_aof[:_WARNINGS_SHOWN])
+    appendonly = facts.get("appendonly")
+    if appendonly == "yes":
+        fsync = facts.get("appendfsync")
+        detail = f", appendfsync {fsync}" if isinstance(fsync, str) and fsync else ""
+        message = shown or f"AOF is enabled on the Redis server: appendonly yes{detail}"
+        return AofObservation("True", REASON_APPEND_ONLY_ENABLED, message + seen)
+    if isinstance(appendonly, str) and appendonly:
+        message = shown or (
+            f"AOF is disabled on the Redis server (appendonly {appendonly[:32]}): writes after "
+            "the last snapshot are lost when it crashes; set appendonly yes"
+        )
+        return AofObservation("False", REASON_APPEND_ONLY_DISABLED, message + seen)
+    message = shown or "the backup result does not say whether AOF is enabled on the Redis server"
+    return AofObservation("Unknown", REASON_APPEND_ONLY_UNKNOWN, message + seen)
+
+
+def aof_change(
+    before: BackupPolicyStatus | None, after: BackupPolicyStatus
+) -> Condition | None:
+    """The AOFEnabled condition of `after` when it is news worth an Event: it just turned
+    False (AOF found disabled: a Warning), or True again after having been False (Normal).
+    Re-asserting the same status, the first True and anything about Unknown give None."""
+    old = before.conditions if before is not None else None
+    disabled = conditions.turned(old, after.conditions, conditions.AOF_ENABLED, "False")
+    if disabled is not None:
+        return disabled
+    previous = conditions.get_condition(old, conditions.AOF_ENABLED)
+    if previous is not None and previous.status == "False":
+        return conditions.turned(old, after.conditions, conditions.AOF_ENABLED, "True")
+    return None
+
+
 def _latest_attempt(status: BackupPolicyStatus) -> datetime | None:
     times = [
         t
@@ -112,6 +213,8 @@ def apply_job_outcome(
 
     * succeeded: `lastBackup` (and `lastSuccessfulBackup`, until the catalog says
       better) from the runner's result; LastBackupSucceeded=True, reason BackupSucceeded.
+      A Redis result also sets AOFEnabled (`aof_observation`), as of the newest backup:
+      an older result seen late never overrides it.
     * failed: `lastFailure` (time, the outcome's reason, its message);
       LastBackupSucceeded=False with the same reason and message.
     * running: nothing changes.
@@ -133,6 +236,17 @@ def apply_job_outcome(
             when = summary.time
             if current.last_backup is None or _newer(when, current.last_backup.time):
                 updates["last_backup"] = summary
+                aof = aof_observation(outcome.result)
+                if aof is not None:
+                    updates["conditions"] = conditions.set_condition(
+                        current.conditions,
+                        type=conditions.AOF_ENABLED,
+                        status=aof.status,
+                        reason=aof.reason,
+                        message=aof.message,
+                        observed_generation=generation,
+                        now=when,
+                    )
             successful = current.last_successful_backup
             if successful is None or _newer(when, successful.time):
                 updates["last_successful_backup"] = summary
@@ -142,7 +256,7 @@ def apply_job_outcome(
             message = f"Job {outcome.job_name} of {schedule} completed but reported no result"
         if _newer(when, latest):
             updates["conditions"] = conditions.set_condition(
-                current.conditions,
+                updates.get("conditions", current.conditions),
                 type=conditions.LAST_BACKUP_SUCCEEDED,
                 status="True",
                 reason=Reason.BACKUP_SUCCEEDED.value,
@@ -179,7 +293,7 @@ def apply_reconciled(
     """Everything the policy owns is applied: Ready=True (reason Reconciled),
     `observedGeneration`, and the TARGET / SCHEDULE printer-column summaries
     (`status.target`, `status.schedules`); `status.wal.deployment` names the WAL streamer
-    when there is one."""
+    when there is one. AOFEnabled goes away when the target is no longer Redis."""
     current = status or BackupPolicyStatus()
     spec = policy.spec
     generation = policy.metadata.generation
@@ -195,7 +309,9 @@ def apply_reconciled(
         "target": spec.target.describe(),
         "schedules": spec.describe_schedules(),
         "conditions": conditions.set_condition(
-            current.conditions,
+            current.conditions
+            if spec.target.redis is not None
+            else conditions.remove_condition(current.conditions, conditions.AOF_ENABLED),
             type=conditions.READY,
             status="True",
             reason=Reason.RECONCILED.value,

@@ -17,6 +17,7 @@ from typing import Literal
 from tonebridge_dr.api.conditions import Condition, ConditionStatus
 
 __all__ = [
+    "AOF_ENABLED",
     "BACKUP_STALE",
     "COMPLETE",
     "FAILED",
@@ -28,6 +29,7 @@ __all__ = [
     "is_true",
     "remove_condition",
     "set_condition",
+    "turned",
 ]
 
 READY = "Ready"
@@ -36,6 +38,7 @@ RPO_MET = "RPOMet"
 BACKUP_STALE = "BackupStale"
 COMPLETE = "Complete"
 FAILED = "Failed"
+AOF_ENABLED = "AOFEnabled"
 
 StatusValue = Literal["True", "False", "Unknown"]
 
@@ -100,3 +103,17 @@ def set_condition(
 def remove_condition(conditions: Sequence[Condition] | None, type: str) -> list[Condition]:
     """`conditions` without the condition of `type`."""
     return [c for c in conditions or () if c.type != type]
+
+
+def turned(
+    before: Sequence[Condition] | None, after: Sequence[Condition] | None, type: str,
+    status: StatusValue,
+) -> Condition | None:
+    """The condition of `type` in `after` when it has `status` there and did not have it in
+    `before` (absent or another status): a transition worth an Event. Re-asserting the same
+    status, or a changed message only, gives None."""
+    new = get_condition(after, type)
+    if new is None or new.status != ConditionStatus(status):
+        return None
+    old = get_condition(before, type)
+    return new if old is None or old.status != new.status else None
