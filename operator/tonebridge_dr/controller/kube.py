@@ -96,9 +96,19 @@ EVENT = Kind("v1", "Event", "events")
 JOB = Kind("batch/v1", "Job", "jobs")
 CRONJOB = Kind("batch/v1", "CronJob", "cronjobs")
 DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
+# What RestoreRequests create or check: the volume, the optional instance, the restore
+# ServiceAccount.
+PERSISTENT_VOLUME_CLAIM = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+STATEFULSET = Kind("apps/v1", "StatefulSet", "statefulsets")
+SERVICE = Kind("v1", "Service", "services")
+SERVICE_ACCOUNT = Kind("v1", "ServiceAccount", "serviceaccounts")
 
 _KINDS: dict[tuple[str, str], Kind] = {
-    (k.api_version, k.kind): k for k in (SECRET, POD, EVENT, JOB, CRONJOB, DEPLOYMENT)
+    (k.api_version, k.kind): k
+    for k in (
+        SECRET, POD, EVENT, JOB, CRONJOB, DEPLOYMENT,
+        PERSISTENT_VOLUME_CLAIM, STATEFULSET, SERVICE, SERVICE_ACCOUNT,
+    )
 }
 
 

@@ -16,7 +16,7 @@ import prometheus_client
 
 from tonebridge_dr.controller import settings as settings_mod
 from tonebridge_dr.controller.context import Context
-from tonebridge_dr.controller.handlers import backuppolicy
+from tonebridge_dr.controller.handlers import backuppolicy, restorerequest
 from tonebridge_dr.controller.kube import Kube
 from tonebridge_dr.controller.metrics import Metrics
 
@@ -75,8 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(settings=settings, kube=kube, metrics=metrics)
     registry = kopf.OperatorRegistry()
     backuppolicy.register(registry, ctx)
+    restorerequest.register(registry, ctx)
     kopf_settings = kopf.OperatorSettings()
     backuppolicy.configure(kopf_settings, ctx)
+    restorerequest.configure(kopf_settings, ctx)
     scope = "all namespaces" if settings.clusterwide else ", ".join(settings.namespaces)
     log.info(
         "starting: watching %s, runner image %s, %s, freshness every %gs",

@@ -9,6 +9,9 @@ drives everything; deletions reach the worker of the pod.
 Containers see a minimal base environment (PATH with the venv's bin first, so
 `tonebridge-dr` runs the local code; HOME, LANG, HOSTNAME, and the
 KUBERNETES_SERVICE_HOST/PORT the kubelet always injects), plus their own env.
+
+PersistentVolumeClaims are provisioned and bound by a `claims.ClaimBinder`
+running next to the pod watch (volume folders under `<state>/volumes/`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from tonebridge_dr.sandbox import layout, procs
 from tonebridge_dr.sandbox.kube import ApiError, Kube
-from tonebridge_dr.sandbox.node import logserver
+from tonebridge_dr.sandbox.node import claims, logserver
 from tonebridge_dr.sandbox.node.pod import Json, PodWorker, now
 from tonebridge_dr.sandbox.pki import Pki
 
@@ -47,6 +50,9 @@ class _Objects:
 
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
+
+    def claim_folder(self, namespace: str, claim_name: str) -> Path:
+        return claims.claim_folder(self.kube, namespace, claim_name)
 
     def _get(self, path: str) -> Json | None:
         try:
@@ -98,10 +104,12 @@ class NodeAgent:
         keys: Pki,
         apiserver_port: int,
         allocatable: Mapping[str, str] | None = None,
+        volumes_dir: Path | None = None,
     ) -> None:
         self.kube = kube
         self.node_name = node_name
         self.pods_dir = pods_dir
+        self.claims = claims.ClaimBinder(kube, volumes_dir or pods_dir.parent / "volumes")
         self.processes = processes
         self.keys = keys
         self.apiserver_port = apiserver_port
@@ -265,6 +273,7 @@ class NodeAgent:
         self._server = logserver.KubeletServer(self.keys, self.find_container_log)
         port = self._server.start()
         self._register_node(port)
+        self.claims.start()
         listing = self.kube.get("/api/v1/pods")
         self._sync(listing)
         self._watcher = threading.Thread(
@@ -278,6 +287,7 @@ class NodeAgent:
     def stop(self, grace: float = 2.0) -> None:
         """Stop watching and kill every pod process (SIGTERM, SIGKILL after `grace`)."""
         self._stopping.set()
+        self.claims.request_stop()
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:
@@ -287,6 +297,7 @@ class NodeAgent:
         if self._server is not None:
             self._server.stop()
         self.kube.close()
+        self.claims.join()
 
     def find_container_log(self, namespace: str, pod: str, container: str) -> tuple[Path, bool]:
         """(log file, still running) of a container, for the kubelet log endpoint."""

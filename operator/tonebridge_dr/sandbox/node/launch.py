@@ -10,6 +10,11 @@ once on the host as empty placeholders (an empty file for file sources, an
 empty folder for folder sources), e.g. /dev/termination-log and
 /var/run/secrets/kubernetes.io/serviceaccount. They stay empty on the host.
 
+Every source is first bound into a private staging tmpfs (at a host folder no
+target covers), and only then are the targets mounted from there: a target
+may hide where other sources live (an emptyDir at /tmp hides a sandbox state
+dir under /tmp, and so the pod's other volumes).
+
 With `securityContext.runAsUser` / `runAsGroup` the mounts are made as root and
 the command is then exec'd through `setpriv` with that uid / gid.
 
@@ -25,12 +30,18 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tonebridge_dr.sandbox import procs
 from tonebridge_dr.sandbox.node.volumes import Mount
 
 UNSHARE = "unshare"
+#: Where sources are staged inside the namespace: the first candidate no target covers.
+STAGING_CANDIDATES = (
+    "/run/tonebridge-dr-sandbox-staging",
+    "/mnt/tonebridge-dr-sandbox-staging",
+    "/var/lib/tonebridge-dr-sandbox-staging",
+)
 
 
 class StartError(Exception):
@@ -77,6 +88,16 @@ def resolve_command(command: str, env: Mapping[str, str]) -> str:
     return found
 
 
+def staging_dir(mounts: Sequence[Mount]) -> str:
+    """A host folder no mount target is, or lies above."""
+    for candidate in STAGING_CANDIDATES:
+        path = PurePosixPath(candidate)
+        targets = [PurePosixPath(m.target) for m in mounts]
+        if not any(t == path or t in path.parents for t in targets):
+            return candidate
+    raise StartError("no staging folder for the container's mounts: every candidate is covered")
+
+
 def namespace_argv(
     mounts: Sequence[Mount],
     argv: Sequence[str],
@@ -86,11 +107,20 @@ def namespace_argv(
     """The argv that sets up the mount namespace and then execs `argv` (as `user`)."""
     lines = ["set -e"]
     mount_binary = shutil.which("mount") or "/usr/bin/mount"
-    for mount in mounts:
-        source, target = shlex.quote(str(mount.source)), shlex.quote(mount.target)
-        lines.append(f"{mount_binary} --bind {source} {target}")
-        if mount.read_only:
-            lines.append(f"{mount_binary} -o remount,bind,ro {target}")
+    umount_binary = shutil.which("umount") or "/usr/bin/umount"
+    if mounts:
+        staging = shlex.quote(staging_dir(mounts))
+        lines.append(f"{mount_binary} -t tmpfs -o mode=0700 tonebridge-dr-staging {staging}")
+        for index, mount in enumerate(mounts):
+            stage = f"{staging}/{index}"
+            lines.append(f"mkdir {stage}" if mount.source.is_dir() else f": > {stage}")
+            lines.append(f"{mount_binary} --bind {shlex.quote(str(mount.source))} {stage}")
+        for index, mount in enumerate(mounts):
+            target = shlex.quote(mount.target)
+            lines.append(f"{mount_binary} --bind {staging}/{index} {target}")
+            if mount.read_only:
+                lines.append(f"{mount_binary} -o remount,bind,ro {target}")
+        lines.append(f"{umount_binary} --lazy {staging}")
     if user is None and group is None:
         lines.append('exec "$@"')
     else:
@@ -128,6 +158,8 @@ def start(launch: ContainerLaunch) -> subprocess.Popen[bytes]:
     argv = [resolve_command(launch.argv[0], launch.env), *launch.argv[1:]]
     for mount in launch.mounts:
         ensure_mount_point(mount)
+    if launch.mounts:
+        Path(staging_dir(launch.mounts)).mkdir(parents=True, exist_ok=True)
     if not launch.cwd.is_dir():
         raise StartError(f"workingDir {launch.cwd} does not exist on the sandbox host")
     with launch.log_path.open("ab") as log_file:

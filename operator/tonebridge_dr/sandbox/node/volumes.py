@@ -2,11 +2,16 @@
 
 Supported: `projected` (serviceAccountToken, secret, configMap, downwardAPI: the
 `kube-api-access-*` volume the API server adds to every pod, so in-cluster
-config works), `secret`, `configMap`, `downwardAPI` and `emptyDir`. Everything
-else is reported as unsupported and the pod fails with that reason. To add a
-type, add a function to `_MATERIALIZERS`.
+config works), `secret`, `configMap`, `downwardAPI`, `emptyDir` and
+`persistentVolumeClaim`. Everything else is reported as unsupported and the pod
+fails with that reason. To add a type, add a function to `_MATERIALIZERS`.
 
 Volumes are written once, before the first container starts (no live updates).
+Most live in the pod's own folder; a `persistentVolumeClaim` is the folder of
+the claim's PersistentVolume (its `hostPath`, see `claims.py`), shared by every
+pod that mounts the claim and kept after they end, like a real volume. A claim
+that is missing or not Bound yet is a ConfigError: the pod waits, as it would
+for the scheduler and the kubelet's volume manager.
 """
 
 from __future__ import annotations
@@ -31,11 +36,16 @@ _DEFAULT_MODE = 0o644
 
 
 class TokenSource(ObjectSource, Protocol):
-    """ObjectSource that can also issue bound service-account tokens."""
+    """ObjectSource that can also issue bound service-account tokens and find the folder
+    of a claimed volume."""
 
     def service_account_token(
         self, pod: Json, audience: str | None, expiration_seconds: int
     ) -> str: ...
+
+    def claim_folder(self, namespace: str, claim_name: str) -> Path:
+        """Host folder of the Bound claim's volume; ConfigError while it cannot be used."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -128,13 +138,24 @@ def _empty_dir(root: Path, spec: Json, pod: Json, source: TokenSource, mode: int
     root.chmod(0o777)
 
 
-# type -> function(host folder, volume spec, pod, object source, defaultMode)
-_MATERIALIZERS: dict[str, Callable[[Path, Json, Json, TokenSource, int], None]] = {
+def _persistent_volume_claim(
+    root: Path, spec: Json, pod: Json, source: TokenSource, mode: int
+) -> Path:
+    name = spec.get("claimName") or ""
+    if not name:
+        raise ConfigError("persistentVolumeClaim volume without claimName")
+    return source.claim_folder(pod["metadata"]["namespace"], name)
+
+
+# type -> function(host folder, volume spec, pod, object source, defaultMode); a function
+# may return another folder to use instead of the pod's own (a volume that outlives the pod).
+_MATERIALIZERS: dict[str, Callable[[Path, Json, Json, TokenSource, int], Path | None]] = {
     "projected": _projected,
     "secret": _secret,
     "configMap": _config_map,
     "downwardAPI": _downward_api,
     "emptyDir": _empty_dir,
+    "persistentVolumeClaim": _persistent_volume_claim,
 }
 
 
@@ -163,9 +184,20 @@ def materialize(pod: Json, directory: Path, source: TokenSource) -> dict[str, Pa
         root = directory / volume["name"]
         root.mkdir(parents=True, exist_ok=True)
         spec = volume[kind] or {}
-        _MATERIALIZERS[kind](root, spec, pod, source, spec.get("defaultMode", _DEFAULT_MODE))
-        folders[volume["name"]] = root
+        elsewhere = _MATERIALIZERS[kind](
+            root, spec, pod, source, spec.get("defaultMode", _DEFAULT_MODE)
+        )
+        folders[volume["name"]] = elsewhere or root
     return folders
+
+
+def claim_names(pod: Json) -> list[str]:
+    """Names of the PersistentVolumeClaims the pod mounts."""
+    return [
+        str(volume["persistentVolumeClaim"].get("claimName"))
+        for volume in pod.get("spec", {}).get("volumes") or []
+        if isinstance(volume.get("persistentVolumeClaim"), dict)
+    ]
 
 
 def container_mounts(container: Json, folders: dict[str, Path]) -> list[Mount]:

@@ -1,0 +1,715 @@
+"""Pure builders of what a RestoreRequest runs: the restore Job, the volume claim made from
+`target.volume.claimTemplate`, and the optional PostgreSQL instance on the restored volume.
+
+Every function maps a validated RestoreRequest (plus the BackupPolicy named by
+`source.policyRef`, when there is one, and operator settings) to plain Kubernetes
+manifests; nothing here talks to the API server. Problems only the operator can judge
+(an unsupported target, a policy of the wrong kind, encrypted backups without a private
+key) raise `RestoreSpecError` with a `reason` and one sentence for the condition.
+
+Security contract (tested):
+* restore pods get the repository's READ credentials (`restoreCredentialsSecretRef`;
+  only when a policy has none, its `credentialsSecretRef`, as the API documents) by
+  `secretKeyRef`, and the OpenPGP private key as a mounted `secret` volume file; they
+  never get the public key or the write role's SSE settings, and backup pods never get
+  the private key (builders/backup.py);
+* connection strings come from a `secretKeyRef` env var, never from arguments;
+* pods run non-root, read-only root filesystem, no privilege escalation, no
+  capabilities, no service-account token, under the restore ServiceAccount.
+
+Layout contract with the backup side: a policy's backups live in the folder named after
+it, `<repository.url>/<policy name>` (`policy_repository_url`), so a new cluster can
+find them from the bucket and the policy name alone.
+
+How a restore runs (the runner, `tonebridge-dr restore postgres`):
+* database targets: a logical backup restored in ONE transaction (whole database, the
+  chosen `tables`, or a `repair` of a time range); a non-empty target is refused
+  (TargetNotEmpty) unless `overwrite: true` (`--clean`);
+* volume targets: a base backup extracted into `<claim>/pgdata`, recovered with
+  archived WAL to `targetTime` / `targetLSN` / the end of the archive (`latest`, and
+  `backupId`, which picks the base backup), promoted and shut down cleanly, ready for
+  any PostgreSQL pod with `PGDATA=/var/lib/postgresql/data/pgdata`; a non-empty data
+  directory is refused unless `overwrite: true` (`--overwrite`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tonebridge_dr.api.common import BackupMethod, Repository, SecretKeyRef, SecretRef
+from tonebridge_dr.api.kinds import API_VERSION, RESTORE_REQUEST, BackupPolicy, RestoreRequest
+from tonebridge_dr.api.restorerequest import AccessMode, RestoreRequestSpec
+from tonebridge_dr.builders import names
+from tonebridge_dr.builders.settings import RunnerSettings
+
+__all__ = [
+    "COMPONENT_DATABASE",
+    "CONTAINER_POSTGRES",
+    "CONTAINER_RESTORE",
+    "DATA_DIR",
+    "DATA_MOUNT_PATH",
+    "DECRYPT_KEY_PATH",
+    "ENV_REPO",
+    "ENV_TARGET_DSN",
+    "KEY_MOUNT_PATH",
+    "LABEL_RESTORE_REQUEST",
+    "NON_RETRIABLE_RESTORE_EXIT_CODES",
+    "ResolvedSource",
+    "RestoreSpecError",
+    "SecretRequirement",
+    "build_instance",
+    "build_restore_claim",
+    "build_restore_job",
+    "claim_name",
+    "instance_name",
+    "policy_repository_url",
+    "resolve_source",
+    "restore_job_name",
+    "runner_args",
+    "secret_requirements",
+    "selector_for_request",
+    "target_description",
+]
+
+Manifest = dict[str, Any]
+
+# Environment contract with the runner (runner/storage, engines/postgres/connection.py);
+# spelled again because builders must not import the runner.
+ENV_REPO = "TONEBRIDGE_DR_REPO"
+ENV_TARGET_DSN = "TONEBRIDGE_DR_TARGET_DSN"
+_AWS_CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
+    ("AWS_ACCESS_KEY_ID", False),
+    ("AWS_SECRET_ACCESS_KEY", False),
+    ("AWS_SESSION_TOKEN", True),  # only temporary credentials have one
+)
+
+LABEL_RESTORE_REQUEST = "dr.tonebridge.io/restore-request"
+"""Name of the RestoreRequest a Job, claim or instance belongs to (hash-shortened)."""
+COMPONENT_DATABASE = "restored-database"
+
+CONTAINER_RESTORE = "restore"
+CONTAINER_POSTGRES = "postgres"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TMP_MOUNT_PATH = "/tmp"
+KEY_MOUNT_PATH = "/etc/tonebridge-dr/restore-key"
+DECRYPT_KEY_FILE = "private.asc"
+DECRYPT_KEY_PATH = f"{KEY_MOUNT_PATH}/{DECRYPT_KEY_FILE}"
+DATA_MOUNT_PATH = "/var/lib/postgresql/data"
+"""Where the restored volume is mounted, in the restore Job and in the instance (the
+official postgres image's volume)."""
+DATA_DIR = f"{DATA_MOUNT_PATH}/pgdata"
+"""The data directory inside the volume (a subfolder: a volume's root may hold
+lost+found, which PostgreSQL refuses). PGDATA of the instance."""
+POSTGRES_PORT = 5432
+_TMP_VOLUME = "tmp"
+_KEY_VOLUME = "restore-key"
+_DATA_VOLUME = "data"
+
+NON_RETRIABLE_RESTORE_EXIT_CODES: tuple[int, ...] = (6, 7, 11)
+"""Besides the settings' codes: backup not found / target unreachable (6), corrupt backup
+(7), target not empty (11). Retrying cannot fix them: the Job fails at once."""
+
+_JOB_SUFFIX = "-restore"
+_INSTANCE_LIMIT = 52  # StatefulSet pods get labels `<name>-<10-char revision hash>`
+_HASH_LENGTH = 8
+
+_REFUSED_BY_PLATFORM = (
+    "RestoreRequest restores PostgreSQL (a database or a data volume) in this version; "
+    "restore Redis snapshots and Kubernetes exports with the tonebridge-dr CLI "
+    "(`tonebridge-dr restore redis|kubernetes ...`)"
+)
+
+
+class RestoreSpecError(ValueError):
+    """The request cannot run as written; `reason` goes into the Failed condition."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+# --- names ----------------------------------------------------------------------------------
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:_HASH_LENGTH]
+
+
+def _fit(base: str, limit: int, suffix: str = "") -> str:
+    if len(base) + len(suffix) <= limit:
+        return base + suffix
+    keep = limit - len(suffix) - _HASH_LENGTH - 1
+    return f"{base[:keep].rstrip('-.')}-{_digest(base)}{suffix}"
+
+
+def _request_name(rr: RestoreRequest) -> str:
+    name = rr.metadata.name
+    if not name:
+        raise ValueError("the RestoreRequest has no metadata.name")
+    return name
+
+
+def restore_job_name(request_name: str) -> str:
+    """`<request>-restore`, at most 63 characters; deterministic, so a handler that runs
+    twice meets its own Job (409 AlreadyExists) instead of starting a second restore."""
+    return _fit(request_name, names.JOB_NAME_LIMIT, _JOB_SUFFIX)
+
+
+def claim_name(rr: RestoreRequest) -> str | None:
+    """The PersistentVolumeClaim a physical restore fills: `claimName`, or the request's
+    name for a `claimTemplate`; None for database targets."""
+    volume = rr.spec.target.volume
+    if volume is None:
+        return None
+    return volume.claim_name or _request_name(rr)
+
+
+def instance_name(request_name: str) -> str:
+    """Name of the StatefulSet and Service of the optional instance: a DNS label (Service
+    names must start with a letter) of at most 52 characters."""
+    base = request_name.replace(".", "-")
+    if not base[:1].isalpha():
+        base = f"pg-{base}"
+    return _fit(base, _INSTANCE_LIMIT)
+
+
+def selector_for_request(request_name: str) -> str:
+    """Label selector of everything made for one RestoreRequest (Jobs, claim, instance)."""
+    return (
+        f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY},"
+        f"{LABEL_RESTORE_REQUEST}={names.label_value(request_name)}"
+    )
+
+
+def policy_repository_url(repository_url: str, policy_name: str) -> str:
+    """The folder of one policy's backups inside a repository: `<url>/<policy>`."""
+    return f"{repository_url.rstrip('/')}/{policy_name}"
+
+
+# --- the source -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """Where the backups are and what the restore Job needs to read them."""
+
+    policy_name: str
+    repository: Repository
+    repository_url: str
+    """`<repository.url>/<policy>`: what the runner opens."""
+    credentials: SecretRef | None
+    """Read credentials for the repository (None: the pod's own identity)."""
+    private_key: SecretKeyRef | None
+    """OpenPGP private key for encrypted backups."""
+    uses_write_credentials: bool
+    """True when the policy has no restoreCredentialsSecretRef and the restore falls back
+    to its backup credentials (warn: spec 8.2 wants a separate read-only role)."""
+
+    def describe(self) -> str:
+        """One line for the SOURCE column and messages (no secrets: URLs carry none)."""
+        return f"{self.repository_url}"
+
+
+def _check_policy(rr: RestoreRequest, policy: BackupPolicy) -> None:
+    spec = rr.spec
+    policy_name = policy.metadata.name or "?"
+    target = policy.spec.target
+    if target.postgres is None:
+        raise RestoreSpecError(
+            "InvalidSpec",
+            f'BackupPolicy "{policy_name}" backs up {target.kind.value}, not PostgreSQL: '
+            "it has no backups this RestoreRequest could restore",
+        )
+    method = spec.effective_method
+    methods = {policy.spec.method_of(s) for s in policy.spec.schedules}
+    if method not in methods:
+        raise RestoreSpecError(
+            "InvalidSpec",
+            f'BackupPolicy "{policy_name}" takes no {method.value} backups (its schedules '
+            f"take {', '.join(sorted(m.value for m in methods))}): a "
+            f"{'database' if method is BackupMethod.LOGICAL else 'volume'} target needs "
+            f"{method.value} backups",
+        )
+
+
+def resolve_source(rr: RestoreRequest, policy: BackupPolicy | None) -> ResolvedSource:
+    """Repository, folder, credentials and key of the request's backups.
+
+    `policy` is the BackupPolicy named by `source.policyRef` (None for a repository given
+    directly). Raises RestoreSpecError when the request cannot be served.
+    """
+    spec = rr.spec
+    source = spec.source
+    if spec.target.database is None and spec.target.volume is None:
+        raise RestoreSpecError("UnsupportedTarget", _REFUSED_BY_PLATFORM)
+    if source.policy_ref is not None:
+        if policy is None or policy.metadata.name != source.policy_ref.name:
+            raise ValueError(f'resolve_source needs BackupPolicy "{source.policy_ref.name}"')
+        _check_policy(rr, policy)
+        repository = policy.spec.repository
+        policy_name = source.policy_ref.name
+        credentials = repository.restore_credentials_secret_ref
+        fallback = credentials is None and repository.credentials_secret_ref is not None
+        if credentials is None:
+            credentials = repository.credentials_secret_ref
+        encryption = policy.spec.encryption
+        private_key = source.private_key_secret_ref or (
+            encryption.private_key_secret_ref if encryption is not None else None
+        )
+        if encryption is not None and private_key is None:
+            raise RestoreSpecError(
+                "MissingDecryptionKey",
+                f'backups of BackupPolicy "{policy_name}" are encrypted, but neither '
+                "spec.source.privateKeySecretRef nor the policy's "
+                "encryption.privateKeySecretRef names the OpenPGP private key to decrypt them",
+            )
+    else:
+        assert source.repository is not None and source.policy_name is not None
+        repository = source.repository
+        policy_name = source.policy_name
+        credentials = repository.restore_credentials_secret_ref or (
+            repository.credentials_secret_ref
+        )
+        fallback = False
+        private_key = source.private_key_secret_ref
+    return ResolvedSource(
+        policy_name=policy_name,
+        repository=repository,
+        repository_url=policy_repository_url(repository.url, policy_name),
+        credentials=credentials,
+        private_key=private_key,
+        uses_write_credentials=fallback,
+    )
+
+
+@dataclass(frozen=True)
+class SecretRequirement:
+    """A Secret (and the keys in it) the restore Job cannot start without."""
+
+    name: str
+    keys: tuple[str, ...]
+    purpose: str
+
+
+def secret_requirements(rr: RestoreRequest, source: ResolvedSource) -> list[SecretRequirement]:
+    """Secrets the restore Job reads, in a stable order; the handler checks they exist
+    before creating the Job, so a typo is a precise condition, not a pod stuck in
+    CreateContainerConfigError."""
+    wanted: list[SecretRequirement] = []
+    database = rr.spec.target.database
+    if database is not None:
+        ref = database.dsn_secret_ref
+        wanted.append(SecretRequirement(ref.name, (ref.key,), "target database DSN"))
+    if source.credentials is not None:
+        keys = tuple(key for key, optional in _AWS_CREDENTIAL_KEYS if not optional)
+        wanted.append(
+            SecretRequirement(source.credentials.name, keys, "repository read credentials")
+        )
+    if source.private_key is not None:
+        ref = source.private_key
+        wanted.append(SecretRequirement(ref.name, (ref.key,), "OpenPGP private key"))
+    return wanted
+
+
+def target_description(rr: RestoreRequest) -> str:
+    """What receives the data, in words (no secrets): for conditions and Events."""
+    spec = rr.spec
+    target = spec.target
+    if target.database is not None:
+        where = f'the database of Secret "{target.database.dsn_secret_ref.name}"'
+        if target.database.database is not None:
+            where = f'database "{target.database.database}" (server of Secret '
+            where += f'"{target.database.dsn_secret_ref.name}")'
+        if spec.repair is not None:
+            return f'table "{spec.repair.table}" in {where}'
+        if spec.tables:
+            quoted = ", ".join(f'"{t}"' for t in spec.tables)
+            return f"table{'s' if len(spec.tables) > 1 else ''} {quoted} in {where}"
+        return where
+    if target.volume is not None:
+        return f'volume "{claim_name(rr)}"'
+    return "the target"
+
+
+# --- the restore Job -------------------------------------------------------------------------
+
+
+def _format_time(value: datetime) -> str:
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _backup_arg(spec: RestoreRequestSpec) -> str:
+    return spec.backup_id if spec.backup_id is not None else "latest"
+
+
+def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
+    """Arguments after the runner's command, e.g. `restore postgres --backup latest
+    --table transformations --clean --json`. The repository comes from $TONEBRIDGE_DR_REPO
+    and the target DSN from $TONEBRIDGE_DR_TARGET_DSN (never arguments: anyone who can
+    read the pod sees those)."""
+    spec = rr.spec
+    target = spec.target
+    args = ["restore", "postgres"]
+    if target.database is not None:
+        args += ["--backup", _backup_arg(spec)]
+        if target.database.database is not None:
+            args += ["--target-database", target.database.database]
+        if spec.repair is not None:
+            repair = spec.repair
+            args += [
+                "--table", repair.table,
+                "--repair-column", repair.column,
+                "--from", _format_time(repair.from_),
+                "--to", _format_time(repair.to),
+            ]
+        else:
+            for table in spec.tables or ():
+                args += ["--table", table]
+            if spec.overwrite:
+                args.append("--clean")
+            if not spec.tables:
+                args.append("--create")  # a brand-new server has no database yet
+    elif target.volume is not None:
+        args += ["--data-dir", DATA_DIR]
+        if spec.target_time is not None:
+            args += ["--target-time", _format_time(spec.target_time)]
+        elif spec.target_lsn is not None:
+            args += ["--target-lsn", spec.target_lsn]
+        else:  # latest, or backupId: that base backup plus every archived WAL after it
+            if spec.backup_id is not None:
+                args += ["--backup", spec.backup_id]
+            args.append("--latest")
+        if spec.overwrite:
+            args.append("--overwrite")
+        # Recover, promote, then shut down cleanly: the volume is left ready for any
+        # PostgreSQL pod (no recovery.signal, a new timeline, a clean shutdown checkpoint).
+        args += ["--start", "--stop-after"]
+    else:
+        raise RestoreSpecError("UnsupportedTarget", _REFUSED_BY_PLATFORM)
+    if source.private_key is not None:
+        args += ["--decrypt-key", DECRYPT_KEY_PATH]
+    args.append("--json")
+    return args
+
+
+def _labels(rr: RestoreRequest, source: ResolvedSource, component: str) -> dict[str, str]:
+    labels = names.standard_labels(source.policy_name, component)
+    labels[names.LABEL_INSTANCE] = names.label_value(_request_name(rr))
+    labels[LABEL_RESTORE_REQUEST] = names.label_value(_request_name(rr))
+    return labels
+
+
+def owner_reference(rr: RestoreRequest) -> Manifest:
+    """The controller owner reference to `rr`: deleting the request deletes its Job (and
+    so stops the restore)."""
+    if not rr.metadata.uid:
+        raise ValueError(
+            f"RestoreRequest {rr.metadata.name!r} has no metadata.uid; "
+            "owner references need the object as stored by the API server"
+        )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": RESTORE_REQUEST.kind,
+        "name": _request_name(rr),
+        "uid": rr.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(
+    rr: RestoreRequest, name: str, labels: Mapping[str, str], *, owned: bool
+) -> Manifest:
+    meta: Manifest = {"name": name}
+    if rr.metadata.namespace:
+        meta["namespace"] = rr.metadata.namespace
+    meta["labels"] = dict(labels)
+    if owned:
+        meta["ownerReferences"] = [owner_reference(rr)]
+    return meta
+
+
+def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> Manifest:
+    selector: Manifest = {"name": secret, "key": key}
+    if optional:
+        selector["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": selector}}
+
+
+def _value_env(name: str, value: str) -> Manifest:
+    return {"name": name, "value": value}
+
+
+def restore_env(rr: RestoreRequest, source: ResolvedSource) -> list[Manifest]:
+    """Environment of the restore container: repository folder, read credentials (by
+    secretKeyRef), region, endpoint, the target DSN (by secretKeyRef), HOME."""
+    env = [_value_env(ENV_REPO, source.repository_url)]
+    if source.credentials is not None:
+        env.extend(
+            _secret_env(key, source.credentials.name, key, optional=optional)
+            for key, optional in _AWS_CREDENTIAL_KEYS
+        )
+    repository = source.repository
+    if repository.region is not None:
+        env.append(_value_env("AWS_REGION", repository.region))
+    if repository.endpoint is not None:
+        env.append(_value_env("AWS_ENDPOINT_URL_S3", repository.endpoint))
+    database = rr.spec.target.database
+    if database is not None:
+        ref = database.dsn_secret_ref
+        env.append(_secret_env(ENV_TARGET_DSN, ref.name, ref.key))
+    env.append(_value_env("HOME", TMP_MOUNT_PATH))  # gpg and libpq want a writable home
+    return env
+
+
+def _volumes(rr: RestoreRequest, source: ResolvedSource) -> tuple[list[Manifest], list[Manifest]]:
+    volumes: list[Manifest] = [{"name": _TMP_VOLUME, "emptyDir": {}}]
+    mounts: list[Manifest] = [{"name": _TMP_VOLUME, "mountPath": TMP_MOUNT_PATH}]
+    if source.private_key is not None:
+        ref = source.private_key
+        volumes.append(
+            {
+                "name": _KEY_VOLUME,
+                "secret": {
+                    "secretName": ref.name,
+                    "items": [{"key": ref.key, "path": DECRYPT_KEY_FILE}],
+                    # Readable by the pod's user and fsGroup only.
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+        mounts.append({"name": _KEY_VOLUME, "mountPath": KEY_MOUNT_PATH, "readOnly": True})
+    claim = claim_name(rr)
+    if claim is not None:
+        volumes.append({"name": _DATA_VOLUME, "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": _DATA_VOLUME, "mountPath": DATA_MOUNT_PATH})
+    return volumes, mounts
+
+
+def _resources(rr: RestoreRequest, settings: RunnerSettings) -> Manifest:
+    if rr.spec.resources is not None:
+        dumped: Manifest = rr.spec.resources.model_dump(mode="json", exclude_none=True)
+        if dumped:
+            return dumped
+    return copy.deepcopy(settings.default_resources)
+
+
+def _pod_security_context(settings: RunnerSettings) -> Manifest:
+    context: Manifest = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if settings.run_as_user is not None:
+        context["runAsUser"] = settings.run_as_user
+        context["runAsGroup"] = settings.run_as_user
+        context["fsGroup"] = settings.run_as_user  # the volume and the key become readable
+    return context
+
+
+def _pod_failure_policy(settings: RunnerSettings) -> Manifest:
+    codes = sorted(set(settings.non_retriable_exit_codes) | set(NON_RETRIABLE_RESTORE_EXIT_CODES))
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": CONTAINER_RESTORE,
+                    "operator": "In",
+                    "values": codes,
+                },
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }
+
+
+def build_restore_job(
+    rr: RestoreRequest, policy: BackupPolicy | None, settings: RunnerSettings
+) -> Manifest:
+    """The Job that performs the restore, owned by the request.
+
+    Retries: a failure a retry cannot fix (refused target, missing or corrupt backup,
+    usage, repository configuration, key, authentication) fails the Job at once
+    (podFailurePolicy). Otherwise a logical restore gets `settings.backoff_limit`
+    retries, which is safe because a failed attempt rolls back; a physical restore
+    gets none (a failed recovery leaves its files for diagnosis).
+    """
+    source = resolve_source(rr, policy)
+    request = _request_name(rr)
+    labels = _labels(rr, source, names.COMPONENT_RESTORE)
+    volumes, mounts = _volumes(rr, source)
+    container: Manifest = {
+        "name": CONTAINER_RESTORE,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.command),
+        "args": runner_args(rr, source),
+        "env": restore_env(rr, source),
+        "resources": _resources(rr, settings),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    pod: Manifest = {
+        "serviceAccountName": settings.restore_service_account,
+        # Restores talk to the repository and the database, never to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "restartPolicy": "Never",
+        "securityContext": _pod_security_context(settings),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(rr, restore_job_name(request), labels, owned=True),
+        "spec": {
+            # A failed physical attempt may leave files in the data directory, which a
+            # retry would only refuse (TargetNotEmpty), hiding the first error: no retry.
+            "backoffLimit": 0 if rr.spec.target.volume is not None else settings.backoff_limit,
+            "activeDeadlineSeconds": settings.active_deadline_seconds,
+            "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+            "podFailurePolicy": _pod_failure_policy(settings),
+            "template": {
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER_RESTORE},
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+# --- the volume and the instance ---------------------------------------------------------------
+
+
+def build_restore_claim(rr: RestoreRequest, policy: BackupPolicy | None) -> Manifest | None:
+    """The PersistentVolumeClaim of `target.volume.claimTemplate` (named after the
+    request), or None. Not owned by the request: the restored data outlives it."""
+    volume = rr.spec.target.volume
+    if volume is None or volume.claim_template is None:
+        return None
+    template = volume.claim_template
+    source = resolve_source(rr, policy)
+    modes = template.access_modes or [AccessMode.READ_WRITE_ONCE]
+    spec: Manifest = {
+        "accessModes": [mode.value for mode in modes],
+        "resources": {"requests": {"storage": str(template.size)}},
+        "volumeMode": "Filesystem",
+    }
+    if template.storage_class_name is not None:
+        spec["storageClassName"] = template.storage_class_name
+    labels = _labels(rr, source, COMPONENT_DATABASE)
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(rr, _request_name(rr), labels, owned=False),
+        "spec": spec,
+    }
+
+
+def instance_image(rr: RestoreRequest, server_major: int | None) -> str | None:
+    """`instance.image`, else `postgres:<major of the restored cluster>`, else None."""
+    instance = rr.spec.target.instance
+    if instance is None:
+        return None
+    if instance.image is not None:
+        return instance.image
+    return f"postgres:{server_major}" if server_major else None
+
+
+_MAJOR_RE = re.compile(r"^(\d+)")
+
+
+def server_major(result: Mapping[str, Any] | None) -> int | None:
+    """The PostgreSQL major version a physical restore result records, if any."""
+    for key in ("server_major", "pg_major", "server_version", "postgres_version"):
+        value = (result or {}).get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value // 10000 if value >= 10000 else value
+        if isinstance(value, str) and (match := _MAJOR_RE.match(value)):
+            return int(match.group(1))
+    return None
+
+
+def build_instance(
+    rr: RestoreRequest, policy: BackupPolicy | None, *, image: str
+) -> list[Manifest]:
+    """A one-replica StatefulSet running PostgreSQL (`image`) on the restored volume, and a
+    Service in front of it; [] without `target.instance`. Created only after the restore
+    succeeded, and not owned by the request (applications may be using it)."""
+    instance = rr.spec.target.instance
+    claim = claim_name(rr)
+    if instance is None or claim is None:
+        return []
+    source = resolve_source(rr, policy)
+    name = instance_name(_request_name(rr))
+    labels = _labels(rr, source, COMPONENT_DATABASE)
+    selector = {
+        LABEL_RESTORE_REQUEST: labels[LABEL_RESTORE_REQUEST],
+        names.LABEL_COMPONENT: COMPONENT_DATABASE,
+        names.LABEL_MANAGED_BY: names.MANAGED_BY,
+    }
+    container: Manifest = {
+        "name": CONTAINER_POSTGRES,
+        "image": image,
+        "ports": [{"name": "postgres", "containerPort": POSTGRES_PORT, "protocol": "TCP"}],
+        "env": [_value_env("PGDATA", DATA_DIR)],
+        "volumeMounts": [{"name": _DATA_VOLUME, "mountPath": DATA_MOUNT_PATH}],
+        "readinessProbe": {
+            "exec": {"command": ["pg_isready", "--host=127.0.0.1", f"--port={POSTGRES_PORT}"]},
+            "periodSeconds": 5,
+        },
+    }
+    if instance.resources is not None:
+        resources = instance.resources.model_dump(mode="json", exclude_none=True)
+        if resources:
+            container["resources"] = resources
+    statefulset: Manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(rr, name, labels, owned=False),
+        "spec": {
+            "replicas": 1,
+            "serviceName": name,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "containers": [container],
+                    "volumes": [
+                        {"name": _DATA_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
+                    ],
+                },
+            },
+        },
+    }
+    service: Manifest = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(rr, name, labels, owned=False),
+        "spec": {
+            "selector": dict(selector),
+            "ports": [
+                {
+                    "name": "postgres",
+                    "port": instance.port,
+                    "targetPort": "postgres",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+    return [statefulset, service]

@@ -1,0 +1,427 @@
+"""Pure restore builders: golden manifests from examples/03-restore, the security contract,
+runner arguments per kind of restore (checked against the runner's own parser), names.
+
+Regenerate the golden files after an intended change with
+`UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_restore_builders.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
+from tonebridge_dr.builders import names
+from tonebridge_dr.builders import restore as builders
+from tonebridge_dr.builders.settings import RunnerSettings
+from tonebridge_dr.runner import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+GOLDEN = Path(__file__).resolve().parent / "golden" / "restore"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+NAMESPACE = "tonebridge"
+RR_UID = "5d1c0a9e-3b7f-4c2a-8e61-0a9b8c7d0002"
+POLICY_UID = "8f0b6c1e-5a52-4f7e-9d3a-2c9e3f7a0001"
+SETTINGS = RunnerSettings()
+REQUESTS = sorted(p.name for p in (EXAMPLES / "03-restore").glob("restorerequest-*.yaml"))
+
+
+def _yaml(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def policy(**spec_changes: Any) -> BackupPolicy:
+    (body,) = _yaml(EXAMPLES / "01-postgres-backup" / "backuppolicy.yaml")
+    body["metadata"].update(uid=POLICY_UID, namespace=NAMESPACE, generation=1)
+    body["spec"].update(spec_changes)
+    return BackupPolicy.from_body(body)
+
+
+def request_body(filename: str) -> dict[str, Any]:
+    (body,) = _yaml(EXAMPLES / "03-restore" / filename)
+    body["metadata"].update(uid=RR_UID, namespace=NAMESPACE, generation=1)
+    return body
+
+
+def request(filename: str, **spec_changes: Any) -> RestoreRequest:
+    body = request_body(filename)
+    body["spec"].update(spec_changes)
+    return RestoreRequest.from_body(body)
+
+
+def policy_for(rr: RestoreRequest) -> BackupPolicy | None:
+    return policy() if rr.spec.source.policy_ref is not None else None
+
+
+def objects(filename: str) -> list[dict[str, Any]]:
+    rr = request(filename)
+    found = [builders.build_restore_job(rr, policy_for(rr), SETTINGS)]
+    claim = builders.build_restore_claim(rr, policy_for(rr))
+    if claim is not None:
+        found.append(claim)
+    image = builders.instance_image(rr, 15)
+    if image is not None:
+        found.extend(builders.build_instance(rr, policy_for(rr), image=image))
+    return found
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    return dict(obj["spec"]["template"]["spec"])
+
+
+def walk(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk(item)
+
+
+# --- golden files -----------------------------------------------------------------------------
+
+
+def golden_cases() -> list[tuple[str, str]]:
+    return [
+        (filename, f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml")
+        for filename in REQUESTS
+        for obj in objects(filename)
+    ]
+
+
+def render(obj: dict[str, Any]) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100)
+
+
+@pytest.mark.parametrize(("example", "filename"), golden_cases())
+def test_manifest_matches_golden_file(example: str, filename: str) -> None:
+    obj = next(
+        o for o in objects(example)
+        if f"{o['kind'].lower()}-{o['metadata']['name']}.yaml" == filename
+    )
+    path = GOLDEN / example.removesuffix(".yaml") / filename
+    text = render(obj)
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing: run UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == path.read_text(), f"{path} differs; if intended, regenerate (UPDATE_GOLDEN=1)"
+
+
+def test_no_stale_golden_files() -> None:
+    expected = {GOLDEN / e.removesuffix(".yaml") / name for e, name in golden_cases()}
+    present = set(GOLDEN.rglob("*.yaml"))
+    assert present == expected or UPDATE, f"stale golden files: {sorted(present - expected)}"
+
+
+def test_every_kind_of_restore_has_an_example() -> None:
+    kinds = set()
+    for filename in REQUESTS:
+        spec = request(filename).spec
+        if spec.repair is not None:
+            kinds.add("repair")
+        elif spec.tables:
+            kinds.add("tables")
+        elif spec.target.volume is not None:
+            kinds.add("pitr" if spec.target_time else "physical")
+        else:
+            kinds.add("logical")
+        if spec.source.repository is not None:
+            kinds.add("disaster")
+    assert kinds == {"repair", "tables", "pitr", "physical", "logical", "disaster"}
+
+
+# --- security contract ------------------------------------------------------------------------
+
+
+def secret_values() -> list[str]:
+    values: list[str] = []
+    for folder in ("01-postgres-backup", "03-restore"):
+        for doc in _yaml(EXAMPLES / folder / "secrets.yaml"):
+            for value in (doc.get("stringData") or {}).values():
+                values.append(value.strip())
+                values.extend(line.strip() for line in value.splitlines() if len(line) > 8)
+    return values
+
+
+@pytest.mark.parametrize("example", REQUESTS)
+def test_no_secret_value_appears_in_any_manifest(example: str) -> None:
+    text = "\n".join(render(o) for o in objects(example))
+    for value in secret_values():
+        if value and not value.startswith("-----") and value not in ("(export with:",):
+            assert value not in text
+
+
+@pytest.mark.parametrize("example", REQUESTS)
+def test_restore_pods_read_with_the_restore_role_and_never_see_the_public_key(
+    example: str,
+) -> None:
+    job = builders.build_restore_job(request(example), policy_for(request(example)), SETTINGS)
+    text = render(job)
+    assert "tonebridge-backup-writer" not in text  # the write role stays with backups
+    assert "tonebridge-backup-gpg" not in text  # backups' public key: not needed here
+    pod = pod_spec(job)
+    (container,) = pod["containers"]
+    refs = {v["valueFrom"]["secretKeyRef"]["name"] for v in container["env"] if "valueFrom" in v}
+    assert refs <= {"tonebridge-backup-reader", "tonebridge-db-restore"}
+    assert pod["serviceAccountName"] == SETTINGS.restore_service_account
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert not any(isinstance(v, str) and "postgresql://" in v for _, v in walk(job))
+
+
+@pytest.mark.parametrize("example", REQUESTS)
+def test_the_private_key_is_a_mounted_file_named_in_the_arguments(example: str) -> None:
+    job = builders.build_restore_job(request(example), policy_for(request(example)), SETTINGS)
+    pod = pod_spec(job)
+    (container,) = pod["containers"]
+    (key_volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert key_volume["secret"]["secretName"] == "tonebridge-restore-gpg"
+    assert key_volume["secret"]["items"] == [{"key": "private.asc", "path": "private.asc"}]
+    assert key_volume["secret"]["defaultMode"] == 0o440
+    mount = next(m for m in container["volumeMounts"] if m["name"] == key_volume["name"])
+    assert mount == {"name": key_volume["name"], "mountPath": builders.KEY_MOUNT_PATH,
+                     "readOnly": True}
+    args = container["args"]
+    assert args[args.index("--decrypt-key") + 1] == builders.DECRYPT_KEY_PATH
+    assert not any("PRIVATE KEY" in str(v) for _, v in walk(job))
+
+
+def test_the_job_is_owned_by_the_request_and_labelled_for_it() -> None:
+    job = builders.build_restore_job(request("restorerequest-table.yaml"), policy(), SETTINGS)
+    metadata = job["metadata"]
+    assert metadata["name"] == "restore-transformations-restore"
+    assert metadata["namespace"] == NAMESPACE
+    assert metadata["ownerReferences"] == [
+        {
+            "apiVersion": "dr.tonebridge.io/v1alpha1",
+            "kind": "RestoreRequest",
+            "name": "restore-transformations",
+            "uid": RR_UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    labels = metadata["labels"]
+    assert labels[builders.LABEL_RESTORE_REQUEST] == "restore-transformations"
+    assert labels[names.LABEL_COMPONENT] == names.COMPONENT_RESTORE
+    assert labels[names.LABEL_POLICY] == "tonebridge-db"
+    assert job["spec"]["template"]["metadata"]["labels"] == labels
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {6, 7, 11} <= set(rules[0]["onExitCodes"]["values"])
+    assert rules[0]["action"] == "FailJob"
+
+
+def test_volume_claims_and_instances_outlive_the_request() -> None:
+    rr = request("restorerequest-pitr.yaml")
+    claim = builders.build_restore_claim(rr, policy())
+    assert claim is not None
+    assert "ownerReferences" not in claim["metadata"]
+    assert claim["metadata"]["name"] == "tonebridge-db-pitr"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    assert claim["spec"]["storageClassName"] == "gp3"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    statefulset, service = builders.build_instance(rr, policy(), image="postgres:16")
+    for obj in (statefulset, service):
+        assert "ownerReferences" not in obj["metadata"]
+    pod = pod_spec(statefulset)
+    assert pod["volumes"] == [
+        {"name": "data", "persistentVolumeClaim": {"claimName": "tonebridge-db-pitr"}}
+    ]
+    (container,) = pod["containers"]
+    assert container["image"] == "postgres:16"
+    assert {"name": "PGDATA", "value": builders.DATA_DIR} in container["env"]
+    assert service["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["port"] == 5432
+
+
+def test_instance_image_defaults_to_the_restored_major_version() -> None:
+    rr = request("restorerequest-pitr.yaml")
+    assert builders.instance_image(rr, 15) == "postgres:16"  # the spec's image wins
+    body = request_body("restorerequest-pitr.yaml")
+    del body["spec"]["target"]["instance"]["image"]
+    bare = RestoreRequest.from_body(body)
+    assert builders.instance_image(bare, 15) == "postgres:15"
+    assert builders.instance_image(bare, None) is None
+    assert builders.server_major({"server_version": "15.8 (Debian 15.8-0+deb12u1)"}) == 15
+    assert builders.server_major({"server_version": 160004}) == 16
+    assert builders.server_major({}) is None
+
+
+# --- runner arguments per kind ------------------------------------------------------------------
+
+
+def args_of(rr: RestoreRequest) -> list[str]:
+    source = builders.resolve_source(rr, policy_for(rr))
+    return builders.runner_args(rr, source)
+
+
+def test_logical_latest_arguments() -> None:
+    assert args_of(request("restorerequest-logical-latest.yaml")) == [
+        "restore", "postgres", "--backup", "latest", "--create",
+        "--decrypt-key", builders.DECRYPT_KEY_PATH, "--json",
+    ]
+
+
+def test_table_arguments_replace_only_with_overwrite() -> None:
+    assert args_of(request("restorerequest-table.yaml")) == [
+        "restore", "postgres", "--backup", "latest", "--table", "transformations", "--clean",
+        "--decrypt-key", builders.DECRYPT_KEY_PATH, "--json",
+    ]
+    assert "--clean" not in args_of(request("restorerequest-table.yaml", overwrite=False))
+
+
+def test_repair_arguments() -> None:
+    assert args_of(request("restorerequest-repair.yaml")) == [
+        "restore", "postgres", "--backup", "20240115T020000Z-daily-full",
+        "--table", "transformations", "--repair-column", "created_at",
+        "--from", "2024-01-10T00:00:00+09:00", "--to", "2024-01-15T00:00:00+09:00",
+        "--decrypt-key", builders.DECRYPT_KEY_PATH, "--json",
+    ]
+
+
+def test_physical_arguments() -> None:
+    assert args_of(request("restorerequest-pitr.yaml")) == [
+        "restore", "postgres", "--data-dir", builders.DATA_DIR,
+        "--target-time", "2024-01-15T10:30:00+09:00", "--start", "--stop-after",
+        "--decrypt-key", builders.DECRYPT_KEY_PATH, "--json",
+    ]
+    disaster = args_of(request("restorerequest-disaster.yaml", overwrite=True))
+    assert disaster == [
+        "restore", "postgres", "--data-dir", builders.DATA_DIR, "--latest", "--overwrite",
+        "--start", "--stop-after", "--decrypt-key", builders.DECRYPT_KEY_PATH, "--json",
+    ]
+    by_id = args_of(request("restorerequest-disaster.yaml", latest=None, backupId="b1"))
+    assert by_id[4:7] == ["--backup", "b1", "--latest"]
+    by_lsn = args_of(request("restorerequest-pitr.yaml", targetTime=None, targetLSN="0/3000060"))
+    assert by_lsn[4:6] == ["--target-lsn", "0/3000060"]
+
+
+@pytest.mark.parametrize(
+    ("example", "changes"),
+    [
+        ("restorerequest-logical-latest.yaml", {}),
+        ("restorerequest-table.yaml", {}),
+        ("restorerequest-table.yaml", {"tables": ["transformations", "app.documents"]}),
+        ("restorerequest-repair.yaml", {}),
+    ],
+)
+def test_logical_arguments_are_accepted_by_the_runner(example: str, changes: Any) -> None:
+    argv = args_of(request(example, **changes))
+    args = cli.build_parser(argv).parse_args(argv)
+    assert (args.verb, args.engine, args.json) == ("restore", "postgres", True)
+
+
+def test_the_environment_names_the_policy_folder_and_the_read_credentials() -> None:
+    rr = request("restorerequest-table.yaml")
+    (container,) = pod_spec(builders.build_restore_job(rr, policy(), SETTINGS))["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env[builders.ENV_REPO]["value"] == "s3://tonebridge-backups/postgresql/tonebridge-db"
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tonebridge-backup-reader", "key": "AWS_ACCESS_KEY_ID",
+    }
+    assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert env[builders.ENV_TARGET_DSN]["valueFrom"]["secretKeyRef"] == {
+        "name": "tonebridge-db-restore", "key": "dsn",
+    }
+    assert env["AWS_REGION"]["value"] == "ap-northeast-1"
+    assert "TONEBRIDGE_DR_S3_SSE" not in env  # server-side encryption settings are for writes
+
+
+def test_disaster_source_needs_no_policy_object() -> None:
+    rr = request("restorerequest-disaster.yaml")
+    source = builders.resolve_source(rr, None)
+    assert source.repository_url == "s3://tonebridge-backups/postgresql/tonebridge-db"
+    assert source.credentials is not None and source.credentials.name == "tonebridge-backup-reader"
+    assert source.uses_write_credentials is False
+    requirements = builders.secret_requirements(rr, source)
+    assert [(r.name, r.keys) for r in requirements] == [
+        ("tonebridge-backup-reader", ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")),
+        ("tonebridge-restore-gpg", ("private.asc",)),
+    ]
+    pod = pod_spec(builders.build_restore_job(rr, None, SETTINGS))
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "tonebridge-postgres-data"}} \
+        in pod["volumes"]
+
+
+# --- what only the operator can judge ----------------------------------------------------------
+
+
+def test_a_policy_without_read_credentials_falls_back_to_its_own_and_says_so() -> None:
+    repository = policy().spec.repository.model_dump(by_alias=True, exclude_none=True)
+    del repository["restoreCredentialsSecretRef"]
+    source = builders.resolve_source(request("restorerequest-table.yaml"),
+                                     policy(repository=repository))
+    assert source.credentials is not None and source.credentials.name == "tonebridge-backup-writer"
+    assert source.uses_write_credentials is True
+
+
+def test_encrypted_backups_without_a_private_key_are_refused() -> None:
+    encryption = {"publicKeySecretRef": {"name": "tonebridge-backup-gpg", "key": "public.asc"}}
+    with pytest.raises(builders.RestoreSpecError) as caught:
+        builders.resolve_source(request("restorerequest-table.yaml"),
+                                policy(encryption=encryption))
+    assert caught.value.reason == "MissingDecryptionKey"
+    assert "privateKeySecretRef" in caught.value.message
+
+
+def test_a_redis_policy_cannot_feed_a_database() -> None:
+    (redis,) = _yaml(EXAMPLES / "02-redis-backup" / "backuppolicy.yaml")
+    redis["metadata"].update(name="tonebridge-db", uid=POLICY_UID, namespace=NAMESPACE)
+    with pytest.raises(builders.RestoreSpecError, match="backs up redis, not PostgreSQL"):
+        builders.resolve_source(request("restorerequest-table.yaml"),
+                                BackupPolicy.from_body(redis))
+
+
+def test_a_physical_restore_needs_physical_backups() -> None:
+    schedules = [{"name": "daily", "cron": "0 2 * * *", "method": "logical"}]
+    with pytest.raises(builders.RestoreSpecError, match="takes no physical backups"):
+        builders.resolve_source(request("restorerequest-pitr.yaml"),
+                                policy(schedules=schedules))
+
+
+def test_redis_and_kubernetes_targets_are_refused_clearly() -> None:
+    body = request_body("restorerequest-disaster.yaml")
+    body["spec"].update(method="snapshot", target={"redis": {"urlSecretRef": {
+        "name": "r", "key": "url"}}})
+    with pytest.raises(builders.RestoreSpecError, match="tonebridge-dr restore redis"):
+        builders.resolve_source(RestoreRequest.from_body(body), None)
+
+
+# --- names --------------------------------------------------------------------------------------
+
+
+def test_long_names_are_cut_with_a_stable_hash() -> None:
+    long = "a" * 200
+    job = builders.restore_job_name(long)
+    assert len(job) <= 63 and job.endswith("-restore")
+    assert job == builders.restore_job_name(long)
+    assert builders.restore_job_name(long + "b") != job
+    assert builders.restore_job_name("short") == "short-restore"
+    instance = builders.instance_name("1.restore." + long)
+    assert len(instance) <= 52 and instance[0].isalpha() and "." not in instance
+
+
+def test_environment_names_match_the_runner() -> None:
+    from tonebridge_dr.runner import result, storage
+    from tonebridge_dr.runner.engines.postgres import connection
+
+    assert builders.ENV_REPO == storage.REPO_ENV
+    assert builders.ENV_TARGET_DSN == connection.TARGET_DSN_ENV
+    assert builders.TERMINATION_MESSAGE_PATH == result.DEFAULT_TERMINATION_LOG
+
+
+def test_physical_restores_are_not_retried_logical_ones_are() -> None:
+    volume = builders.build_restore_job(request("restorerequest-pitr.yaml"), policy(), SETTINGS)
+    database = builders.build_restore_job(request("restorerequest-table.yaml"), policy(),
+                                          SETTINGS)
+    assert volume["spec"]["backoffLimit"] == 0
+    assert database["spec"]["backoffLimit"] == SETTINGS.backoff_limit
