@@ -189,6 +189,6 @@ say "kubectl get jobs,events"
 k -n "${NAMESPACE}" get jobs
 k -n "${NAMESPACE}" get events --field-selector "involvedObject.kind=BackupPolicy" \
   -o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message
-say "tonebridge-dr backups list --repo file://${REPO_DIR}"
-"${TBDR}" backups list --repo "file://${REPO_DIR}"
+say "tonebridge-dr backups list --repo file://${REPO_DIR}/${POLICY}   (each policy has its folder)"
+"${TBDR}" backups list --repo "file://${REPO_DIR}/${POLICY}"
 say "demo finished"

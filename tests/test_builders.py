@@ -378,7 +378,8 @@ def test_public_key_is_mounted_read_only_with_only_that_key() -> None:
 def test_s3_settings_reach_the_runner_as_env() -> None:
     env = backup.pod_env(load_policy("01-postgres-backup"))
     values = {v["name"]: v.get("value") for v in env}
-    assert values["TONEBRIDGE_DR_REPO"] == "s3://tonebridge-backups/postgresql"
+    # each policy has its own folder in the repository
+    assert values["TONEBRIDGE_DR_REPO"] == "s3://tonebridge-backups/postgresql/tonebridge-db"
     assert values["AWS_REGION"] == "ap-northeast-1"
     assert values["TONEBRIDGE_DR_S3_SSE"] == "aws:kms"
     assert str(values["TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"]).startswith("arn:aws:kms:")
@@ -467,14 +468,14 @@ def test_compression_flags(compression: dict[str, Any], expected: list[str]) -> 
 def test_the_runner_cli_accepts_every_backup_command(example: str) -> None:
     from tonebridge_dr.runner import cli
 
-    parser = cli.build_parser()
     policy = load_policy(example)
     for cronjob, schedule in zip(
         backup.build_backup_cronjobs(policy, SETTINGS), policy.spec.schedules, strict=True
     ):
         container = pod_specs(cronjob)[0]["containers"][0]
         assert container["command"] == ["tonebridge-dr"]
-        args = parser.parse_args(container["args"])
+        # build_parser loads only the engine the arguments name (as in a real Job)
+        args = cli.build_parser(container["args"]).parse_args(container["args"])
         assert args.verb == "backup"
         assert args.engine == policy.spec.target.kind.value
         assert args.json is True

@@ -105,7 +105,7 @@ def test_policy_cronjobs_and_run_now_backup(
     jobs = jobs_of(sandbox, namespace, "pg")
     assert len(jobs) == 1
     assert jobs[0]["metadata"]["labels"]["dr.tonebridge.io/schedule"] == "daily-full"
-    listed = backups_list(s3_repo_url)
+    listed = backups_list(f"{s3_repo_url}/pg")
     assert len(listed) == 1
     backup_id = listed[0]["id"]
     assert policy["status"]["lastBackup"]["id"] == backup_id
@@ -138,13 +138,13 @@ def test_policy_cronjobs_and_run_now_backup(
     sandbox.kubectl("annotate", "-n", namespace, "backuppolicy/pg", "unrelated=1")
     run_now(sandbox, namespace, "pg", "daily-full:first")
     run_now(sandbox, namespace, "pg", "second")
-    wait_for(lambda: len(backups_list(s3_repo_url)) == 2, 120, message=lambda: _log(op))
+    wait_for(lambda: len(backups_list(f"{s3_repo_url}/pg")) == 2, 120, message=lambda: _log(op))
     jobs = jobs_of(sandbox, namespace, "pg")
     assert len(jobs) == 2
     assert sorted(j["metadata"]["labels"]["dr.tonebridge.io/schedule"] for j in jobs) == [
         "daily-full", "daily-full"
     ]
-    newest = backups_list(s3_repo_url)[-1]["id"]
+    newest = backups_list(f"{s3_repo_url}/pg")[-1]["id"]
     wait_for(lambda: get_policy(sandbox, namespace, "pg")["status"]["lastBackup"]["id"] == newest,
              60, message=lambda: _log(op))
 

@@ -81,7 +81,7 @@ def test_stale_backup_misses_rpo_and_a_fresh_one_restores_it(
     run_now(sandbox, namespace, "fresh", "one")
     policy = wait_for(lambda: condition_is(sandbox, namespace, "fresh", "RPOMet", "True"),
                       120, message=lambda: _log(op))
-    first = backups_list(s3_repo_url)
+    first = backups_list(f"{s3_repo_url}/fresh")
     assert policy["status"]["lastSuccessfulBackup"]["id"] == first[-1]["id"]
     assert condition(policy, "BackupStale")["status"] == "False"  # type: ignore[index]
     assert webhook.payloads() == []  # Unknown -> True is not news
@@ -111,7 +111,7 @@ def test_stale_backup_misses_rpo_and_a_fresh_one_restores_it(
     run_now(sandbox, namespace, "fresh", "two")
     policy = wait_for(lambda: condition_is(sandbox, namespace, "fresh", "RPOMet", "True"),
                       120, message=lambda: _log(op))
-    second = backups_list(s3_repo_url)
+    second = backups_list(f"{s3_repo_url}/fresh")
     assert len(second) == 2
     assert policy["status"]["lastSuccessfulBackup"]["id"] == second[-1]["id"]
     assert policy["status"]["backupCount"] == 2

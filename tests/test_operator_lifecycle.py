@@ -66,7 +66,7 @@ def test_update_suspend_and_delete(
     run_now(sandbox, namespace, "p", "before-update")
     wait_for(lambda: condition_is(sandbox, namespace, "p", "LastBackupSucceeded", "True"), 120,
              message=lambda: _log(op))
-    assert len(backups_list(s3_repo_url)) == 1
+    assert len(backups_list(f"{s3_repo_url}/p")) == 1
 
     # Update: a's cron changes (same object), b goes, c comes. Nothing else moves.
     second = [{"name": "a", "cron": "30 1 * * *"}, {"name": "c", "cron": "0 3 * * *"}]
@@ -100,7 +100,7 @@ def test_update_suspend_and_delete(
     sandbox.kubectl("delete", "-n", namespace, "backuppolicy/p", "--timeout=60s")
     wait_for(lambda: not _cronjobs(sandbox, namespace) and not jobs_of(sandbox, namespace, "p"),
              90, message=lambda: _log(op))
-    assert len(backups_list(s3_repo_url)) == 1
+    assert len(backups_list(f"{s3_repo_url}/p")) == 1
     assert op.running
     wait_for(lambda: op.metric("tonebridge_dr_catalog_reads_total", namespace, "p") is None, 30)
 

@@ -130,11 +130,11 @@ def test_redis_policy_backs_up_and_reports_aof(
     )
     (job,) = jobs_of(sandbox, namespace, "cache")
     assert job_finished(job) == "Complete"
-    (listed,) = backups_list(cache_repo)
+    (listed,) = backups_list(f"{cache_repo}/cache")
     assert (listed["engine"], listed["method"]) == ("redis", "rdb")
     assert policy["status"]["lastBackup"]["id"] == listed["id"]
     assert policy["status"]["lastBackup"]["method"] == "snapshot"
-    facts = Repository.open(cache_repo, create=False).get(listed["id"]).extra["redis"]
+    facts = Repository.open(f"{cache_repo}/cache", create=False).get(listed["id"]).extra["redis"]
     assert facts["appendonly"] == "no"
     assert facts["keys"] == sum(POPULATED_KEYS.values())
 
@@ -158,7 +158,7 @@ def test_redis_policy_backs_up_and_reports_aof(
         lambda: condition_is(sandbox, namespace, "sessions", "LastBackupSucceeded", "True"),
         120, message=lambda: _log(op),
     )
-    (durable,) = backups_list(sessions_repo)
+    (durable,) = backups_list(f"{sessions_repo}/sessions")
     assert durable["engine"] == "redis"
     assert policy["status"]["lastBackup"]["id"] == durable["id"]
     aof = condition(policy, "AOFEnabled")
@@ -184,7 +184,7 @@ def test_redis_policy_backs_up_and_reports_aof(
                              "AppendOnlyEnabled"),
         120, message=lambda: _log(op),
     )
-    newest = backups_list(cache_repo)[-1]["id"]
+    newest = backups_list(f"{cache_repo}/cache")[-1]["id"]
     assert newest != listed["id"]
     assert policy["status"]["lastBackup"]["id"] == newest
     assert condition(policy, "AOFEnabled")["message"].endswith(  # type: ignore[index]

@@ -81,7 +81,7 @@ def test_operator_killed_during_backup(
     done = wait_for(lambda: [j for j in jobs_of(sandbox, namespace, "slow") if job_finished(j)],
                     120)
     assert job_finished(done[0]) == "Complete"
-    listed = backups_list(s3_repo_url)
+    listed = backups_list(f"{s3_repo_url}/slow")
     assert len(listed) == 1
     policy = get_policy(sandbox, namespace, "slow")
     assert condition(policy, "LastBackupSucceeded") is None  # nobody recorded it yet

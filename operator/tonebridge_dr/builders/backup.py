@@ -164,8 +164,8 @@ def _value_env(name: str, value: str) -> Manifest:
     return {"name": name, "value": value}
 
 
-def _repository_env(repository: Repository) -> list[Manifest]:
-    env = [_value_env(ENV_REPO, repository.url)]
+def _repository_env(repository: Repository, policy_name: str) -> list[Manifest]:
+    env = [_value_env(ENV_REPO, names.policy_repository_url(repository.url, policy_name))]
     if repository.credentials_secret_ref is not None:
         secret = repository.credentials_secret_ref.name
         env.extend(
@@ -195,7 +195,7 @@ def pod_env(policy: BackupPolicy) -> list[Manifest]:
         env.append(_secret_env(ENV_REDIS_URL, target.redis.url_secret_ref))
     else:
         raise UnsupportedTarget(target.kind)
-    env.extend(_repository_env(policy.spec.repository))
+    env.extend(_repository_env(policy.spec.repository, _policy_name(policy)))
     # Tools that want a writable home (gpg, libpq's ~/.pgpass lookup) get the emptyDir.
     env.append(_value_env("HOME", TMP_MOUNT_PATH))
     return env

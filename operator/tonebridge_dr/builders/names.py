@@ -160,3 +160,13 @@ def wal_slot_name(policy_name: str) -> str:
     if len(base) <= _SLOT_LIMIT:
         return base
     return f"{base[: _SLOT_LIMIT - _HASH_LENGTH - 1]}_{_digest(policy_name)}"
+
+
+def policy_repository_url(repository_url: str, policy_name: str) -> str:
+    """The folder of one policy's backups inside a repository: `<url>/<policy>`.
+
+    Every reader and writer (backup Jobs, WAL streamers, the catalog monitor, restore
+    Jobs) opens this URL, so several policies can share one bucket and a brand-new
+    cluster finds a policy's backups from the bucket URL and the policy name alone.
+    """
+    return f"{repository_url.rstrip('/')}/{policy_name}"

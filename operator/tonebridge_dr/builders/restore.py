@@ -46,6 +46,7 @@ from tonebridge_dr.api.common import BackupMethod, Repository, SecretKeyRef, Sec
 from tonebridge_dr.api.kinds import API_VERSION, RESTORE_REQUEST, BackupPolicy, RestoreRequest
 from tonebridge_dr.api.restorerequest import AccessMode, RestoreRequestSpec
 from tonebridge_dr.builders import names
+from tonebridge_dr.builders.names import policy_repository_url
 from tonebridge_dr.builders.settings import RunnerSettings
 
 __all__ = [
@@ -186,11 +187,6 @@ def selector_for_request(request_name: str) -> str:
         f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY},"
         f"{LABEL_RESTORE_REQUEST}={names.label_value(request_name)}"
     )
-
-
-def policy_repository_url(repository_url: str, policy_name: str) -> str:
-    """The folder of one policy's backups inside a repository: `<url>/<policy>`."""
-    return f"{repository_url.rstrip('/')}/{policy_name}"
 
 
 # --- the source -----------------------------------------------------------------------------

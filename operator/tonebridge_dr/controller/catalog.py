@@ -24,6 +24,7 @@ import urllib.parse
 from pathlib import Path
 
 from tonebridge_dr.api.kinds import BackupPolicy
+from tonebridge_dr.builders import names
 from tonebridge_dr.controller.kube import ApiError, Kube
 from tonebridge_dr.runner import errors as runner_errors
 from tonebridge_dr.runner.repository.catalog import Repository
@@ -108,7 +109,7 @@ class CatalogReader:
         return storage
 
     def read(self, policy: BackupPolicy, kube: Kube) -> CatalogRead:
-        url = policy.spec.repository.url
+        url = names.policy_repository_url(policy.spec.repository.url, policy.metadata.name or "")
         try:
             parsed = urllib.parse.urlsplit(url)
             config: S3Config | None = None
