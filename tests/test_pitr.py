@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from tests.fixtures.pg_wal import (
     wait_archived,
 )
 from tests.fixtures.postgres import ADMIN_PASSWORD, PgFactory, PgServer, _free_port, chown_postgres
+from tonebridge_dr.builders import restore as restore_builders
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres import basebackup
 from tonebridge_dr.runner.engines.postgres.wal import catalog, naming, pitr, retention
@@ -100,6 +102,9 @@ def test_restore_to_a_time_between_two_batches(world: World, pg_factory: PgFacto
         assert result["in_recovery"] is False and result["started"] is True
         assert result["new_timeline"] == 2 and result["timeline"] == 2
         assert result["wal_segments"] >= 1
+        # With a DSN: pg_last_xact_replay_timestamp(), the commit of batch 2.
+        recovered = pitr.parse_time(result["recovered_to_time"])
+        assert world.after[1][0] < recovered <= world.after[2][0]
     finally:
         server.stop()
 
@@ -124,6 +129,64 @@ def test_restore_to_latest_from_the_newest_backup(world: World, pg_factory: PgFa
     server.start()
     try:
         assert _batches(server) == _expect(1, 2, 3, 4, 5)
+    finally:
+        server.stop()
+
+
+def test_a_restore_pod_run_leaves_a_clean_promoted_volume(
+    world: World, pg_factory: PgFactory
+) -> None:
+    # As a RestoreRequest runs it: no --set, no DSN, and the backed-up cluster's socket
+    # folder is gone (in a pod it never existed).
+    source_sockets = world.server.sockdir
+    hidden = source_sockets.with_name("sock-hidden")
+    root = pg_factory.new_root("pitr-pod")
+    data_dir = root / "data"
+    target = pitr.Target("time", time=world.after[2][0])
+    source_sockets.rename(hidden)
+    try:
+        result = pitr.restore_physical(
+            world.repo,
+            pitr.RestoreOptions(data_dir, target, start=True, stop_after=True, timeout=300),
+        )
+    finally:
+        hidden.rename(source_sockets)
+    assert result["stopped"] is True and result["method"] == "physical"
+    assert result["server_version_major"] == 15
+    assert str(result["server_version"]).startswith("15")
+    assert restore_builders.server_major(result) == 15  # the instance image's default
+    # Where it recovered to: the last transaction replayed is batch 2 (read from the log).
+    recovered = pitr.parse_time(result["recovered_to_time"])
+    assert world.after[1][0] < recovered <= world.after[2][0]
+    lsn = naming.parse_lsn(result["recovered_to_lsn"])
+    assert naming.parse_lsn(world.after[1][1]) < lsn < naming.parse_lsn(world.after[3][1])
+    history = data_dir / "pg_wal" / f"{result['new_timeline']:08X}.history"
+    last = [line for line in history.read_text().splitlines() if line.strip()][-1]
+    assert naming.parse_lsn(last.split()[1]) == lsn  # where the new timeline branched off
+    # Shut down cleanly, promoted, and nothing of the run or of recovery sticks.
+    assert pitr._controldata(data_dir, 15)["Database cluster state"] == "shut down"
+    for leftover in ("recovery.signal", "standby.signal", "postmaster.pid", "postmaster.opts"):
+        assert not (data_dir / leftover).exists()
+    auto = (data_dir / "postgresql.auto.conf").read_text()
+    active = {
+        line.split("=", 1)[0].strip()
+        for line in auto.splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert active == {"archive_mode"}
+    assert result["removed_settings"] == [
+        "recovery_target_action", "recovery_target_time", "recovery_target_timeline",
+        "restore_command",
+    ]
+    log = (data_dir / "log" / "tonebridge-dr-restore.log").read_text()
+    sockets = re.findall(r'listening on Unix socket "(.+)/\.s\.PGSQL\.5432"', log)
+    assert len(sockets) == 1 and not Path(sockets[0]).exists()  # private, removed after
+    assert "IPv4" not in log and "IPv6" not in log  # no TCP while recovering
+    # The next server started on the volume uses its own settings and recovers nothing.
+    server = pg_factory.start_datadir("pitr-pod", data_dir)
+    try:
+        assert _batches(server) == _expect(1, 2)
+        assert server.query("postgres", "SELECT pg_is_in_recovery()") == [(False,)]
     finally:
         server.stop()
 

@@ -97,6 +97,90 @@ def test_physical_backup_is_not_restored_by_restore_postgres(
     assert "is a physical backup" in result.err_lines[0] and len(result.err_lines) == 1
 
 
+def test_latest_is_the_newest_backup_that_fits_the_request(
+    pg: PgServer, cli: Cli, file_repo_url: str
+) -> None:
+    src = sample_db(pg, rows=30)
+    whole = backup(cli, src, file_repo_url)
+    hot = backup(cli, src, file_repo_url, "--table", "transformations")
+    physical = backup(cli, pg.dsn(), file_repo_url, "--method", "physical")
+    assert whole < hot < physical
+
+    # a whole database: only database.dump will do (not the base backup, not the table one)
+    target = pg.create_database("latest_whole")
+    result = restore(cli, file_repo_url, "latest", target, "--json")
+    assert result.code == 0, result.err
+    assert (result.json["backup"], result.json["mode"]) == (whole, "database")
+    assert table_checksums(pg, dbname_of(target)) == table_checksums(pg, dbname_of(src))
+
+    # a table: the newest backup holding it
+    target = pg.create_database("latest_tables")
+    result = restore(cli, file_repo_url, "latest", target, "--table", "transformations", "--json")
+    assert result.code == 0, result.err
+    assert result.json["backup"] == hot
+    result = restore(cli, file_repo_url, "latest", target, "--table", "public.analytics", "--json")
+    assert result.code == 0, result.err
+    assert result.json["backup"] == whole  # the table backup does not hold analytics
+
+    # none fits: BackupNotFound naming what was looked for, nothing written
+    missing = restore(cli, file_repo_url, "latest", target, "--table", "no_such_table")
+    assert missing.code == 6
+    assert missing.err_lines == [
+        "error: no logical PostgreSQL backup containing table(s) no_such_table (a "
+        "whole-database dump or a table backup holding them) in "
+        f"{file_repo_url}; `tonebridge-dr backups list` shows what exists"
+    ]
+    only_tables = file_repo_url + "-tables"
+    backup(cli, src, only_tables, "--table", "transformations")
+    empty = pg.create_database("latest_none")
+    refused = restore(cli, only_tables, "latest", empty)
+    assert refused.code == 6
+    assert refused.err_lines[0].startswith(
+        "error: no logical PostgreSQL backup of a whole database (with database.dump; "
+        "table backups and physical base backups cannot restore a whole database) in "
+    )
+    assert user_table_names(pg, dbname_of(empty)) == []
+
+
+def test_target_database_overrides_the_database_of_the_dsn(
+    pg: PgServer, cli: Cli, file_repo_url: str
+) -> None:
+    src = sample_db(pg, rows=20)
+    backup_id = backup(cli, src, file_repo_url)
+    other = pg.create_database("dsn_names_this")
+    result = restore(
+        cli, file_repo_url, backup_id, other, "--target-database", "renamed_target", "--create",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    assert result.json["database"] == "renamed_target" and result.json["created_database"]
+    assert table_checksums(pg, "renamed_target") == table_checksums(pg, dbname_of(src))
+    assert user_table_names(pg, dbname_of(other)) == []  # the DSN's own database is untouched
+
+    # a table restore into the database the flag names (here: the DSN's own, spelled out)
+    result = restore(
+        cli, file_repo_url, backup_id, other, "--target-database", dbname_of(other),
+        "--table", "transformations", "--json",
+    )
+    assert result.code == 0, result.err
+    assert user_table_names(pg, dbname_of(other)) == ["public.transformations"]
+
+    for name, message in (
+        ("", "cannot be empty"),
+        (" padded", "cannot be empty or start or end with blanks"),
+        ("x" * 64, "longer than 63 bytes"),
+        ("tab\there", "control characters"),
+    ):
+        bad = restore(cli, file_repo_url, backup_id, other, "--target-database", name)
+        assert bad.code == 2 and len(bad.err_lines) == 1, bad.err
+        assert message in bad.err_lines[0]
+    physical = cli(
+        "restore", "postgres", "--repo", file_repo_url, "--data-dir", "/nonexistent",
+        "--latest", "--target-database", "x",
+    )
+    assert physical.code == 2 and "--target-database" in physical.err_lines[0]
+
+
 # --- tables ---------------------------------------------------------------------------------------
 def test_table_restore_takes_definition_data_and_what_belongs_to_the_table(
     pg: PgServer, cli: Cli, file_repo_url: str

@@ -320,6 +320,22 @@ def test_logical_arguments_are_accepted_by_the_runner(example: str, changes: Any
     assert (args.verb, args.engine, args.json) == ("restore", "postgres", True)
 
 
+def test_target_database_overrides_the_database_of_the_dsn_secret() -> None:
+    body = request_body("restorerequest-logical-latest.yaml")
+    body["spec"]["target"]["database"]["database"] = "tonebridge_restored"
+    rr = RestoreRequest.from_body(body)
+    argv = args_of(rr)
+    assert argv[:6] == [
+        "restore", "postgres", "--backup", "latest", "--target-database", "tonebridge_restored",
+    ]
+    args = cli.build_parser(argv).parse_args(argv)
+    assert args.target_database == "tonebridge_restored"
+    from tonebridge_dr.runner.engines.postgres import commands
+
+    assert commands.check_database_name(args.target_database) == "tonebridge_restored"
+    assert "--target-database" not in args_of(request("restorerequest-logical-latest.yaml"))
+
+
 def test_the_environment_names_the_policy_folder_and_the_read_credentials() -> None:
     rr = request("restorerequest-table.yaml")
     (container,) = pod_spec(builders.build_restore_job(rr, policy(), SETTINGS))["containers"]

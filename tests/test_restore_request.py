@@ -747,8 +747,22 @@ def test_point_in_time_restore_fills_a_volume_ready_for_postgres(
     assert "ready to start" in status["message"]
     assert printer_columns(world, "pitr")["TARGET TIME"] == target_time
 
+    restored = status["restored"]
+    assert restored["method"] == "physical"
+    # the last transaction replayed is batch 1: committed after `started`, before the target
+    # (status times have whole seconds)
+    recovered = dt.datetime.fromisoformat(restored["recoveredToTime"].replace("Z", "+00:00"))
+    assert archive.started.replace(microsecond=0) <= recovered <= archive.after[1]
+    assert re.fullmatch(r"[0-9A-F]+/[0-9A-F]+", restored["recoveredToLSN"])
+    assert f"recovered to LSN {restored['recoveredToLSN']}" in status["message"]
+
     data = claim_folder(world, "pitr") / "pgdata"
     assert not (data / "recovery.signal").exists()  # promoted
+    assert not (data / "postmaster.opts").exists()  # nothing of the restore run sticks
+    auto = (data / "postgresql.auto.conf").read_text()
+    for name in ("restore_command", "recovery_target", "unix_socket_directories",
+                 "listen_addresses", "port"):
+        assert not re.search(rf"^{name}\b", auto, re.MULTILINE), auto
     server = pg_factory.start_datadir(f"rr-pitr-{world.namespace[-6:]}", data)
     try:
         assert batches(server) == [(1, ROWS)]  # exactly the rows committed before the target

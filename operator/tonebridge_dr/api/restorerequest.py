@@ -214,16 +214,17 @@ class RestoreTarget(SpecModel):
 
 class Repair(SpecModel):
     """Re-insert rows of a time range that are missing from a live table (spec 9.2): rows of
-    the backup whose primary key is absent from the table are inserted; nothing is updated."""
+    the backup whose primary key is absent from the table are inserted; nothing is updated.
+    The range is half-open, [from, to): from inclusive, to exclusive."""
 
     table: TableName
     """Table to repair."""
     column: ColumnName
     """Timestamp column that defines the range, e.g. created_at."""
     from_: Rfc3339
-    """Start of the range (inclusive)."""
+    """Start of the range (inclusive: rows with column = from are repaired)."""
     to: Rfc3339
-    """End of the range (inclusive)."""
+    """End of the range (exclusive: rows with column = to are not repaired)."""
 
     cel_rules = (
         Rule(
@@ -257,7 +258,7 @@ class RestoreRequestSpec(SpecModel):
     tables: Annotated[list[TableName], Field(min_length=1, max_length=32)] | None = None
     """Restore only these tables (logical restores)."""
     repair: Repair | None = None
-    """Re-insert missing rows of a time range instead of replacing the table."""
+    """Re-insert missing rows of a time range [from, to) instead of replacing the table."""
     overwrite: StrictBool = False
     """Allow replacing existing data (a non-empty database, tables or volume)."""
     resources: ResourceRequirements | None = None

@@ -631,7 +631,7 @@ _MAJOR_RE = re.compile(r"^(\d+)")
 
 def server_major(result: Mapping[str, Any] | None) -> int | None:
     """The PostgreSQL major version a physical restore result records, if any."""
-    for key in ("server_major", "pg_major", "server_version", "postgres_version"):
+    for key in ("server_version_major", "server_major", "server_version"):
         value = (result or {}).get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             return value // 10000 if value >= 10000 else value

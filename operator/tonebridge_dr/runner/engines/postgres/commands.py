@@ -6,7 +6,9 @@ Same protocol as every engine: the runner CLI builds a sub-parser (with the shar
 
 Credentials never need the command line: `--dsn` defaults to $TONEBRIDGE_DR_DSN,
 `--target-dsn` to $TONEBRIDGE_DR_TARGET_DSN, and a password missing from the DSN
-comes from PGPASSWORD / PGPASSFILE (libpq).
+comes from PGPASSWORD / PGPASSFILE (libpq). `--target-database NAME` replaces the
+database of the target DSN (a RestoreRequest's `target.database.database`), so one
+Secret can serve restores into several databases of a server.
 """
 
 from __future__ import annotations
@@ -125,12 +127,26 @@ def run_backup(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
-    _add(parser, "--backup", default="latest", help="backup id or 'latest' (default)")
+    _add(
+        parser,
+        "--backup",
+        default="latest",
+        help="backup id or 'latest' (default): the newest logical backup holding what is "
+        "restored (database.dump, or the --table tables); physical: the newest base backup "
+        "that ends before the target",
+    )
     _add(
         parser,
         "--target-dsn",
         help=f"libpq DSN of the database to restore into (default ${connection.TARGET_DSN_ENV};"
         " password from PGPASSWORD or PGPASSFILE)",
+    )
+    _add(
+        parser,
+        "--target-database",
+        metavar="NAME",
+        help="restore into this database instead of the one the target DSN names "
+        "(same server, same credentials)",
     )
     _add(
         parser,
@@ -186,10 +202,10 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_restore(args: argparse.Namespace) -> dict[str, Any]:
     if wal_commands.is_physical_restore(args):
-        if args.target_dsn or args.table or args.repair_column:
+        if args.target_dsn or args.target_database or args.table or args.repair_column:
             raise errors.UsageError(
-                "--data-dir (physical restore) cannot be combined with --target-dsn, --table "
-                "or --repair-column (logical restore)"
+                "--data-dir (physical restore) cannot be combined with --target-dsn, "
+                "--target-database, --table or --repair-column (logical restore)"
             )
         return wal_commands.run_restore(args)
     for flag, value in (
@@ -203,7 +219,10 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
     target_dsn = connection.dsn_from(
         args.target_dsn, connection.TARGET_DSN_ENV, option="--target-dsn"
     )
-    connection.ConnInfo.parse(target_dsn)
+    info = connection.ConnInfo.parse(target_dsn)
+    if args.target_database is not None:
+        name = check_database_name(args.target_database)
+        target_dsn = info.with_dbname(name).conninfo()
     repair_mode = args.repair_column is not None
     if repair_mode or args.from_value is not None or args.to_value is not None:
         if not (repair_mode and args.from_value is not None and args.to_value is not None):
@@ -245,6 +264,29 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
             decrypt_key=args.decrypt_key,
         ),
     )
+
+
+#: PostgreSQL keeps NAMEDATALEN - 1 bytes of a name and silently cuts longer ones.
+MAX_NAME_BYTES = 63
+
+
+def check_database_name(name: str) -> str:
+    """A database name for --target-database: 1-63 bytes (UTF-8), no control characters,
+    no surrounding blanks (a longer name would be cut by the server, and a restore would
+    land in a database of another name). UsageError otherwise."""
+    if not name or name != name.strip():
+        raise errors.UsageError(
+            f"--target-database {name!r}: a database name cannot be empty or start or end "
+            "with blanks"
+        )
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise errors.UsageError(f"--target-database {name!r}: control characters are not allowed")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise errors.UsageError(
+            f"--target-database {name[:20]!r}...: longer than {MAX_NAME_BYTES} bytes "
+            "(PostgreSQL would cut it)"
+        )
+    return name
 
 
 def check(dsn: str) -> dict[str, Any]:

@@ -223,7 +223,7 @@ def repair_time_range(
 ) -> dict[str, Any]:
     """Insert the backup's rows of the range that are missing from the live table."""
     started = dt.datetime.now(dt.UTC)
-    manifest = restore.load_manifest(repo, backup, options.decrypt_key)
+    manifest = restore.load_manifest(repo, backup, options.decrypt_key, [options.table])
     [entry] = restore.choose_tables(manifest, [options.table])
     table = catalog.TableName(entry["schema"], entry["name"])
     info = connection.ConnInfo.parse(target_dsn)

@@ -18,6 +18,10 @@ constraints and foreign keys second, so foreign keys between restored tables
 work whatever the order.
 
 Rules:
+- `--backup latest` is the newest logical backup that fits (`newest_fitting`): one
+  with `database.dump` for a whole database, one listing every `--table` (a
+  whole-database dump or a table backup holding them) for tables and repair;
+  physical base backups never qualify.
 - The target database must exist, or be created with `create=True` (dropped
   again when the restore fails). A target holding user relations (or, for a
   table restore, one of the tables) is refused with TargetNotEmpty unless
@@ -41,7 +45,7 @@ import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +91,15 @@ class Target:
 
 
 # --- checks before anything is written -------------------------------------------------------
-def load_manifest(repo: Repository, backup: str, decrypt_key: Path | None) -> Manifest:
-    """The backup to restore; UsageError/EncryptionError when it cannot be restored here."""
-    manifest = repo.get(backup)
+def load_manifest(
+    repo: Repository, backup: str, decrypt_key: Path | None, tables: Sequence[str] = ()
+) -> Manifest:
+    """The backup to restore; UsageError/EncryptionError when it cannot be restored here.
+
+    `backup` is an id, or "latest": the newest backup that fits the request
+    (`newest_fitting`, with `tables` the --table arguments).
+    """
+    manifest = newest_fitting(repo, tables) if backup == "latest" else repo.get(backup)
     if manifest.engine != "postgres":
         raise errors.UsageError(f"backup {manifest.id} is a {manifest.engine} backup, not postgres")
     if manifest.method != "logical":
@@ -99,6 +109,62 @@ def load_manifest(repo: Repository, backup: str, decrypt_key: Path | None) -> Ma
         )
     check_decrypt_key(manifest, decrypt_key)
     return manifest
+
+
+def newest_fitting(repo: Repository, tables: Sequence[str] = ()) -> Manifest:
+    """The newest complete logical PostgreSQL backup that can serve the request.
+
+    Whole database (no `tables`): a backup holding `database.dump` (not a physical base
+    backup, not a table backup). Tables: a backup whose manifest lists every one of
+    them with its object stored (a whole-database dump, or a table backup containing
+    them). BackupNotFound naming what was looked for when none fits.
+    """
+    wanted = [catalog.split_table_arg(value) for value in tables]  # UsageError when malformed
+    for manifest in reversed(repo.list_backups(engine="postgres", method="logical")):
+        if _fits(manifest, tables, wanted):
+            return manifest
+    if tables:
+        what = (
+            f"no logical PostgreSQL backup containing table(s) {', '.join(tables)} "
+            "(a whole-database dump or a table backup holding them)"
+        )
+    else:
+        what = (
+            f"no logical PostgreSQL backup of a whole database (with {dump.DATABASE_OBJECT}; "
+            "table backups and physical base backups cannot restore a whole database)"
+        )
+    raise errors.BackupNotFound(
+        f"{what} in {repo.url}; `tonebridge-dr backups list` shows what exists"
+    )
+
+
+def _fits(
+    manifest: Manifest, tables: Sequence[str], wanted: Sequence[tuple[str | None, str]]
+) -> bool:
+    if not tables:
+        return manifest.object(dump.DATABASE_OBJECT) is not None
+    listed = manifest.extra.get("tables")
+    if not isinstance(listed, list):
+        return False
+    entries = [t for t in listed if isinstance(t, dict) and "schema" in t and "name" in t]
+    for schema, name in wanted:
+        matches = _matching(entries, schema, name)
+        if not matches:
+            return False
+        for entry in matches:
+            if manifest.object(str(entry.get("object") or dump.DATABASE_OBJECT)) is None:
+                return False
+    return True
+
+
+def _matching(
+    tables: Sequence[dict[str, Any]], schema: str | None, name: str
+) -> list[dict[str, Any]]:
+    """Entries named by a --table argument: exact, else (without schema) case-insensitive."""
+    matches = [t for t in tables if t["name"] == name and (schema is None or t["schema"] == schema)]
+    if not matches and schema is None:
+        matches = [t for t in tables if str(t["name"]).lower() == name.lower()]
+    return matches
 
 
 def check_decrypt_key(manifest: Manifest, decrypt_key: Path | None) -> None:
@@ -127,11 +193,7 @@ def choose_tables(manifest: Manifest, wanted: Iterable[str]) -> list[dict[str, A
     chosen: list[dict[str, Any]] = []
     for value in wanted:
         schema, name = catalog.split_table_arg(value)
-        matches = [
-            t for t in tables if t["name"] == name and (schema is None or t["schema"] == schema)
-        ]
-        if not matches and schema is None:
-            matches = [t for t in tables if t["name"].lower() == name.lower()]
+        matches = _matching(tables, schema, name)
         if not matches:
             known = ", ".join(f"{t['schema']}.{t['name']}" for t in tables) or "none"
             raise errors.UsageError(
@@ -231,7 +293,7 @@ def restore_logical(
 ) -> dict[str, Any]:
     """Restore a logical backup into the database named by `target_dsn`; return the result."""
     started = dt.datetime.now(dt.UTC)
-    manifest = load_manifest(repo, backup, options.decrypt_key)
+    manifest = load_manifest(repo, backup, options.decrypt_key, options.tables)
     info = connection.ConnInfo.parse(target_dsn)
     scope = manifest.extra.get("scope", "database")
     if options.tables:

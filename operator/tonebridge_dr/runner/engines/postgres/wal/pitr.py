@@ -23,15 +23,58 @@
    was extracted), then `recovery.signal` is written and `postgresql.auto.conf`
    gets restore_command (`wal-fetch --repo URL --allow-partial %f %p`), the
    target, `recovery_target_action = 'promote'`, `recovery_target_timeline`,
-   and `archive_mode = 'off'` unless `keep_archiving` (a restored copy must not
-   archive a new timeline into the source's archive unless asked to). With
-   `start`, the server is started as `run_as` (the data directory is chowned to
-   it when we are root), recovery is awaited until the server is promoted
-   (postmaster status `ready`), and `pg_controldata` (plus `pg_is_in_recovery()`
-   when a DSN is given) confirms it is out of recovery; `stop_after` then shuts
-   it down cleanly.
-"""
+   `archive_mode = 'off'` unless `keep_archiving` (a restored copy must not
+   archive a new timeline into the source's archive unless asked to), and the
+   `settings` given (`--set`: meant to stay, for every later server too).
 
+   With `start`, the server is started as `run_as` (the data directory is
+   chowned to it when we are root), recovery is awaited until the server is
+   promoted (`pg_controldata` says "in production"; plus `pg_is_in_recovery()`
+   when a DSN is given); `stop_after` then shuts it down cleanly and checks that
+   pg_control says "shut down".
+
+The temporary run: what only fits the server we start here goes on its command
+line (`pg_ctl -o`), never into postgresql.auto.conf, so none of it sticks to the
+next server started on the volume (`postmaster.opts`, which records that command
+line, is removed after `stop_after`). The backed-up cluster's own
+`unix_socket_directories`, `listen_addresses` and `port` name folders and
+addresses of the source machine (in a restore pod the socket folder does not
+exist and PostgreSQL fails with "could not create lock file"), so the run gets:
+- `unix_socket_directories`: a private temporary folder (0700, owned by the
+  server's account; removed after `stop_after`), or the folder a DSN's `host=/path`
+  names;
+- `listen_addresses`: the DSN's host (so the check can connect), else '' (Unix
+  socket only: nothing outside can reach a server that is being recovered);
+- `port`: the DSN's port, else 5432;
+- `logging_collector = off`, `log_destination = stderr`, `lc_messages = C`: the
+  whole server log goes to `log_file`, in words this module can read.
+A name given with `settings` is left to postgresql.auto.conf (the caller asked
+for it to stay).
+
+What the promoted data directory keeps: recovery.signal is gone (PostgreSQL
+removes it when it promotes), so restore_command and the recovery_target_*
+settings could only matter again if someone created recovery.signal or
+standby.signal by hand (or copied the volume with pg_basebackup, which copies
+postgresql.auto.conf to the copy). They are removed from postgresql.auto.conf
+once the server is promoted (`RECOVERY_SETTINGS`, including any the backed-up
+cluster had there), with a comment saying so; `archive_mode = 'off'` and the
+`settings` given stay. postgresql.conf is never edited.
+
+What the result reports (the RestoreRequest status shows the first two):
+- `recovered_to_lsn`: the switch point of the new timeline in its history file
+  (`pg_wal/<tli>.history`, written by PostgreSQL when it promotes): the end of
+  the last WAL record replayed, i.e. the same as `pg_last_wal_replay_lsn()`.
+  Not `pg_current_wal_lsn()` of the promoted server, nor the checkpoint in
+  pg_control: both include what the server wrote itself after recovery (the
+  end-of-recovery and shutdown checkpoints on the new timeline).
+- `recovered_to_time`: the commit (or abort) time of the last transaction
+  replayed, `pg_last_xact_replay_timestamp()`: read with the DSN when one is
+  given, else from the server log line PostgreSQL writes with the same value at
+  the end of recovery ("last completed transaction was at log time ..."). None
+  when recovery replayed no transaction (the data is as of the backup's end).
+- `server_version_major`: from the restored data directory's PG_VERSION;
+  `server_version`: the full version the backup was taken from.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -46,6 +89,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +109,29 @@ WAL_COMMAND_ENV = "TONEBRIDGE_DR_WAL_COMMAND"
 DEFAULT_TIMEOUT = 3600.0
 _POLL = 0.2
 _SETTING_RE = re.compile(r"[a-z_][a-z0-9_.]*", re.ASCII)
+#: Settings that only act while recovery.signal / standby.signal exist; removed from
+#: postgresql.auto.conf once the restored server is promoted.
+RECOVERY_SETTINGS = frozenset(
+    {
+        "restore_command",
+        "recovery_end_command",
+        "recovery_target",
+        "recovery_target_action",
+        "recovery_target_inclusive",
+        "recovery_target_lsn",
+        "recovery_target_name",
+        "recovery_target_time",
+        "recovery_target_timeline",
+        "recovery_target_xid",
+    }
+)
+#: The temporary run's server log goes to our log file, in words we can read.
+_RUN_LOGGING = {"logging_collector": "off", "log_destination": "stderr", "lc_messages": "C"}
+DEFAULT_PORT = "5432"
+#: A Unix socket path holds at most 107 bytes; PostgreSQL adds `/.s.PGSQL.<port>.lock`.
+_SOCKET_DIR_LIMIT = 80
+_CONF_LINE_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(?:=|\s)")
+_LAST_XACT_RE = re.compile(r"last completed transaction was at log time (\S+ \S+)")
 
 
 class RecoveryTargetUnreachable(errors.BackupNotFound):
@@ -621,6 +688,15 @@ def _major(backup: Manifest) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+def _data_dir_major(data_dir: Path) -> int | None:
+    """The major version of the cluster in `data_dir` (its PG_VERSION file)."""
+    try:
+        head = (data_dir / "PG_VERSION").read_text().strip().split(".", 1)[0]
+    except OSError:
+        return None
+    return int(head) if head.isdigit() else None
+
+
 def _controldata(data_dir: Path, major: int | None) -> dict[str, str]:
     binary = tools.tool("pg_controldata", major)
     proc = subprocess.run(
@@ -649,6 +725,167 @@ def _newest_history(wal_dir: Path) -> int | None:
     return max(found) if found else None
 
 
+def _switch_point(wal_dir: Path, timeline: int | None) -> str | None:
+    """Where `timeline` branched off its parent (its history file's last switch LSN): the
+    end of the last record recovery replayed before the server promoted onto it."""
+    if timeline is None or timeline < 2:
+        return None
+    try:
+        text = (wal_dir / f"{timeline:08X}.history").read_text(errors="replace")
+        spans = naming.parse_history(timeline, text)
+    except (OSError, errors.IntegrityError):
+        return None
+    return naming.format_lsn(spans[-1].begin)
+
+
+def _last_transaction_time(log_file: Path, offset: int) -> dt.datetime | None:
+    """pg_last_xact_replay_timestamp() as PostgreSQL logs it when recovery ends (written
+    after `offset`, i.e. by this run); None when no transaction was replayed."""
+    try:
+        with log_file.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = _LAST_XACT_RE.findall(text)
+    if not found:
+        return None
+    try:
+        return parse_time(found[-1])
+    except errors.UsageError:
+        return None
+
+
+# -- the temporary run ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Endpoint:
+    """Where the verification DSN expects the server."""
+
+    socket_dir: str | None = None
+    listen: str | None = None
+    port: str | None = None
+
+
+def _dsn_endpoint(dsn: str | None) -> _Endpoint:
+    """UsageError for a malformed DSN (checked before anything is written)."""
+    if not dsn:
+        return _Endpoint()
+    from tonebridge_dr.runner.engines.postgres import connection
+
+    params = connection.ConnInfo.parse(dsn).params
+    host = params.get("host") or ""
+    folder = host if host.startswith("/") else None
+    tcp = params.get("hostaddr") or (host if host and folder is None else None)
+    return _Endpoint(folder, tcp, params.get("port"))
+
+
+def needs_private_socket_dir(options: RestoreOptions) -> bool:
+    """True when neither `settings` nor the DSN say where the run's sockets go."""
+    return (
+        "unix_socket_directories" not in options.settings
+        and _dsn_endpoint(options.dsn).socket_dir is None
+    )
+
+
+def _list_item(folder: str) -> str:
+    """One element of a PostgreSQL list setting (double-quoted when it has to be)."""
+    if re.search(r'[\s,"]', folder):
+        return '"' + folder.replace('"', '""') + '"'
+    return folder
+
+
+def run_settings(options: RestoreOptions, private_dir: Path | None) -> dict[str, str]:
+    """The settings of the temporary run, for its command line only (module docstring).
+
+    Names given in `options.settings` are left out: postgresql.auto.conf has them.
+    `private_dir` is the sockets' folder unless the DSN names one.
+    """
+    endpoint = _dsn_endpoint(options.dsn)
+    given = options.settings
+    run: dict[str, str] = {}
+    if "unix_socket_directories" not in given:
+        folder = endpoint.socket_dir or (str(private_dir) if private_dir is not None else None)
+        if folder is None:
+            raise errors.UsageError("the restored server needs a folder for its sockets")
+        run["unix_socket_directories"] = _list_item(folder)
+    if "listen_addresses" not in given:
+        run["listen_addresses"] = endpoint.listen or ""
+    if "port" not in given:
+        run["port"] = endpoint.port or DEFAULT_PORT
+    for key, value in _RUN_LOGGING.items():
+        if key not in given:
+            run[key] = value
+    return run
+
+
+def postmaster_options(settings: dict[str, str]) -> str:
+    """`pg_ctl -o` text (pg_ctl hands it to /bin/sh): `-c name=value` per setting."""
+    return " ".join(f"-c {shlex.quote(f'{key}={value}')}" for key, value in settings.items())
+
+
+def _private_socket_dir(account: pwd.struct_passwd | None) -> Path:
+    """A fresh 0700 folder for the run's Unix sockets, owned by the server's account."""
+    base = tempfile.gettempdir()
+    if len(base) > _SOCKET_DIR_LIMIT - 16:
+        base = "/tmp"
+    folder = Path(tempfile.mkdtemp(prefix="tbdr-pg-", dir=base))
+    if account is not None:
+        os.chown(folder, account.pw_uid, account.pw_gid)
+    return folder
+
+
+def _remove_socket_dir(folder: Path | None, data_dir: Path) -> None:
+    """Remove our socket folder unless a server still runs with its lock file there."""
+    if folder is None:
+        return
+    pid = _postmaster_pid(data_dir)
+    if pid is not None and _alive(pid):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def neutralise_recovery_settings(data_dir: Path) -> list[str]:
+    """Remove `RECOVERY_SETTINGS` from postgresql.auto.conf of a promoted cluster.
+
+    Returns the names removed (sorted). Idempotent; the file is replaced atomically and
+    keeps its mode and owner; a comment records what was removed. Other lines
+    (archive_mode, the settings given with --set, the source's own) are kept as written.
+    """
+    conf = data_dir / "postgresql.auto.conf"
+    try:
+        lines = conf.read_text().splitlines(keepends=True)
+        before = conf.stat()
+    except FileNotFoundError:
+        return []
+    kept: list[str] = []
+    removed: set[str] = set()
+    for line in lines:
+        match = _CONF_LINE_RE.match(line)
+        if match is not None and match.group(1).lower() in RECOVERY_SETTINGS:
+            removed.add(match.group(1).lower())
+            continue
+        kept.append(line)
+    if not removed:
+        return []
+    if kept and not kept[-1].endswith("\n"):
+        kept[-1] += "\n"
+    names = sorted(removed)
+    kept.append(
+        f"# tonebridge-dr: recovery finished and the server was promoted; removed "
+        f"{', '.join(names)} (they would only act again under recovery.signal or "
+        "standby.signal)\n"
+    )
+    scratch = conf.with_name(f"{conf.name}.tonebridge-dr")
+    scratch.write_text("".join(kept))
+    os.chmod(scratch, before.st_mode & 0o777)
+    if os.geteuid() == 0:
+        os.chown(scratch, before.st_uid, before.st_gid)
+    os.replace(scratch, conf)
+    return names
+
+
 class _Server:
     """Starting, awaiting and stopping the restored cluster."""
 
@@ -659,12 +896,15 @@ class _Server:
         account: pwd.struct_passwd | None,
         repo_url: str,
         log_file: Path,
+        run: dict[str, str],
     ) -> None:
         self.data_dir = data_dir
         self.major = major
         self.account = account
         self.repo_url = repo_url
         self.log_file = log_file
+        self.run = run
+        self.log_offset = 0
 
     def _pg_ctl(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         argv = [tools.tool("pg_ctl", self.major), "-D", str(self.data_dir), *args]
@@ -682,8 +922,20 @@ class _Server:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         if self.account is not None:
             os.chown(self.log_file.parent, self.account.pw_uid, self.account.pw_gid)
+        try:
+            self.log_offset = self.log_file.stat().st_size
+        except FileNotFoundError:
+            self.log_offset = 0
         proc = self._pg_ctl(
-            "-l", str(self.log_file), "-w", "-t", str(int(timeout)), "start", timeout=timeout
+            "-l",
+            str(self.log_file),
+            "-o",
+            postmaster_options(self.run),
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+            timeout=timeout,
         )
         if proc.returncode != 0:
             pid = _postmaster_pid(self.data_dir)
@@ -716,9 +968,18 @@ class _Server:
             time.sleep(_POLL)
 
     def stop(self, timeout: float = 120.0) -> None:
+        """Shut down cleanly (fast mode: a shutdown checkpoint) and check pg_control."""
         proc = self._pg_ctl("-m", "fast", "-w", "-t", str(int(timeout)), "stop", timeout=timeout)
         if proc.returncode != 0:
             raise errors.ToolError(f"pg_ctl stop failed: {proc.stderr.strip()[-300:]}")
+        state = _controldata(self.data_dir, self.major).get("Database cluster state", "")
+        if state != "shut down":
+            raise errors.ToolError(
+                f"the restored server did not shut down cleanly: pg_control says {state!r} "
+                f"(log: {self.log_file})"
+            )
+        # pg_ctl restart would replay the temporary run's command line from it.
+        (self.data_dir / "postmaster.opts").unlink(missing_ok=True)
 
 
 def _verify_sql(dsn: str) -> dict[str, Any]:
@@ -728,10 +989,16 @@ def _verify_sql(dsn: str) -> dict[str, Any]:
     with connection.connect(info, autocommit=True, purpose="restored server") as conn:
         row = conn.execute(
             "SELECT pg_is_in_recovery(), pg_current_wal_lsn()::text, "
-            "pg_walfile_name(pg_current_wal_lsn())"
+            "pg_walfile_name(pg_current_wal_lsn()), pg_last_xact_replay_timestamp()"
         ).fetchone()
     assert row is not None
-    return {"in_recovery": bool(row[0]), "wal_lsn": row[1], "timeline": int(row[2][:8], 16)}
+    replayed = row[3] if isinstance(row[3], dt.datetime) else None
+    return {
+        "in_recovery": bool(row[0]),
+        "wal_lsn": row[1],
+        "timeline": int(row[2][:8], 16),
+        "last_replayed_at": replayed,
+    }
 
 
 def restore_physical(repo: Repository, options: RestoreOptions) -> dict[str, Any]:
@@ -739,6 +1006,7 @@ def restore_physical(repo: Repository, options: RestoreOptions) -> dict[str, Any
     _check_settings(options.settings)
     if options.stop_after and not options.start:
         raise errors.UsageError("--stop-after needs --start")
+    _dsn_endpoint(options.dsn)  # a malformed DSN fails before anything is written
     account = _user(options.run_as) if options.start or os.geteuid() == 0 else None
     data_dir = options.data_dir.absolute()
     plan = plan_restore(repo, options)
@@ -785,39 +1053,60 @@ def restore_physical(repo: Repository, options: RestoreOptions) -> dict[str, Any
     if account is not None:
         _chown_tree(data_dir, account)
     os.chmod(data_dir, 0o700)
+    major = _data_dir_major(data_dir) or _major(plan.backup)
     result: dict[str, Any] = {
         **plan.result(),
+        "engine": "postgres",
+        "method": "physical",
         "data_dir": str(data_dir),
         "target": options.target.result(),
+        "server_version": plan.backup.server_version,
+        "server_version_major": major,
         "restored_bytes": raw_bytes,
         "extract_seconds": round(extracted_seconds, 3),
         "started": False,
         "stopped": False,
+        "recovered_to_time": None,
+        "recovered_to_lsn": None,
     }
     if not options.start:
         return result
     log_file = options.log_file or data_dir / "log" / "tonebridge-dr-restore.log"
-    server = _Server(data_dir, _major(plan.backup), account, repo.url, log_file)
+    private_dir = _private_socket_dir(account) if needs_private_socket_dir(options) else None
+    run = run_settings(options, private_dir)
+    server = _Server(data_dir, major, account, repo.url, log_file, run)
     recovery_began = time.monotonic()
-    server.start(options.timeout)
-    result["started"] = True
     try:
-        server.await_promotion(options.timeout)
-    finally:
-        fetch.stop_prefetcher(data_dir / "pg_wal")
+        server.start(options.timeout)
+        result["started"] = True
+        try:
+            server.await_promotion(options.timeout)
+        finally:
+            fetch.stop_prefetcher(data_dir / "pg_wal")
+    except BaseException:
+        _remove_socket_dir(private_dir, data_dir)
+        raise
     result["recovery_seconds"] = round(time.monotonic() - recovery_began, 3)
-    control = _controldata(data_dir, _major(plan.backup))
+    control = _controldata(data_dir, major)
     state = control.get("Database cluster state", "")
     if state != "in production":
         raise errors.ToolError(f"the restored server is not in production after recovery: {state}")
     result["in_recovery"] = False
     result["new_timeline"] = _newest_history(data_dir / "pg_wal")
+    result["recovered_to_lsn"] = _switch_point(data_dir / "pg_wal", result["new_timeline"])
+    replayed_at = _last_transaction_time(log_file, server.log_offset)
     if options.dsn:
         checked = _verify_sql(options.dsn)
         if checked["in_recovery"]:
             raise errors.ToolError("the restored server still reports pg_is_in_recovery() = true")
+        replayed_at = checked.pop("last_replayed_at") or replayed_at
         result.update(checked)
+    result["recovered_to_time"] = format_time(replayed_at) if replayed_at else None
+    result["removed_settings"] = neutralise_recovery_settings(data_dir)
     if options.stop_after:
         server.stop()
+        _remove_socket_dir(private_dir, data_dir)
         result["stopped"] = True
+    elif private_dir is not None:
+        result["socket_dir"] = str(private_dir)  # the running server's; remove it after
     return result
