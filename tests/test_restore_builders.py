@@ -30,14 +30,16 @@ RR_UID = "5d1c0a9e-3b7f-4c2a-8e61-0a9b8c7d0002"
 POLICY_UID = "8f0b6c1e-5a52-4f7e-9d3a-2c9e3f7a0001"
 SETTINGS = RunnerSettings()
 REQUESTS = sorted(p.name for p in (EXAMPLES / "03-restore").glob("restorerequest-*.yaml"))
+POLICY_EXAMPLES = {"tonebridge-db": "01-postgres-backup", "tonebridge-redis": "02-redis-backup"}
+"""The example folder of each BackupPolicy the restore examples name."""
 
 
 def _yaml(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def policy(**spec_changes: Any) -> BackupPolicy:
-    (body,) = _yaml(EXAMPLES / "01-postgres-backup" / "backuppolicy.yaml")
+def policy(name: str = "tonebridge-db", **spec_changes: Any) -> BackupPolicy:
+    (body,) = _yaml(EXAMPLES / POLICY_EXAMPLES[name] / "backuppolicy.yaml")
     body["metadata"].update(uid=POLICY_UID, namespace=NAMESPACE, generation=1)
     body["spec"].update(spec_changes)
     return BackupPolicy.from_body(body)
@@ -56,7 +58,8 @@ def request(filename: str, **spec_changes: Any) -> RestoreRequest:
 
 
 def policy_for(rr: RestoreRequest) -> BackupPolicy | None:
-    return policy() if rr.spec.source.policy_ref is not None else None
+    ref = rr.spec.source.policy_ref
+    return policy(ref.name) if ref is not None else None
 
 
 def objects(filename: str) -> list[dict[str, Any]]:
@@ -131,11 +134,13 @@ def test_every_kind_of_restore_has_an_example() -> None:
             kinds.add("tables")
         elif spec.target.volume is not None:
             kinds.add("pitr" if spec.target_time else "physical")
+        elif spec.target.redis is not None:
+            kinds.add("redis")
         else:
             kinds.add("logical")
         if spec.source.repository is not None:
             kinds.add("disaster")
-    assert kinds == {"repair", "tables", "pitr", "physical", "logical", "disaster"}
+    assert kinds == {"repair", "tables", "pitr", "physical", "logical", "disaster", "redis"}
 
 
 # --- security contract ------------------------------------------------------------------------
@@ -143,7 +148,7 @@ def test_every_kind_of_restore_has_an_example() -> None:
 
 def secret_values() -> list[str]:
     values: list[str] = []
-    for folder in ("01-postgres-backup", "03-restore"):
+    for folder in ("01-postgres-backup", "02-redis-backup", "03-restore"):
         for doc in _yaml(EXAMPLES / folder / "secrets.yaml"):
             for value in (doc.get("stringData") or {}).values():
                 values.append(value.strip())
@@ -170,15 +175,34 @@ def test_restore_pods_read_with_the_restore_role_and_never_see_the_public_key(
     pod = pod_spec(job)
     (container,) = pod["containers"]
     refs = {v["valueFrom"]["secretKeyRef"]["name"] for v in container["env"] if "valueFrom" in v}
-    assert refs <= {"tonebridge-backup-reader", "tonebridge-db-restore"}
+    assert refs <= {"tonebridge-backup-reader", "tonebridge-db-restore", "tonebridge-redis-restore"}
     assert pod["serviceAccountName"] == SETTINGS.restore_service_account
     assert pod["automountServiceAccountToken"] is False
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert not any(isinstance(v, str) and "postgresql://" in v for _, v in walk(job))
+    for scheme in ("postgresql://", "redis://"):
+        assert not any(isinstance(v, str) and scheme in v for _, v in walk(job))
 
 
-@pytest.mark.parametrize("example", REQUESTS)
+def _encrypted(example: str) -> bool:
+    rr = request(example)
+    return builders.resolve_source(rr, policy_for(rr)).private_key is not None
+
+
+ENCRYPTED = [example for example in REQUESTS if _encrypted(example)]
+
+
+def test_the_examples_cover_encrypted_and_plain_backups() -> None:
+    assert "restorerequest-redis.yaml" not in ENCRYPTED  # the Redis policy does not encrypt
+    assert len(ENCRYPTED) == len(REQUESTS) - 1
+    job = builders.build_restore_job(request("restorerequest-redis.yaml"),
+                                     policy("tonebridge-redis"), SETTINGS)
+    pod = pod_spec(job)
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    assert "--decrypt-key" not in pod["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("example", ENCRYPTED)
 def test_the_private_key_is_a_mounted_file_named_in_the_arguments(example: str) -> None:
     job = builders.build_restore_job(request(example), policy_for(request(example)), SETTINGS)
     pod = pod_spec(job)
@@ -404,12 +428,118 @@ def test_a_physical_restore_needs_physical_backups() -> None:
                                 policy(schedules=schedules))
 
 
-def test_redis_and_kubernetes_targets_are_refused_clearly() -> None:
+def test_a_postgres_policy_cannot_feed_a_redis_target() -> None:
+    (postgres,) = _yaml(EXAMPLES / "01-postgres-backup" / "backuppolicy.yaml")
+    postgres["metadata"].update(name="tonebridge-redis", uid=POLICY_UID, namespace=NAMESPACE)
+    with pytest.raises(builders.RestoreSpecError, match="backs up postgres, not Redis") as caught:
+        builders.resolve_source(request("restorerequest-redis.yaml"),
+                                BackupPolicy.from_body(postgres))
+    assert caught.value.reason == "InvalidSpec"
+
+
+def test_kubernetes_targets_are_refused_clearly() -> None:
     body = request_body("restorerequest-disaster.yaml")
-    body["spec"].update(method="snapshot", target={"redis": {"urlSecretRef": {
-        "name": "r", "key": "url"}}})
-    with pytest.raises(builders.RestoreSpecError, match="tonebridge-dr restore redis"):
+    body["spec"].update(method="export", target={"kubernetes": {}})
+    refused = pytest.raises(builders.RestoreSpecError, match="tonebridge-dr restore kubernetes")
+    with refused as caught:
         builders.resolve_source(RestoreRequest.from_body(body), None)
+    assert caught.value.reason == "UnsupportedTarget"
+
+
+# --- Redis targets ------------------------------------------------------------------------------
+
+
+def redis_request(**redis: Any) -> RestoreRequest:
+    body = request_body("restorerequest-redis.yaml")
+    body["spec"]["target"]["redis"].update(redis)
+    return RestoreRequest.from_body(body)
+
+
+def test_redis_restores_only_missing_keys_unless_overwrite() -> None:
+    assert args_of(request("restorerequest-redis.yaml")) == [
+        "restore", "redis", "--backup", "latest", "--mode", "missing", "--json",
+    ]
+    assert args_of(request("restorerequest-redis.yaml", overwrite=True, latest=None,
+                           backupId="20240115T020000Z-hourly")) == [
+        "restore", "redis", "--backup", "20240115T020000Z-hourly", "--mode", "replace", "--json",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("redis", "overwrite", "expected"),
+    [
+        ({}, False, {"mode": "missing", "pattern": None, "db": None}),
+        ({}, True, {"mode": "replace", "pattern": None, "db": None}),
+        ({"pattern": "session:*", "db": 3}, False,
+         {"mode": "missing", "pattern": "session:*", "db": 3}),
+        ({"pattern": "-odd[ab]*"}, False, {"mode": "missing", "pattern": "-odd[ab]*", "db": None}),
+    ],
+)
+def test_redis_arguments_are_accepted_by_the_runner(
+    redis: dict[str, Any], overwrite: bool, expected: dict[str, Any]
+) -> None:
+    body = request_body("restorerequest-redis.yaml")
+    body["spec"]["target"]["redis"].update(redis)
+    body["spec"]["overwrite"] = overwrite
+    argv = args_of(RestoreRequest.from_body(body))
+    args = cli.build_parser(argv).parse_args(argv)
+    assert (args.verb, args.engine, args.json, args.backup) == ("restore", "redis", True, "latest")
+    assert {key: getattr(args, key) for key in expected} == expected
+    assert args.target_url is None and args.data_dir is None  # the URL comes from the env
+
+
+def test_the_redis_url_comes_from_its_secret_by_reference() -> None:
+    rr = request("restorerequest-redis.yaml")
+    source = builders.resolve_source(rr, policy("tonebridge-redis"))
+    assert source.repository_url == "s3://tonebridge-backups/redis/tonebridge-redis"
+    assert source.credentials is not None and source.credentials.name == "tonebridge-backup-reader"
+    assert source.uses_write_credentials is False
+    assert [(r.name, r.keys, r.purpose) for r in builders.secret_requirements(rr, source)] == [
+        ("tonebridge-redis-restore", ("url",), "target Redis URL"),
+        ("tonebridge-backup-reader", ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+         "repository read credentials"),
+    ]
+    job = builders.build_restore_job(rr, policy("tonebridge-redis"), SETTINGS)
+    (container,) = pod_spec(job)["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env[builders.ENV_REDIS_TARGET_URL] == {
+        "name": builders.ENV_REDIS_TARGET_URL,
+        "valueFrom": {"secretKeyRef": {"name": "tonebridge-redis-restore", "key": "url"}},
+    }
+    assert builders.ENV_TARGET_DSN not in env
+    assert env[builders.ENV_REPO]["value"] == source.repository_url
+    assert container["resources"] == {"requests": {"memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # scratch server
+    assert job["spec"]["backoffLimit"] == SETTINGS.backoff_limit  # a retry is safe
+    assert not [v for v in pod_spec(job)["volumes"] if "persistentVolumeClaim" in v]
+
+
+def test_redis_target_descriptions_name_the_secret_and_the_part_restored() -> None:
+    assert builders.target_description(request("restorerequest-redis.yaml")) == (
+        'the Redis of Secret "tonebridge-redis-restore"'
+    )
+    assert builders.target_description(redis_request(pattern="session:*", db=2)) == (
+        'keys matching "session:*" in the Redis of Secret "tonebridge-redis-restore" '
+        "(database 2 of the backup)"
+    )
+    assert builders.target_kind(request("restorerequest-redis.yaml")) == "redis"
+    assert builders.target_kind(request("restorerequest-pitr.yaml")) == "volume"
+    assert builders.target_kind(request("restorerequest-table.yaml")) == "database"
+
+
+def test_a_redis_request_from_the_bucket_alone_needs_no_policy() -> None:
+    body = request_body("restorerequest-redis.yaml")
+    body["spec"]["source"] = {
+        "repository": {"url": "s3://tonebridge-backups/redis",
+                       "credentialsSecretRef": {"name": "tonebridge-backup-reader"}},
+        "policyName": "tonebridge-redis",
+    }
+    rr = RestoreRequest.from_body(body)
+    job = builders.build_restore_job(rr, None, SETTINGS)
+    (container,) = pod_spec(job)["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env[builders.ENV_REPO]["value"] == "s3://tonebridge-backups/redis/tonebridge-redis"
+    assert container["args"][:2] == ["restore", "redis"]
 
 
 # --- names --------------------------------------------------------------------------------------
@@ -429,9 +559,11 @@ def test_long_names_are_cut_with_a_stable_hash() -> None:
 def test_environment_names_match_the_runner() -> None:
     from tonebridge_dr.runner import result, storage
     from tonebridge_dr.runner.engines.postgres import connection
+    from tonebridge_dr.runner.engines.redis import endpoints
 
     assert builders.ENV_REPO == storage.REPO_ENV
     assert builders.ENV_TARGET_DSN == connection.TARGET_DSN_ENV
+    assert builders.ENV_REDIS_TARGET_URL == endpoints.TARGET_URL_ENV
     assert builders.TERMINATION_MESSAGE_PATH == result.DEFAULT_TERMINATION_LOG
 
 

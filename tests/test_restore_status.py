@@ -257,3 +257,76 @@ def test_a_refusal_after_an_earlier_attempt_does_not_claim_the_volume_is_untouch
     database = rr_status.job_observed(running(), refusal, target=DATABASE, generation=1,
                                       now=T0, attempts=2)
     assert "Nothing was changed" in (database.message or "")  # each attempt rolled back
+
+
+# --- Redis targets ------------------------------------------------------------------------------
+
+REDIS = rr_status.TargetInfo(
+    kind=rr_status.TargetKind.REDIS, description='the Redis of Secret "redis-restore"',
+    repository_url="s3://backups/redis/cache",
+)
+REDIS_RESULT = {
+    "engine": "redis", "backup_id": "20240115T010000Z", "target": "127.0.0.1:6379",
+    "mode": "missing", "pattern": None, "databases": {"0": {"restored": 15, "skipped": 3}},
+    "keys_restored": 15, "keys_skipped": 3, "functions_restored": 1, "warnings": [],
+}
+
+
+def test_redis_success_records_the_keys_restored_and_skipped() -> None:
+    status = rr_status.job_observed(running(), outcome("succeeded", result=REDIS_RESULT),
+                                    target=REDIS, generation=1, now=T0)
+    assert status.phase == RestorePhase.SUCCEEDED
+    assert status.restored is not None
+    wire = status.model_dump(mode="json", exclude_none=True)
+    assert wire["restored"] == {"backupId": "20240115T010000Z", "method": "snapshot",
+                                "keysRestored": 15, "keysSkipped": 3}
+    assert status.message == (
+        'Restored backup 20240115T010000Z into the Redis of Secret "redis-restore" '
+        "(15 keys restored; 3 keys it already had left as they were)."
+    )
+    replaced = rr_status.restored_summary({**REDIS_RESULT, "mode": "replace",
+                                           "keys_restored": 18, "keys_skipped": 0})
+    assert replaced is not None and (replaced.keys_restored, replaced.keys_skipped) == (18, 0)
+    done = rr_status.job_observed(running(), outcome("succeeded", result={
+        **REDIS_RESULT, "keys_restored": 18, "keys_skipped": 0}), target=REDIS, generation=1,
+        now=T0)
+    assert "(18 keys restored)." in (done.message or "")
+    assert rr_status.restored_summary({"keys_restored": True, "keys_skipped": -1}) is None
+    one = rr_status.job_observed(running(), outcome("succeeded", result={
+        **REDIS_RESULT, "keys_restored": 1, "keys_skipped": 1}), target=REDIS, generation=1,
+        now=T0)
+    assert "(1 key restored; 1 key it already had left as they were)." in (one.message or "")
+
+
+@pytest.mark.parametrize(
+    ("reason", "attempts", "expected", "absent"),
+    [
+        ("BackupNotFound", 1, 'Nothing was changed in the Redis of Secret "redis-restore".',
+         "not one transaction"),
+        ("EncryptionError", 1, "Nothing was changed", "not one transaction"),
+        # The target can drop away or refuse a key (ACL) after the first keys were written.
+        ("SourceUnavailable", 1, "keys restored before the failure, if any, stay in the Redis",
+         "Nothing was changed"),
+        ("AuthenticationFailed", 1, "PING, SELECT, RESTORE and FUNCTION RESTORE",
+         "Nothing was changed"),
+        ("BackupNotFound", 2, "Restoring again is safe", "Nothing was changed"),
+        ("ToolFailed", 1, "no key was deleted", "rolled back"),
+    ],
+)
+def test_redis_failures_say_which_keys_may_be_there(
+    reason: str, attempts: int, expected: str, absent: str
+) -> None:
+    status = rr_status.job_observed(
+        running(), outcome("failed", reason=reason, message="something broke"),
+        target=REDIS, generation=1, now=T0, attempts=attempts)
+    message = condition(status, "Failed")[2]
+    assert expected in message
+    assert absent not in message
+    assert "DSN" not in message and "database server" not in message
+
+
+def test_redis_hints_do_not_replace_the_database_ones() -> None:
+    status = rr_status.job_observed(
+        running(), outcome("failed", reason="AuthenticationFailed", message="bad password"),
+        target=DATABASE, generation=1, now=T0)
+    assert "DSN Secret" in condition(status, "Failed")[2]

@@ -163,10 +163,18 @@ class Instance(SpecModel):
 
 
 class RedisRestoreTarget(SpecModel):
-    """A Redis server that receives a snapshot."""
+    """A running Redis server that receives the keys of a snapshot. Keys it already has
+    are left as they are unless `overwrite: true` (then the backup's value replaces
+    them); keys the backup lacks are never deleted, and the server is never flushed."""
 
     url_secret_ref: SecretKeyRef
-    """Secret key holding redis://[:password@]host:port."""
+    """Secret key holding redis://[user[:password]@]host:port[/db] of the server."""
+    pattern: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    """Restore only keys matching this glob (Redis SCAN MATCH syntax, e.g. `session:*`)."""
+    db: Annotated[StrictInt, Field(ge=0, le=2147483647)] | None = None
+    """Restore only this logical database of the backup, into the database named in the
+    URL (default: the same number). Without it every database keeps its number, and the
+    URL must not name one."""
 
 
 class KubernetesRestoreTarget(SpecModel):
@@ -260,7 +268,8 @@ class RestoreRequestSpec(SpecModel):
     repair: Repair | None = None
     """Re-insert missing rows of a time range [from, to) instead of replacing the table."""
     overwrite: StrictBool = False
-    """Allow replacing existing data (a non-empty database, tables or volume)."""
+    """Allow replacing existing data (a non-empty database, tables or volume; Redis keys
+    the target already has)."""
     resources: ResourceRequirements | None = None
     """Resources of the restore Job."""
 
@@ -355,6 +364,11 @@ class RestoredSummary(StatusModel):
     """Tables restored."""
     repaired_rows: Annotated[int, Field(ge=0)] | None = None
     """Rows re-inserted by repair."""
+    keys_restored: Annotated[int, Field(ge=0)] | None = None
+    """Redis: keys written into the target."""
+    keys_skipped: Annotated[int, Field(ge=0)] | None = None
+    """Redis: keys of the backup the target already had, left as they were (restores
+    without overwrite)."""
 
 
 class RestoreRequestStatus(StatusModel):

@@ -13,7 +13,8 @@ Security contract (tested):
   `secretKeyRef`, and the OpenPGP private key as a mounted `secret` volume file; they
   never get the public key or the write role's SSE settings, and backup pods never get
   the private key (builders/backup.py);
-* connection strings come from a `secretKeyRef` env var, never from arguments;
+* connection strings and Redis URLs come from a `secretKeyRef` env var, never from
+  arguments;
 * pods run non-root, read-only root filesystem, no privilege escalation, no
   capabilities, no service-account token, under the restore ServiceAccount.
 
@@ -21,7 +22,7 @@ Layout contract with the backup side: a policy's backups live in the folder name
 it, `<repository.url>/<policy name>` (`policy_repository_url`), so a new cluster can
 find them from the bucket and the policy name alone.
 
-How a restore runs (the runner, `tonebridge-dr restore postgres`):
+How a restore runs (the runner, `tonebridge-dr restore postgres|redis`):
 * database targets: a logical backup restored in ONE transaction (whole database, the
   chosen `tables`, or a `repair` of a time range); a non-empty target is refused
   (TargetNotEmpty) unless `overwrite: true` (`--clean`);
@@ -29,7 +30,13 @@ How a restore runs (the runner, `tonebridge-dr restore postgres`):
   archived WAL to `targetTime` / `targetLSN` / the end of the archive (`latest`, and
   `backupId`, which picks the base backup), promoted and shut down cleanly, ready for
   any PostgreSQL pod with `PGDATA=/var/lib/postgresql/data/pgdata`; a non-empty data
-  directory is refused unless `overwrite: true` (`--overwrite`).
+  directory is refused unless `overwrite: true` (`--overwrite`);
+* redis targets: the snapshot is fetched and verified completely, loaded into a private
+  scratch `redis-server` inside the pod (memory for the whole dataset: size
+  `resources` for it), and its keys are copied with DUMP/RESTORE, TTLs kept. Without
+  `overwrite` (`--mode missing`) a key the target already has is skipped, so live data
+  always wins; `overwrite: true` (`--mode replace`) replaces it. Keys the backup lacks
+  are never deleted. Not one transaction, but safe to run again.
 """
 
 from __future__ import annotations
@@ -42,9 +49,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tonebridge_dr.api.common import BackupMethod, Repository, SecretKeyRef, SecretRef
+from tonebridge_dr.api.backuppolicy import TargetKind
+from tonebridge_dr.api.common import Repository, SecretKeyRef, SecretRef
 from tonebridge_dr.api.kinds import API_VERSION, RESTORE_REQUEST, BackupPolicy, RestoreRequest
-from tonebridge_dr.api.restorerequest import AccessMode, RestoreRequestSpec
+from tonebridge_dr.api.restorerequest import (
+    AccessMode,
+    DatabaseTarget,
+    RedisRestoreTarget,
+    RestoreRequestSpec,
+)
 from tonebridge_dr.builders import names
 from tonebridge_dr.builders.names import policy_repository_url
 from tonebridge_dr.builders.settings import RunnerSettings
@@ -56,6 +69,7 @@ __all__ = [
     "DATA_DIR",
     "DATA_MOUNT_PATH",
     "DECRYPT_KEY_PATH",
+    "ENV_REDIS_TARGET_URL",
     "ENV_REPO",
     "ENV_TARGET_DSN",
     "KEY_MOUNT_PATH",
@@ -76,14 +90,16 @@ __all__ = [
     "secret_requirements",
     "selector_for_request",
     "target_description",
+    "target_kind",
 ]
 
 Manifest = dict[str, Any]
 
-# Environment contract with the runner (runner/storage, engines/postgres/connection.py);
-# spelled again because builders must not import the runner.
+# Environment contract with the runner (runner/storage, engines/postgres/connection.py,
+# engines/redis/endpoints.py); spelled again because builders must not import the runner.
 ENV_REPO = "TONEBRIDGE_DR_REPO"
 ENV_TARGET_DSN = "TONEBRIDGE_DR_TARGET_DSN"
+ENV_REDIS_TARGET_URL = "TONEBRIDGE_DR_REDIS_TARGET_URL"
 _AWS_CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
     ("AWS_ACCESS_KEY_ID", False),
     ("AWS_SECRET_ACCESS_KEY", False),
@@ -121,10 +137,11 @@ _INSTANCE_LIMIT = 52  # StatefulSet pods get labels `<name>-<10-char revision ha
 _HASH_LENGTH = 8
 
 _REFUSED_BY_PLATFORM = (
-    "RestoreRequest restores PostgreSQL (a database or a data volume) in this version; "
-    "restore Redis snapshots and Kubernetes exports with the tonebridge-dr CLI "
-    "(`tonebridge-dr restore redis|kubernetes ...`)"
+    "RestoreRequest restores PostgreSQL (a database or a data volume) and Redis in this "
+    "version; restore Kubernetes exports with the tonebridge-dr CLI "
+    "(`tonebridge-dr restore kubernetes ...`)"
 )
+_ENGINE_NAMES = {TargetKind.POSTGRES: "PostgreSQL", TargetKind.REDIS: "Redis"}
 
 
 class RestoreSpecError(ValueError):
@@ -213,15 +230,34 @@ class ResolvedSource:
         return f"{self.repository_url}"
 
 
-def _check_policy(rr: RestoreRequest, policy: BackupPolicy) -> None:
+def target_kind(rr: RestoreRequest) -> str:
+    """`database`, `volume`, `redis` or `kubernetes`: which target the request sets."""
+    target = rr.spec.target
+    for kind in ("database", "volume", "redis"):
+        if getattr(target, kind) is not None:
+            return kind
+    return "kubernetes"
+
+
+def _engine_of(rr: RestoreRequest) -> TargetKind | None:
+    """What a BackupPolicy must back up to feed this request (None: not served here)."""
+    target = rr.spec.target
+    if target.database is not None or target.volume is not None:
+        return TargetKind.POSTGRES
+    if target.redis is not None:
+        return TargetKind.REDIS
+    return None
+
+
+def _check_policy(rr: RestoreRequest, policy: BackupPolicy, engine: TargetKind) -> None:
     spec = rr.spec
     policy_name = policy.metadata.name or "?"
     target = policy.spec.target
-    if target.postgres is None:
+    if target.kind is not engine:
         raise RestoreSpecError(
             "InvalidSpec",
-            f'BackupPolicy "{policy_name}" backs up {target.kind.value}, not PostgreSQL: '
-            "it has no backups this RestoreRequest could restore",
+            f'BackupPolicy "{policy_name}" backs up {target.kind.value}, not '
+            f"{_ENGINE_NAMES[engine]}: it has no backups this RestoreRequest could restore",
         )
     method = spec.effective_method
     methods = {policy.spec.method_of(s) for s in policy.spec.schedules}
@@ -229,9 +265,8 @@ def _check_policy(rr: RestoreRequest, policy: BackupPolicy) -> None:
         raise RestoreSpecError(
             "InvalidSpec",
             f'BackupPolicy "{policy_name}" takes no {method.value} backups (its schedules '
-            f"take {', '.join(sorted(m.value for m in methods))}): a "
-            f"{'database' if method is BackupMethod.LOGICAL else 'volume'} target needs "
-            f"{method.value} backups",
+            f"take {', '.join(sorted(m.value for m in methods))}): a {target_kind(rr)} "
+            f"target needs {method.value} backups",
         )
 
 
@@ -243,12 +278,13 @@ def resolve_source(rr: RestoreRequest, policy: BackupPolicy | None) -> ResolvedS
     """
     spec = rr.spec
     source = spec.source
-    if spec.target.database is None and spec.target.volume is None:
+    engine = _engine_of(rr)
+    if engine is None:
         raise RestoreSpecError("UnsupportedTarget", _REFUSED_BY_PLATFORM)
     if source.policy_ref is not None:
         if policy is None or policy.metadata.name != source.policy_ref.name:
             raise ValueError(f'resolve_source needs BackupPolicy "{source.policy_ref.name}"')
-        _check_policy(rr, policy)
+        _check_policy(rr, policy, engine)
         repository = policy.spec.repository
         policy_name = source.policy_ref.name
         credentials = repository.restore_credentials_secret_ref
@@ -299,10 +335,10 @@ def secret_requirements(rr: RestoreRequest, source: ResolvedSource) -> list[Secr
     before creating the Job, so a typo is a precise condition, not a pod stuck in
     CreateContainerConfigError."""
     wanted: list[SecretRequirement] = []
-    database = rr.spec.target.database
-    if database is not None:
-        ref = database.dsn_secret_ref
-        wanted.append(SecretRequirement(ref.name, (ref.key,), "target database DSN"))
+    target = _target_secret(rr)
+    if target is not None:
+        ref, purpose = target
+        wanted.append(SecretRequirement(ref.name, (ref.key,), purpose))
     if source.credentials is not None:
         keys = tuple(key for key, optional in _AWS_CREDENTIAL_KEYS if not optional)
         wanted.append(
@@ -312,6 +348,16 @@ def secret_requirements(rr: RestoreRequest, source: ResolvedSource) -> list[Secr
         ref = source.private_key
         wanted.append(SecretRequirement(ref.name, (ref.key,), "OpenPGP private key"))
     return wanted
+
+
+def _target_secret(rr: RestoreRequest) -> tuple[SecretKeyRef, str] | None:
+    """The Secret key that says how to reach the target (DSN or URL), and what it is."""
+    target = rr.spec.target
+    if target.database is not None:
+        return target.database.dsn_secret_ref, "target database DSN"
+    if target.redis is not None:
+        return target.redis.url_secret_ref, "target Redis URL"
+    return None
 
 
 def target_description(rr: RestoreRequest) -> str:
@@ -331,6 +377,13 @@ def target_description(rr: RestoreRequest) -> str:
         return where
     if target.volume is not None:
         return f'volume "{claim_name(rr)}"'
+    if target.redis is not None:
+        where = f'the Redis of Secret "{target.redis.url_secret_ref.name}"'
+        if target.redis.pattern is not None:
+            where = f'keys matching "{target.redis.pattern}" in {where}'
+        if target.redis.db is not None:
+            where += f" (database {target.redis.db} of the backup)"
+        return where
     return "the target"
 
 
@@ -346,48 +399,70 @@ def _backup_arg(spec: RestoreRequestSpec) -> str:
     return spec.backup_id if spec.backup_id is not None else "latest"
 
 
+def _database_args(spec: RestoreRequestSpec, database: DatabaseTarget) -> list[str]:
+    args = ["--backup", _backup_arg(spec)]
+    if database.database is not None:
+        args += ["--target-database", database.database]
+    if spec.repair is not None:
+        repair = spec.repair
+        return [
+            *args,
+            "--table", repair.table,
+            "--repair-column", repair.column,
+            "--from", _format_time(repair.from_),
+            "--to", _format_time(repair.to),
+        ]
+    for table in spec.tables or ():
+        args += ["--table", table]
+    if spec.overwrite:
+        args.append("--clean")
+    if not spec.tables:
+        args.append("--create")  # a brand-new server has no database yet
+    return args
+
+
+def _volume_args(spec: RestoreRequestSpec) -> list[str]:
+    args = ["--data-dir", DATA_DIR]
+    if spec.target_time is not None:
+        args += ["--target-time", _format_time(spec.target_time)]
+    elif spec.target_lsn is not None:
+        args += ["--target-lsn", spec.target_lsn]
+    else:  # latest, or backupId: that base backup plus every archived WAL after it
+        if spec.backup_id is not None:
+            args += ["--backup", spec.backup_id]
+        args.append("--latest")
+    if spec.overwrite:
+        args.append("--overwrite")
+    # Recover, promote, then shut down cleanly: the volume is left ready for any
+    # PostgreSQL pod (no recovery.signal, a new timeline, a clean shutdown checkpoint).
+    return [*args, "--start", "--stop-after"]
+
+
+def _redis_args(spec: RestoreRequestSpec, redis: RedisRestoreTarget) -> list[str]:
+    # `missing` never touches a key the target has (RESTORE without REPLACE: no
+    # check-then-write race with live writers); only overwrite replaces them.
+    args = ["--backup", _backup_arg(spec), "--mode", "replace" if spec.overwrite else "missing"]
+    if redis.pattern is not None:
+        args.append(f"--pattern={redis.pattern}")  # one token: a glob may start with "-"
+    if redis.db is not None:
+        args += ["--db", str(redis.db)]
+    return args
+
+
 def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
     """Arguments after the runner's command, e.g. `restore postgres --backup latest
-    --table transformations --clean --json`. The repository comes from $TONEBRIDGE_DR_REPO
-    and the target DSN from $TONEBRIDGE_DR_TARGET_DSN (never arguments: anyone who can
-    read the pod sees those)."""
+    --table transformations --clean --json` or `restore redis --backup latest --mode
+    missing --json`. The repository comes from $TONEBRIDGE_DR_REPO, the target DSN from
+    $TONEBRIDGE_DR_TARGET_DSN and the Redis URL from $TONEBRIDGE_DR_REDIS_TARGET_URL
+    (never arguments: anyone who can read the pod sees those)."""
     spec = rr.spec
     target = spec.target
-    args = ["restore", "postgres"]
     if target.database is not None:
-        args += ["--backup", _backup_arg(spec)]
-        if target.database.database is not None:
-            args += ["--target-database", target.database.database]
-        if spec.repair is not None:
-            repair = spec.repair
-            args += [
-                "--table", repair.table,
-                "--repair-column", repair.column,
-                "--from", _format_time(repair.from_),
-                "--to", _format_time(repair.to),
-            ]
-        else:
-            for table in spec.tables or ():
-                args += ["--table", table]
-            if spec.overwrite:
-                args.append("--clean")
-            if not spec.tables:
-                args.append("--create")  # a brand-new server has no database yet
+        args = ["restore", "postgres", *_database_args(spec, target.database)]
     elif target.volume is not None:
-        args += ["--data-dir", DATA_DIR]
-        if spec.target_time is not None:
-            args += ["--target-time", _format_time(spec.target_time)]
-        elif spec.target_lsn is not None:
-            args += ["--target-lsn", spec.target_lsn]
-        else:  # latest, or backupId: that base backup plus every archived WAL after it
-            if spec.backup_id is not None:
-                args += ["--backup", spec.backup_id]
-            args.append("--latest")
-        if spec.overwrite:
-            args.append("--overwrite")
-        # Recover, promote, then shut down cleanly: the volume is left ready for any
-        # PostgreSQL pod (no recovery.signal, a new timeline, a clean shutdown checkpoint).
-        args += ["--start", "--stop-after"]
+        args = ["restore", "postgres", *_volume_args(spec)]
+    elif target.redis is not None:
+        args = ["restore", "redis", *_redis_args(spec, target.redis)]
     else:
         raise RestoreSpecError("UnsupportedTarget", _REFUSED_BY_PLATFORM)
     if source.private_key is not None:
@@ -446,7 +521,7 @@ def _value_env(name: str, value: str) -> Manifest:
 
 def restore_env(rr: RestoreRequest, source: ResolvedSource) -> list[Manifest]:
     """Environment of the restore container: repository folder, read credentials (by
-    secretKeyRef), region, endpoint, the target DSN (by secretKeyRef), HOME."""
+    secretKeyRef), region, endpoint, the target DSN or Redis URL (by secretKeyRef), HOME."""
     env = [_value_env(ENV_REPO, source.repository_url)]
     if source.credentials is not None:
         env.extend(
@@ -458,10 +533,11 @@ def restore_env(rr: RestoreRequest, source: ResolvedSource) -> list[Manifest]:
         env.append(_value_env("AWS_REGION", repository.region))
     if repository.endpoint is not None:
         env.append(_value_env("AWS_ENDPOINT_URL_S3", repository.endpoint))
-    database = rr.spec.target.database
-    if database is not None:
-        ref = database.dsn_secret_ref
-        env.append(_secret_env(ENV_TARGET_DSN, ref.name, ref.key))
+    target = _target_secret(rr)
+    if target is not None:
+        ref = target[0]
+        name = ENV_REDIS_TARGET_URL if rr.spec.target.redis is not None else ENV_TARGET_DSN
+        env.append(_secret_env(name, ref.name, ref.key))
     env.append(_value_env("HOME", TMP_MOUNT_PATH))  # gpg and libpq want a writable home
     return env
 
@@ -532,8 +608,9 @@ def build_restore_job(
     Retries: a failure a retry cannot fix (refused target, missing or corrupt backup,
     usage, repository configuration, key, authentication) fails the Job at once
     (podFailurePolicy). Otherwise a logical restore gets `settings.backoff_limit`
-    retries, which is safe because a failed attempt rolls back; a physical restore
-    gets none (a failed recovery leaves its files for diagnosis).
+    retries, which is safe because a failed attempt rolls back; so does a Redis restore
+    (a retry skips, or with overwrite rewrites, the keys an earlier attempt restored);
+    a physical restore gets none (a failed recovery leaves its files for diagnosis).
     """
     source = resolve_source(rr, policy)
     request = _request_name(rr)

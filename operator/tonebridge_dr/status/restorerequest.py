@@ -9,7 +9,8 @@ Conditions (types are API, never renamed):
 * `Complete` - True once the restore finished and was verified by the runner
                (`kubectl wait --for=condition=Complete rr/NAME`).
 * `Failed`   - True once the restore failed or was refused; the message says why and
-               what state the target is in (untouched, rolled back, or incomplete).
+               what state the target is in (untouched, rolled back, incomplete, or
+               for Redis: the keys restored so far stay).
 
 Messages are one paragraph meant for an operator at 3 a.m.: what happened, whether
 anything was changed, and what to do next. They carry no secrets: runner messages are
@@ -95,6 +96,19 @@ _HINTS: dict[str, str] = {
     ),
     "Cancelled": "The restore process was stopped before it finished.",
 }
+_REDIS_HINTS: dict[str, str] = {
+    "AuthenticationFailed": (
+        "Check the user and password in the URL Secret of the target; the user needs "
+        "PING, SELECT, RESTORE and FUNCTION RESTORE, on every key it restores."
+    ),
+    "SourceUnavailable": "Check that the target Redis server is reachable from the cluster.",
+}
+
+_REDIS_CHECKED_FIRST = frozenset(
+    {"BackupNotFound", "InvalidArguments", "RepositoryUnavailable", "EncryptionError"}
+)
+"""Reasons the Redis runner raises before its first write (it fetches and verifies the
+whole snapshot before touching the target); other failures may come after some keys."""
 
 # Runner messages speak CLI; a RestoreRequest user needs the spec field instead.
 _CLI_TO_SPEC = (
@@ -111,6 +125,7 @@ _CLI_TO_SPEC = (
 class TargetKind:
     DATABASE = "database"
     VOLUME = "volume"
+    REDIS = "redis"
 
 
 @dataclass(frozen=True)
@@ -118,7 +133,7 @@ class TargetInfo:
     """What the messages need to know about the request (computed by the handler)."""
 
     kind: str
-    """TargetKind.DATABASE or TargetKind.VOLUME."""
+    """TargetKind.DATABASE, TargetKind.VOLUME or TargetKind.REDIS."""
     description: str
     """builders.restore.target_description: e.g. `volume "pg-data"`."""
     repository_url: str = ""
@@ -283,6 +298,11 @@ def job_created(
     )
 
 
+def _count(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if ok else None
+
+
 def restored_summary(result: Mapping[str, Any] | None) -> RestoredSummary | None:
     """What the runner's result says was restored (tolerant: unknown shapes give None)."""
     if not result:
@@ -295,7 +315,8 @@ def restored_summary(result: Mapping[str, Any] | None) -> RestoredSummary | None
         tables = list(raw_tables) or None
     elif isinstance(result.get("table"), str):
         tables = [result["table"]]
-    repaired = result.get("rows_inserted")
+    if method not in tuple(BackupMethod) and result.get("engine") == "redis":
+        method = BackupMethod.SNAPSHOT  # the runner says "rdb": the API calls it snapshot
     lsn = result.get("recovered_to_lsn")
     summary = RestoredSummary(
         backup_id=backup if isinstance(backup, str) else None,
@@ -303,9 +324,15 @@ def restored_summary(result: Mapping[str, Any] | None) -> RestoredSummary | None
         recovered_to_time=parse_time(result.get("recovered_to_time")),
         recovered_to_lsn=lsn if isinstance(lsn, str) else None,
         tables=tables,
-        repaired_rows=repaired if isinstance(repaired, int) and repaired >= 0 else None,
+        repaired_rows=_count(result.get("rows_inserted")),
+        keys_restored=_count(result.get("keys_restored")),
+        keys_skipped=_count(result.get("keys_skipped")),
     )
     return summary if summary.model_dump(exclude_none=True) else None
+
+
+def _keys(count: int) -> str:
+    return f"{count} key{'' if count == 1 else 's'}"
 
 
 def _success_message(target: TargetInfo, summary: RestoredSummary | None,
@@ -320,6 +347,10 @@ def _success_message(target: TargetInfo, summary: RestoredSummary | None,
             details.append(f"{summary.repaired_rows} missing rows re-inserted{extra}")
         elif summary.tables:
             details.append("tables " + ", ".join(summary.tables))
+        if summary.keys_restored is not None:
+            details.append(f"{_keys(summary.keys_restored)} restored")
+        if summary.keys_skipped:
+            details.append(f"{_keys(summary.keys_skipped)} it already had left as they were")
         if summary.recovered_to_time is not None:
             details.append(
                 "recovered to " + summary.recovered_to_time.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -332,9 +363,17 @@ def _success_message(target: TargetInfo, summary: RestoredSummary | None,
 
 
 def _target_state(target: TargetInfo, reason: str, attempts: int = 1) -> str:
-    # A refusal only proves nothing was written when no earlier attempt ran before it.
-    if reason in REFUSED_REASONS and (attempts <= 1 or target.kind != TargetKind.VOLUME):
+    # A refusal only proves nothing was written when no earlier attempt ran before it
+    # (a database restore is one transaction: every attempt rolled back).
+    untouched = _REDIS_CHECKED_FIRST if target.kind == TargetKind.REDIS else REFUSED_REASONS
+    if reason in untouched and (attempts <= 1 or target.kind == TargetKind.DATABASE):
         return f"Nothing was changed in {target.description}."
+    if target.kind == TargetKind.REDIS:
+        return (
+            "A Redis restore is not one transaction: keys restored before the failure, if "
+            f"any, stay in {target.description}; no key was deleted. Restoring again is safe "
+            "(without spec.overwrite, keys already there are skipped)."
+        )
     if target.kind == TargetKind.VOLUME:
         return (
             f"{target.description[0].upper()}{target.description[1:]} may hold an INCOMPLETE "
@@ -353,7 +392,9 @@ def _failure_message(target: TargetInfo, outcome: JobOutcome, attempts: int) -> 
     if attempts > 1:
         text += f" (attempt {attempts}; earlier attempts failed too)"
     text += f" {_target_state(target, outcome.reason, attempts)}"
-    hint = _HINTS.get(outcome.reason)
+    hint = (_REDIS_HINTS if target.kind == TargetKind.REDIS else {}).get(
+        outcome.reason, _HINTS.get(outcome.reason)
+    )
     if hint:
         text += " " + hint.format(repo=target.repository_url or "URL")
     text += f" Details: `kubectl logs job/{outcome.job_name}`."

@@ -453,8 +453,7 @@ def _policy_or_none(ctx: Context, rr: RestoreRequest) -> BackupPolicy | None:
 
 
 def _target_info(rr: RestoreRequest, policy: BackupPolicy | None) -> rr_status.TargetInfo:
-    kind = (rr_status.TargetKind.VOLUME if rr.spec.target.volume is not None
-            else rr_status.TargetKind.DATABASE)
+    kind = builders.target_kind(rr)  # the values of rr_status.TargetKind
     repository = rr.spec.source.repository or (policy.spec.repository if policy else None)
     policy_name = rr.spec.source.policy_name or (
         rr.spec.source.policy_ref.name if rr.spec.source.policy_ref else ""
