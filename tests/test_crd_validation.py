@@ -304,7 +304,7 @@ CASES: tuple[Case, ...] = (
     case("fp-http-check-needs-url", FP, put("spec.trigger.healthCheck.target", "api:443"),
          server="target must be host:port for kind postgres or tcp"),
     case("fp-tcp-check-needs-host-port", FP_AUTO,
-         put("spec.trigger.healthCheck.target", "10.0.1.10"),
+         put("spec.trigger.healthCheck.target", "db-primary.internal"),
          server="target must be host:port for kind postgres or tcp"),
     case("fp-unknown-check-kind", FP, put("spec.trigger.healthCheck.kind", "icmp"),
          server='Unsupported value: "icmp"', python="Input should be 'postgres', 'tcp' or 'http'"),

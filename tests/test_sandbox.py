@@ -551,7 +551,7 @@ def test_pod_the_node_cannot_run_fails_with_a_reason(kube: Kube, namespace: str)
             "metadata": {"name": "nfs"},
             "spec": {
                 "restartPolicy": "Never",
-                "volumes": [{"name": "data", "nfs": {"server": "192.0.2.1", "path": "/x"}}],
+                "volumes": [{"name": "data", "nfs": {"server": "nfs.invalid", "path": "/x"}}],
                 "containers": [container(["true"])],
             },
         },
