@@ -277,7 +277,8 @@ def test_catalog_reader(
     repo_url = f"s3://{bucket}/repo"
     creds = {"AWS_ACCESS_KEY_ID": "AKIAREAD", "AWS_SECRET_ACCESS_KEY": "read-secret"}
     config = S3Config("AKIAWRITE", "write-secret", endpoint_url=moto_server)
-    repo = Repository(open_storage(repo_url, s3=config))
+    # the policy (named "p") reads its own folder of the repository
+    repo = Repository(open_storage(f"{repo_url}/p", s3=config))
     with repo.begin(engine="postgres", method="logical") as writer:
         writer.put_object("database.dump", [b"x" * 100])
         manifest = writer.commit(databases=["db"], server_version="15", tools={})
@@ -310,7 +311,7 @@ def test_catalog_reader(
 
 def test_catalog_reader_reports_the_wal_archive_position(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    storage = open_storage(repo.as_uri())
+    storage = open_storage((repo / "p").as_uri())  # the folder of policy "p"
     segment = "000000010000000000000003"
     storage.put_bytes(f"wal/0000000100000000/{segment}.{'ab' * 32}.zst", b"wal")
     storage.put_bytes(f"wal/0000000100000000/000000010000000000000002.{'cd' * 32}.zst", b"w")
