@@ -5,19 +5,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test unit lint crds controlplane demo bench e2e-kind clean
+.PHONY: deps venv test unit lint crds controlplane demo bench e2e-kind clean
+
+# Debian packages (PostgreSQL, Redis, GnuPG, ...): a no-op when present.
+deps:
+	bash hack/install-deps.sh
 
 venv: $(STAMP)
 
 # The venv is built from the system Python so that other OS users (the
 # PostgreSQL server's, for archive_command) can execute the CLI.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-controlplane:
+controlplane: deps
 	bash hack/controlplane/build.sh
 
 crds: venv
