@@ -29,6 +29,7 @@ from typing import Any
 from tonebridge_dr.api.backuppolicy import Schedule, TargetKind, WalArchiveMode
 from tonebridge_dr.api.common import BackupMethod, Repository, SecretKeyRef
 from tonebridge_dr.api.kinds import API_VERSION, BACKUP_POLICY, BackupPolicy
+from tonebridge_dr.builders import env as env_entries
 from tonebridge_dr.builders import names
 from tonebridge_dr.builders.settings import RunnerSettings
 
@@ -154,14 +155,10 @@ def _secret_env(name: str, ref: SecretKeyRef | tuple[str, str], *, optional: boo
     Manifest
 ):
     secret, key = (ref.name, ref.key) if isinstance(ref, SecretKeyRef) else ref
-    selector: Manifest = {"name": secret, "key": key}
-    if optional:
-        selector["optional"] = True
-    return {"name": name, "valueFrom": {"secretKeyRef": selector}}
+    return env_entries.secret_env(name, secret, key, optional=optional)
 
 
-def _value_env(name: str, value: str) -> Manifest:
-    return {"name": name, "value": value}
+_value_env = env_entries.value_env
 
 
 def _repository_env(repository: Repository, policy_name: str) -> list[Manifest]:

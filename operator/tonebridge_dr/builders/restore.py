@@ -58,6 +58,7 @@ from tonebridge_dr.api.restorerequest import (
     RedisRestoreTarget,
     RestoreRequestSpec,
 )
+from tonebridge_dr.builders import env as env_entries
 from tonebridge_dr.builders import names
 from tonebridge_dr.builders.names import policy_repository_url
 from tonebridge_dr.builders.settings import RunnerSettings
@@ -508,37 +509,26 @@ def _metadata(
     return meta
 
 
-def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> Manifest:
-    selector: Manifest = {"name": secret, "key": key}
-    if optional:
-        selector["optional"] = True
-    return {"name": name, "valueFrom": {"secretKeyRef": selector}}
-
-
-def _value_env(name: str, value: str) -> Manifest:
-    return {"name": name, "value": value}
-
-
 def restore_env(rr: RestoreRequest, source: ResolvedSource) -> list[Manifest]:
     """Environment of the restore container: repository folder, read credentials (by
     secretKeyRef), region, endpoint, the target DSN or Redis URL (by secretKeyRef), HOME."""
-    env = [_value_env(ENV_REPO, source.repository_url)]
+    env = [env_entries.value_env(ENV_REPO, source.repository_url)]
     if source.credentials is not None:
         env.extend(
-            _secret_env(key, source.credentials.name, key, optional=optional)
+            env_entries.secret_env(key, source.credentials.name, key, optional=optional)
             for key, optional in _AWS_CREDENTIAL_KEYS
         )
     repository = source.repository
     if repository.region is not None:
-        env.append(_value_env("AWS_REGION", repository.region))
+        env.append(env_entries.value_env("AWS_REGION", repository.region))
     if repository.endpoint is not None:
-        env.append(_value_env("AWS_ENDPOINT_URL_S3", repository.endpoint))
+        env.append(env_entries.value_env("AWS_ENDPOINT_URL_S3", repository.endpoint))
     target = _target_secret(rr)
     if target is not None:
         ref = target[0]
         name = ENV_REDIS_TARGET_URL if rr.spec.target.redis is not None else ENV_TARGET_DSN
-        env.append(_secret_env(name, ref.name, ref.key))
-    env.append(_value_env("HOME", TMP_MOUNT_PATH))  # gpg and libpq want a writable home
+        env.append(env_entries.secret_env(name, ref.name, ref.key))
+    env.append(env_entries.value_env("HOME", TMP_MOUNT_PATH))  # gpg and libpq want a writable home
     return env
 
 
@@ -739,7 +729,7 @@ def build_instance(
         "name": CONTAINER_POSTGRES,
         "image": image,
         "ports": [{"name": "postgres", "containerPort": POSTGRES_PORT, "protocol": "TCP"}],
-        "env": [_value_env("PGDATA", DATA_DIR)],
+        "env": [env_entries.value_env("PGDATA", DATA_DIR)],
         "volumeMounts": [{"name": _DATA_VOLUME, "mountPath": DATA_MOUNT_PATH}],
         "readinessProbe": {
             "exec": {"command": ["pg_isready", "--host=127.0.0.1", f"--port={POSTGRES_PORT}"]},
