@@ -6,7 +6,7 @@ as OS user postgres:
 
   cp        test ! -f DIR/%f && cp %p DIR/%f     (the spec's command: the floor, local disk)
   ours      <venv>/bin/tonebridge-dr wal-push --repo s3://... %p   (the installed CLI;
-            zstd, SHA-256, duplicate check, parallel push-ahead of .ready files)
+            zstd, SHA-256, duplicate check, background pusher of .ready files)
   ours-light  python .../wal/spool.py wal-push --repo s3://... %p
             (the same, through the light entry point: a spool hit does not even import
             the tonebridge_dr package; what `tonebridge-dr wal-push` costs once the

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -230,7 +232,18 @@ def test_encrypted_archive_detects_duplicates_and_needs_the_key(
     assert (tmp_path / "x").read_bytes() == segment_bytes(SEG1)
 
 
-def test_push_ahead_uploads_ready_files_and_later_calls_take_the_fast_path(
+def _pusher_running(pg_wal: Path) -> bool:
+    return spool.lock_held(spool.pusher_lock_path(str(pg_wal)))
+
+
+def _wait_for_pusher_exit(pg_wal: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _pusher_running(pg_wal):
+        assert time.monotonic() < deadline, "the background pusher did not exit"
+        time.sleep(0.05)
+
+
+def test_background_pusher_uploads_ready_files_and_later_calls_take_the_fast_path(
     repo_url: str, pg_wal: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     names = [naming.segment_name(1, n, SMALL_SEGMENT) for n in range(1, 13)]
@@ -238,38 +251,123 @@ def test_push_ahead_uploads_ready_files_and_later_calls_take_the_fast_path(
         write_segment(pg_wal, name, seed=index)
         _ready(pg_wal, name)
     _ready(pg_wal, "not-a-wal-file")
-    monkeypatch.setenv(archive.PUSH_AHEAD_ENV, "8")
-    assert _push(repo_url, pg_wal / names[0]) == 0
+    monkeypatch.setenv(archive.PUSH_AHEAD_ENV, "5")  # batches of 5: three rounds
+    monkeypatch.setenv(archive.LINGER_ENV, "0.5")
+    assert _push(repo_url, pg_wal / names[0]) == 0  # stores its own file, starts the pusher
+    (pg_wal / "archive_status" / f"{names[0]}.ready").rename(
+        pg_wal / "archive_status" / f"{names[0]}.done"
+    )
+    _wait_for_pusher_exit(pg_wal)
     archived = {naming.parse_key(k).name for k in _keys(repo_url)}  # type: ignore[union-attr]
-    assert archived == set(names[:8])
+    assert archived == set(names)
     markers = sorted(os.listdir(spool.pushed_dir(str(pg_wal))))
-    assert markers == names[1:8]
+    assert markers == names[1:]
     # PostgreSQL's later calls: answered from the markers, which are consumed.
-    for name in names[1:7]:
+    for name in names[1:10]:
         assert spool.fast_main(["wal-push", "--repo", repo_url, str(pg_wal / name)]) == 0
-    assert os.listdir(spool.pushed_dir(str(pg_wal))) == [names[7]]
+    assert sorted(os.listdir(spool.pushed_dir(str(pg_wal)))) == names[10:]
     # A marker for another repository, or for a file changed since, is not trusted.
-    assert spool.fast_main(["wal-push", "--repo", repo_url + "-other", str(pg_wal / names[7])]) \
+    assert spool.fast_main(["wal-push", "--repo", repo_url + "-other", str(pg_wal / names[10])]) \
         is None
-    os.utime(pg_wal / names[7], ns=(1, 1))
-    assert spool.fast_main(["wal-push", "--repo", repo_url, str(pg_wal / names[7])]) is None
-    assert _push(repo_url, pg_wal / names[7]) == 0  # slow path: identical, fine
+    os.utime(pg_wal / names[10], ns=(1, 1))
+    assert spool.fast_main(["wal-push", "--repo", repo_url, str(pg_wal / names[10])]) is None
+    assert _push(repo_url, pg_wal / names[10]) == 0  # slow path: identical, fine
+    log = Path(spool.spool_root(str(pg_wal))) / spool.PUSHER_LOG
+    assert log.read_text() == ""  # warnings only, and there were none
 
 
-def test_push_ahead_through_a_real_process(file_repo_url: str, pg_wal: Path) -> None:
-    names = [naming.segment_name(1, n, SMALL_SEGMENT) for n in range(1, 5)]
+def test_no_pusher_without_other_ready_files_or_when_turned_off(
+    file_repo_url: str, pg_wal: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_segment(pg_wal, SEG1)
+    _ready(pg_wal, SEG1)
+    assert _push(file_repo_url, pg_wal / SEG1) == 0
+    assert not _pusher_running(pg_wal)
+    write_segment(pg_wal, SEG2)
+    _ready(pg_wal, SEG2)
+    monkeypatch.setenv(archive.PUSH_AHEAD_ENV, "1")
+    assert _push(file_repo_url, pg_wal / SEG1) == 0
+    assert not _pusher_running(pg_wal)
+    assert not os.path.exists(spool.pushed_dir(str(pg_wal)))
+
+
+def test_a_call_waits_for_the_running_pusher_and_no_longer(
+    file_repo_url: str, pg_wal: Path
+) -> None:
+    path = write_segment(pg_wal, SEG1)
+    lock_fd = spool.take_pusher_lock(str(pg_wal))  # we play the pusher
+    assert lock_fd is not None and _pusher_running(pg_wal)
+    argv = ["wal-push", "--repo", file_repo_url, str(path)]
+    try:
+        # Not marked .ready: PostgreSQL is not archiving it, nobody will push it: no wait.
+        spool.describe_pusher(lock_fd, file_repo_url, os.getpid())
+        began = time.monotonic()
+        assert spool.fast_main(argv) is None
+        assert time.monotonic() - began < 1
+        _ready(pg_wal, SEG1)
+        # A pusher for another repository: its markers would never match, no wait.
+        spool.describe_pusher(lock_fd, file_repo_url + "-other")
+        assert spool.fast_main(argv) is None
+        assert time.monotonic() - began < 1
+        spool.describe_pusher(lock_fd, file_repo_url, os.getpid())
+
+        def store_later() -> None:
+            time.sleep(0.3)
+            archive.Pusher(
+                catalog.WalArchive(open_storage(file_repo_url)),
+                archive.PushSettings(file_repo_url),
+            ).push_file(path)
+            spool.write_push_marker(str(path), file_repo_url, "k", "s", stat)
+
+        stat = spool.file_stat(str(path))
+        worker = threading.Thread(target=store_later)
+        worker.start()
+        assert spool.fast_main(argv) == 0  # returned once the marker appeared
+        worker.join()
+        assert not os.listdir(spool.pushed_dir(str(pg_wal)))  # consumed
+        # No marker coming: a bounded wait, then the slow path.
+        began = time.monotonic()
+        assert spool.wait_for_pusher(str(path), file_repo_url, timeout=0.3) is False
+        assert 0.3 <= time.monotonic() - began < 5
+    finally:
+        os.close(lock_fd)
+    # The pusher is gone: no wait at all.
+    began = time.monotonic()
+    assert spool.fast_main(argv) is None
+    assert time.monotonic() - began < 1
+
+
+def test_the_pusher_stops_after_a_failed_upload(
+    pg_wal: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3_fixtures.s3_env(monkeypatch, "http://127.0.0.1:9")  # nothing listens on port 9
+    for name in (SEG1, SEG2):
+        write_segment(pg_wal, name)
+        _ready(pg_wal, name)
+    settings = archive.PushSettings("s3://bucket/repo")
+    assert archive.run_background(pg_wal, settings, linger=60) == 1  # does not linger
+    assert not os.path.exists(spool.pushed_dir(str(pg_wal))) or not os.listdir(
+        spool.pushed_dir(str(pg_wal))
+    )
+
+
+def test_background_pusher_through_real_processes(file_repo_url: str, pg_wal: Path) -> None:
+    names = [naming.segment_name(1, n, SMALL_SEGMENT) for n in range(1, 7)]
     for name in names:
         write_segment(pg_wal, name)
         _ready(pg_wal, name)
-    env = {**os.environ, "TONEBRIDGE_DR_REPO": file_repo_url}
+    env = {**os.environ, "TONEBRIDGE_DR_REPO": file_repo_url, archive.LINGER_ENV: "1"}
     cwd = pg_wal.parent
-    first = run_wal("wal-push", f"pg_wal/{names[0]}", env=env, cwd=cwd)
-    assert first.returncode == 0, first.stderr
-    for name in names[1:]:
-        assert (Path(spool.pushed_dir(str(pg_wal))) / name).exists()
-        later = run_wal("wal-push", f"pg_wal/{name}", env=env, cwd=cwd)
-        assert later.returncode == 0 and later.stderr == ""  # the fast path logs nothing
-    assert len(_keys(file_repo_url)) == 4
+    for name in names:  # what PostgreSQL's archiver does, one call after the other
+        call = run_wal("wal-push", f"pg_wal/{name}", env=env, cwd=cwd)
+        assert call.returncode == 0, call.stderr
+        (pg_wal / "archive_status" / f"{name}.ready").rename(
+            pg_wal / "archive_status" / f"{name}.done"
+        )
+        if name != names[0]:
+            assert call.stderr == ""  # answered by the pusher's marker: the fast path
+    assert len(_keys(file_repo_url)) == 6
+    _wait_for_pusher_exit(pg_wal)
 
 
 def test_newer_partial_replaces_the_older_one(repo_url: str, pg_wal: Path) -> None:
@@ -366,14 +464,14 @@ def test_the_light_entry_point_answers_hits_and_execs_the_rest(
     for name in names:
         write_segment(pg_wal, name)
         _ready(pg_wal, name)
-    env = {**os.environ, "TONEBRIDGE_DR_REPO": file_repo_url}
+    env = {**os.environ, "TONEBRIDGE_DR_REPO": file_repo_url, archive.LINGER_ENV: "0.5"}
     import subprocess
     import sys
 
     light = [sys.executable, spool.__file__, "wal-push"]
     first = subprocess.run([*light, f"pg_wal/{names[0]}"], cwd=pg_wal.parent, env=env,
                            capture_output=True, text=True, check=False)
-    assert first.returncode == 0 and "pushed 2 of 2 ready files ahead" in first.stderr
+    assert first.returncode == 0 and "started the background pusher" in first.stderr
     for name in names[1:]:
         hit = subprocess.run([*light, f"pg_wal/{name}"], cwd=pg_wal.parent, env=env,
                              capture_output=True, text=True, check=False)
@@ -381,3 +479,4 @@ def test_the_light_entry_point_answers_hits_and_execs_the_rest(
     bad = subprocess.run([*light, "pg_wal/nonsense"], cwd=pg_wal.parent, env=env,
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "invalid WAL file name" in bad.stderr
+    _wait_for_pusher_exit(pg_wal)

@@ -7,7 +7,7 @@ Modules (each states its own contracts):
   tiny and import-light, it is all a fast-path `wal-push`/`wal-fetch` loads.
 - `catalog`: the archive index over storage: find a file, the newest folder, the
   archive position (`archive_status`), timeline histories.
-- `archive`: `wal-push` (archive_command), with parallel push-ahead of `.ready` files.
+- `archive`: `wal-push` (archive_command) and its background pusher of `.ready` files.
 - `fetch`: `wal-fetch` (restore_command), with a background prefetcher.
 - `stream`: `wal-stream`, pg_receivewal with a replication slot, uploading segments.
 - `pitr`: physical restore of a base backup plus WAL to a target time/LSN/latest.

@@ -29,14 +29,20 @@ claims (IntegrityError, 7: wrong size, no long page header, page address or
 segment size not matching the name), repository or network failures
 (StorageError, 4), conflicts (13).
 
-Push-ahead: a call that has to upload also takes up to `push_ahead - 1` other
-files PostgreSQL has marked `.ready` (oldest first, history files first, like
-the archiver) and uploads them with `parallel` threads; each upload that
-succeeds leaves a push marker, so PostgreSQL's next calls return at once. A
-failed push-ahead upload only logs a warning (the file stays `.ready`; its own
-call retries it). Nothing is acknowledged that is not durable: a marker exists
-only after its upload was acknowledged, and PostgreSQL only learns about a file
-through its own call's exit status.
+Push-ahead (the background pusher): a call that has to upload stores its own
+file, and when PostgreSQL has other `.ready` files without a push marker it
+starts one detached background pusher (`wal-pusher`, one per pg_wal: it holds
+`pusher.lock` in the spool). The pusher uploads every `.ready` file without a
+marker, oldest first (history files first, like the archiver), in batches of
+`push_ahead` files (default 16) with `parallel` threads (default 8), writes a marker for each
+acknowledged upload, and goes on while PostgreSQL consumes the markers, so
+uploads never wait for PostgreSQL's next call. It exits after
+`TONEBRIDGE_DR_WAL_PUSHER_LINGER` seconds (default 10) without new `.ready`
+files, when pg_wal disappears, or after the first failed upload (the calls
+waiting for it then take the slow path, which reports the error to PostgreSQL,
+and a later successful call starts a new pusher). Nothing is acknowledged that
+is not durable: a marker exists only after its upload was acknowledged, and
+PostgreSQL only learns about a file through its own call's exit status.
 
 What is not guaranteed: a marker is trusted without asking the repository, so
 if someone deletes archived WAL behind our back in the seconds between a
@@ -51,6 +57,7 @@ import hashlib
 import logging
 import os
 import struct
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -67,9 +74,14 @@ LEVEL_ENV = "TONEBRIDGE_DR_COMPRESSION_LEVEL"
 ENCRYPT_ENV = "TONEBRIDGE_DR_ENCRYPT_TO"
 PARALLEL_ENV = "TONEBRIDGE_DR_WAL_PARALLEL"
 PUSH_AHEAD_ENV = "TONEBRIDGE_DR_WAL_PUSH_AHEAD"
+LINGER_ENV = "TONEBRIDGE_DR_WAL_PUSHER_LINGER"
 
 DEFAULT_PARALLEL = 8
-DEFAULT_PUSH_AHEAD = 64
+#: Files per batch of the background pusher (1 turns it off).
+DEFAULT_PUSH_AHEAD = 16
+DEFAULT_LINGER = 10.0
+#: Seconds between two looks at archive_status/ while the background pusher is idle.
+IDLE_POLL = 0.02
 #: Archiving must keep up with the server: zstd level 1 compresses WAL nearly as well as
 #: level 3 at several times the speed (TONEBRIDGE_DR_COMPRESSION_LEVEL overrides it).
 DEFAULT_ZSTD_LEVEL = 1
@@ -452,44 +464,97 @@ def ready_files(wal_dir: Path, *, exclude: str, limit: int, repo_url: str) -> li
 
 
 def push(path_arg: str, settings: PushSettings) -> PushOutcome:
-    """The archive_command: store `path_arg`, pushing other ready files ahead in parallel.
+    """The archive_command's slow path: store `path_arg`, then start the background pusher.
 
     Returns the outcome for `path_arg` once it is durable; raises its error
-    otherwise. The caller has already tried the spool fast path.
+    otherwise (and then starts no pusher). The caller has already tried the
+    spool fast path. `push_ahead` 1 turns the background pusher off.
     """
     path = Path(os.path.abspath(path_arg))
     naming.parse(path.name)
     settings.check()
     pusher = Pusher(catalog.WalArchive(open_storage(settings.repo_url)), settings)
-    wal_dir = path.parent
-    ahead = ready_files(
-        wal_dir, exclude=path.name, limit=settings.push_ahead - 1, repo_url=settings.repo_url
-    )
-    stats = {}
-    for other in ahead:
-        try:
-            stats[other] = spool.file_stat(str(other))  # before reading: see spool.py
-        except OSError:
-            continue
-    files = [path, *stats]
-    results = pusher.push_all(files, parallel=settings.parallel)
+    outcome = pusher.push_file(path)
+    if settings.push_ahead > 1:
+        _start_background(path.parent, path.name, settings)
+    return outcome
+
+
+def _start_background(wal_dir: Path, done: str, settings: PushSettings) -> bool:
+    """Start the background pusher when other files wait and none runs; True if started."""
+    if not ready_files(wal_dir, exclude=done, limit=1, repo_url=settings.repo_url):
+        return False
+    try:
+        lock_fd = spool.take_pusher_lock(str(wal_dir))
+        if lock_fd is None:
+            return False  # one is running
+        spool.describe_pusher(lock_fd, settings.repo_url)
+        pid = spool.start_pusher(
+            str(wal_dir),
+            lock_fd,
+            ["wal-pusher", "--wal-dir", str(wal_dir), "--repo", settings.repo_url],
+        )
+    except OSError as exc:  # only an optimisation: every call can still push its own file
+        log.warning("cannot start the background pusher: %s", exc)
+        return False
+    log.info("started the background pusher (pid %d) for the other ready files", pid)
+    return True
+
+
+def linger_from_env(env: Mapping[str, str] | None = None) -> float:
+    """`TONEBRIDGE_DR_WAL_PUSHER_LINGER`: idle seconds before the background pusher exits."""
+    env = os.environ if env is None else env
+    raw = env.get(LINGER_ENV, "").strip()
+    if not raw:
+        return DEFAULT_LINGER
+    try:
+        value = float(raw)
+    except ValueError:
+        raise errors.UsageError(f"{LINGER_ENV} must be a number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise errors.UsageError(f"{LINGER_ENV} must not be negative, got {raw!r}")
+    return value
+
+
+def run_background(wal_dir: Path, settings: PushSettings, *, linger: float) -> int:
+    """The background pusher's loop (the caller holds the pusher lock); 0 idle, 1 failed."""
+    pusher = Pusher(catalog.WalArchive(open_storage(settings.repo_url)), settings)
+    idle_since = time.monotonic()
     pushed = 0
-    for other, result in zip(files[1:], results[1:], strict=True):
-        if isinstance(result, BaseException):
-            log.warning("could not push %s ahead: %s", other.name, result)
+    while wal_dir.is_dir():
+        batch = ready_files(
+            wal_dir, exclude="", limit=settings.push_ahead, repo_url=settings.repo_url
+        )
+        if not batch:
+            if time.monotonic() - idle_since >= linger:
+                break
+            time.sleep(IDLE_POLL)
             continue
+        stats = {}
+        for path in batch:
+            try:
+                stats[path] = spool.file_stat(str(path))  # before reading: see spool.py
+            except OSError:
+                continue  # archived and removed meanwhile
+        files = list(stats)
         try:
+            results = pusher.push_all(files, parallel=settings.parallel)
+        except errors.DRError as exc:  # the listing before the uploads failed
+            log.warning("background pusher stops after %d files: %s", pushed, exc)
+            return 1
+        failed = 0
+        for path, result in zip(files, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("could not push %s ahead: %s", path.name, result)
+                failed += 1
+                continue
             spool.write_push_marker(
-                str(other), settings.repo_url, result.key, result.sha256, stats[other]
+                str(path), settings.repo_url, result.key, result.sha256, stats[path]
             )
-        except OSError as exc:  # only an optimisation: PostgreSQL's own call re-checks
-            log.warning("cannot write the push marker of %s: %s", other.name, exc)
-            continue
-        pushed += 1
-    if ahead:
-        log.info("pushed %d of %d ready files ahead", pushed, len(ahead))
+            pushed += 1
         spool.forget_push_markers(str(wal_dir))
-    main = results[0]
-    if isinstance(main, BaseException):
-        raise main
-    return main
+        if failed:
+            log.warning("background pusher stops after %d files: %d failed", pushed, failed)
+            return 1
+        idle_since = time.monotonic()
+    return 0

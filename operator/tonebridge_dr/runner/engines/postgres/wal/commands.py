@@ -12,6 +12,7 @@ For the runner CLI: each verb has `add_<verb>_arguments(parser)` and
 | `wal-prune --repo`        | result dict     | raises DRError                              |
 | `restore postgres --data-dir ...` (physical) | result dict | raises DRError          |
 | `wal-prefetch ...` (internal, started by wal-fetch) | exit code | logged |
+| `wal-pusher ...` (internal, started by wal-push) | exit code | logged |
 
 wal-push and wal-fetch keep their exit codes to themselves because PostgreSQL
 reads them (see fetch.py: an ordinary error code would look like "not found"
@@ -82,6 +83,40 @@ def run_wal_push(args: argparse.Namespace) -> int:
         _fail("wal-push", f"{Path(args.path).name}: {exc}")
         return exc.exit_code
     return 0
+
+
+# -- wal-pusher (internal) -------------------------------------------------------------
+
+
+def add_wal_pusher_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_repo(parser)
+    parser.add_argument("--wal-dir", type=Path, required=True, help="the server's pg_wal")
+    parser.add_argument(
+        "--lock-fd", type=int, help="an inherited fd that already holds the pusher lock"
+    )
+
+
+def run_wal_pusher(args: argparse.Namespace) -> int:
+    """The background pusher of `wal-push` (archive.py); holds the spool's pusher lock."""
+    from tonebridge_dr.runner.engines.postgres.wal import archive
+
+    if "TONEBRIDGE_DR_LOG_LEVEL" not in os.environ:
+        logging.getLogger("tonebridge_dr").setLevel(logging.WARNING)  # pusher.log stays small
+    lock_fd = args.lock_fd
+    if lock_fd is None:
+        lock_fd = spool.take_pusher_lock(str(args.wal_dir))
+        if lock_fd is None:
+            return 0  # another pusher runs
+    try:
+        settings = archive.PushSettings.from_env(_repo(args.repo))
+        spool.describe_pusher(lock_fd, settings.repo_url, os.getpid())
+        linger = archive.linger_from_env()
+        return archive.run_background(args.wal_dir, settings, linger=linger)
+    except errors.DRError as exc:
+        log.warning("background pusher stopped: %s", exc)
+        return exc.exit_code
+    finally:
+        os.close(lock_fd)
 
 
 # -- wal-fetch ---------------------------------------------------------------------------
@@ -382,6 +417,7 @@ _VERBS = {
     "wal-push": (add_wal_push_arguments, run_wal_push),
     "wal-fetch": (add_wal_fetch_arguments, run_wal_fetch),
     "wal-prefetch": (add_wal_prefetch_arguments, run_wal_prefetch),
+    "wal-pusher": (add_wal_pusher_arguments, run_wal_pusher),
     "wal-stream": (add_wal_stream_arguments, run_wal_stream),
     "wal-status": (add_wal_status_arguments, run_wal_status),
     "wal-prune": (add_wal_prune_arguments, run_wal_prune),
@@ -394,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, (add, run) in _VERBS.items():
         sub = verbs.add_parser(verb)
         add(sub)
-        if verb not in ("wal-push", "wal-fetch", "wal-prefetch"):
+        if verb not in ("wal-push", "wal-fetch", "wal-prefetch", "wal-pusher"):
             sub.add_argument("--json", action="store_true")
         sub.set_defaults(run=run)
     restore = verbs.add_parser("restore")

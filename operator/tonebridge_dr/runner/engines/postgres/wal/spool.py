@@ -7,6 +7,8 @@ is never copied into a base backup (a restored cluster must not inherit the
 markers of the one it was copied from).
 
     pushed/<file>       marker: <file> is durably stored in the repository
+    pusher.lock         flock()ed by the running background pusher (its repository, pid)
+    pusher.log          the background pusher's warnings and errors
     prefetch/<segment>  a prefetched, verified, fsynced segment waiting for PostgreSQL
     prefetch/.wanted    the segment PostgreSQL asked for last (the prefetcher follows it)
     prefetch/.repo      the repository the prefetched files came from
@@ -19,14 +21,21 @@ path acknowledges a file only when all of them still match: a different
 repository, or a file rewritten or copied since, goes the slow way (which
 checks the repository itself). Markers are consumed (deleted) when used.
 
-This module is what a fast-path call imports: only `os` and `sys`. Nothing here
-talks to the repository.
+While a background pusher runs (archive.py: it uploads every `.ready` file
+PostgreSQL has not asked for yet), a call that finds no marker for its own
+`.ready` file waits for one: it polls the marker until it appears, the pusher
+exits (an upload failed, or it went idle) or `TONEBRIDGE_DR_WAL_PUSH_WAIT`
+seconds (default 60) pass, and otherwise takes the slow path.
+
+This module is what a fast-path call imports: only `os`, `sys`, `time` and
+`fcntl` (built in). Nothing here talks to the repository.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 SPOOL_ENV = "TONEBRIDGE_DR_WAL_SPOOL"
 SPOOL_NAME = "tonebridge-dr"
@@ -36,6 +45,12 @@ WANTED = ".wanted"
 REPO = ".repo"
 LOCK = ".lock"
 LOG = "prefetch.log"
+PUSHER_LOCK = "pusher.lock"
+PUSHER_LOG = "pusher.log"
+PUSH_WAIT_ENV = "TONEBRIDGE_DR_WAL_PUSH_WAIT"
+DEFAULT_PUSH_WAIT = 60.0
+#: Seconds between two looks at the marker while waiting for the background pusher.
+PUSH_POLL = 0.003
 
 _HEX = frozenset("0123456789ABCDEF")
 
@@ -159,6 +174,109 @@ def forget_push_markers(wal_dir: str, keep: set[str] | None = None) -> int:
     return removed
 
 
+# -- the background pusher ------------------------------------------------------------------
+
+
+def pusher_lock_path(wal_dir: str) -> str:
+    return os.path.join(spool_root(wal_dir), PUSHER_LOCK)
+
+
+def is_ready(path: str) -> bool:
+    """True while PostgreSQL has `path` marked `.ready` (not archived yet)."""
+    folder, name = os.path.split(path)
+    return os.path.exists(os.path.join(folder, "archive_status", f"{name}.ready"))
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        return default
+
+
+def wait_for_pusher(path_arg: str, repo_url: str, timeout: float | None = None) -> bool:
+    """True once the background pusher stored `path_arg` (its marker is consumed).
+
+    False at once when no pusher runs or PostgreSQL has not marked the file
+    `.ready`; False when the pusher exits without storing it or after `timeout`
+    seconds: the caller then takes the slow path, which reports any error.
+    """
+    path = os.path.abspath(path_arg)
+    if not repo_url or not _plausible_wal_name(os.path.basename(path)) or not is_ready(path):
+        return False
+    lock = pusher_lock_path(os.path.dirname(path))
+    if (read_text(lock) or "").split("\n")[0] != repo_url:
+        return False  # no pusher, or one for another repository: its markers would not match
+    limit = _env_float(PUSH_WAIT_ENV, DEFAULT_PUSH_WAIT) if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    while lock_held(lock):
+        if try_push_fast(path, repo_url):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(PUSH_POLL)
+    return try_push_fast(path, repo_url)  # it may have stored it just before it exited
+
+
+def take_pusher_lock(wal_dir: str) -> int | None:
+    """The fd holding the background pusher's lock, or None when a pusher runs.
+
+    The holder writes `describe_pusher(...)` into it: the waiting calls read the
+    repository from it.
+    """
+    import fcntl
+
+    folder = spool_root(wal_dir)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(folder, PUSHER_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def describe_pusher(fd: int, repo_url: str, pid: int | None = None) -> None:
+    """Write the repository (and pid) of the pusher holding the lock file `fd` into it."""
+    text = repo_url + (f"\n{pid}" if pid is not None else "") + "\n"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode(), 0)
+
+
+def start_pusher(wal_dir: str, lock_fd: int, argv: list[str]) -> int:
+    """Start the background pusher detached, handing it the lock `lock_fd` (then closed here).
+
+    The child inherits the locked open file, so there is no moment in which the
+    lock is free between this call and the pusher running. Its log goes to
+    `pusher.log`, cut when it exceeds 1 MiB. Returns the pusher's pid.
+    """
+    import subprocess
+
+    log_path = os.path.join(spool_root(wal_dir), PUSHER_LOG)
+    try:
+        if os.path.getsize(log_path) > 1024 * 1024:
+            os.replace(log_path, f"{log_path}.1")
+    except OSError:
+        pass
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tonebridge_dr.runner.engines.postgres.wal", *argv,
+             "--lock-fd", str(lock_fd)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(lock_fd,),
+        )
+    finally:
+        os.close(log)
+        os.close(lock_fd)
+    return child.pid
+
+
 # -- prefetch queue --------------------------------------------------------------------
 
 
@@ -192,12 +310,12 @@ def take_prefetched(spool: str, name: str, dest: str, repo_url: str) -> bool:
     return True
 
 
-def prefetcher_running(spool: str) -> bool:
-    """True while a prefetcher holds the spool lock."""
+def lock_held(path: str) -> bool:
+    """True while another process holds the flock() on `path`."""
     import fcntl
 
     try:
-        fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
         return False
     try:
@@ -207,6 +325,11 @@ def prefetcher_running(spool: str) -> bool:
     finally:
         os.close(fd)  # closing releases a lock we may just have taken
     return False
+
+
+def prefetcher_running(spool: str) -> bool:
+    """True while a prefetcher holds the spool lock."""
+    return lock_held(os.path.join(spool, LOCK))
 
 
 def start_prefetcher(spool: str, argv: list[str]) -> None:
@@ -305,7 +428,7 @@ def _env_int(name: str, default: int) -> int:
 def fast_main(argv: list[str]) -> int | None:
     """Answer `wal-push` / `wal-fetch` from the spool when possible, else None.
 
-    Importing only `os` and `sys`, this is what makes the calls after a
+    Importing only built-in modules, this is what makes the calls after a
     push-ahead or a prefetch cheap. None means: take the normal (slow) path,
     which also reports every error properly.
     """
@@ -316,7 +439,9 @@ def fast_main(argv: list[str]) -> int | None:
         if parsed is None or len(parsed[1]) != 1:
             return None
         repo = parsed[0].get("--repo") or os.environ.get("TONEBRIDGE_DR_REPO", "")
-        return 0 if try_push_fast(parsed[1][0], repo) else None
+        if try_push_fast(parsed[1][0], repo) or wait_for_pusher(parsed[1][0], repo):
+            return 0
+        return None
     parsed = _split(argv[1:], frozenset({"--repo", "--decrypt-key"}), _FETCH_FLAGS)
     if parsed is None or len(parsed[1]) != 2:
         return None
