@@ -23,7 +23,7 @@ import os
 import secrets as pysecrets
 import socket
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import kubernetes.client
@@ -37,6 +37,8 @@ Json = dict[str, Any]
 FIELD_MANAGER = "tonebridge-dr"
 REQUEST_TIMEOUT = 30.0
 EVENT_COMPONENT = "tonebridge-dr"
+#: Read-modify-write rounds of `write_status` before giving up on a busy object.
+STATUS_ATTEMPTS = 8
 _TRANSIENT = frozenset({0, 409, 429, 500, 502, 503, 504})
 
 
@@ -309,6 +311,44 @@ class Kube:
             body=dict(obj),
             query={"fieldManager": self.field_manager},
         )
+
+    def write_status(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        compute: Callable[[Json], Json | None],
+        *,
+        body: Json | None = None,
+        attempts: int = STATUS_ATTEMPTS,
+    ) -> Json | None:
+        """Read-modify-write of the status with the resourceVersion as precondition.
+
+        `compute(current_body)` returns the status to store, or None to leave it. It may
+        run several times: on a conflict the object is read again and `compute` sees the
+        newer body. Returns the body that is current after the call, or None when the
+        object is gone. `body` (a plain copy) saves the first read.
+        """
+        current = body
+        for _attempt in range(attempts):
+            if current is None:
+                current = self.get_or_none(kind, namespace, name)
+                if current is None:
+                    return None
+            status = compute(current)
+            if status is None:
+                return current
+            candidate = dict(current)
+            candidate["status"] = status
+            try:
+                return self.replace_status(kind, candidate)
+            except ApiError as exc:
+                if exc.not_found:
+                    return None
+                if not exc.conflict:
+                    raise
+                current = None  # someone else wrote: read again and redo the change
+        raise ApiError(409, "Conflict", f"status of {namespace}/{name} kept changing")
 
     def delete(
         self,

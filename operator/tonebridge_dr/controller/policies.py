@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 KIND = kubemod.register_kind(
     kubemod.Kind(f"{GROUP}/{VERSION}", BACKUP_POLICY.kind, BACKUP_POLICY.plural)
 )
-STATUS_ATTEMPTS = 8
 
 Json = dict[str, Any]
 Mutation = Callable[[Json, BackupPolicyStatus | None], BackupPolicyStatus | None]
@@ -100,32 +99,21 @@ def update_status(
     `significant(old, new)` says the difference does not matter). Returns the body
     that is current after the call, or None when the policy is gone.
     """
-    current: Json | None = plain(body) if body is not None else None
-    for _attempt in range(STATUS_ATTEMPTS):
-        if current is None:
-            current = ctx.kube.get_or_none(KIND, namespace, name)
-            if current is None:
-                return None
+
+    def compute(current: Json) -> Json | None:
         old = status_of(current)
         new = mutate(current, old)
         if new is None:
-            return current
+            return None
         old_dump, new_dump = _dump(old), _dump(new)
         if new_dump == old_dump:
-            return current
+            return None
         if significant is not None and not significant(old_dump, new_dump):
-            return current
-        candidate = dict(current)
-        candidate["status"] = new_dump
-        try:
-            return ctx.kube.replace_status(KIND, candidate)
-        except kubemod.ApiError as exc:
-            if exc.not_found:
-                return None
-            if not exc.conflict:
-                raise
-            current = None  # someone else wrote: read again and redo the change
-    raise kubemod.ApiError(409, "Conflict", f"status of {namespace}/{name} kept changing")
+            return None
+        return new_dump
+
+    first = plain(body) if body is not None else None
+    return ctx.kube.write_status(KIND, namespace, name, compute, body=first)
 
 
 # --- referenced Secrets ----------------------------------------------------------------------

@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 Json = dict[str, Any]
 Mutation = Callable[[Json, RestoreRequestStatus | None], RestoreRequestStatus | None]
 
-STATUS_ATTEMPTS = 8
 
 
 # --- reconcile: from a new request to a running Job ------------------------------------------
@@ -442,34 +441,22 @@ def _write(ctx: Context, body: Mapping[str, Any], mutate: Mutation) -> Json | No
     """Read-modify-write of the status with the resourceVersion as precondition; `mutate`
     may run again on the newer status after a conflict. Keeps `status.kopf` as it is.
     Returns the current body, or None when the request is gone."""
-    current: Json | None = plain(body)
     namespace, name = _ident(body)
-    for _attempt in range(STATUS_ATTEMPTS):
-        if current is None:
-            current = ctx.kube.get_or_none(KIND, namespace, name)
-            if current is None:
-                return None
+
+    def compute(current: Json) -> Json | None:
         old = _status_of(current)
         new = mutate(current, old)
         if new is None:
-            return current
+            return None
         new_dump = _dump(new)
         if new_dump == _dump(old):
-            return current
+            return None
         kopf_state = (current.get("status") or {}).get("kopf")
         if kopf_state is not None:
             new_dump["kopf"] = kopf_state
-        candidate = dict(current)
-        candidate["status"] = new_dump
-        try:
-            return ctx.kube.replace_status(KIND, candidate)
-        except ApiError as exc:
-            if exc.not_found:
-                return None
-            if not exc.conflict:
-                raise
-            current = None
-    raise ApiError(409, "Conflict", f"status of {namespace}/{name} kept changing")
+        return new_dump
+
+    return ctx.kube.write_status(KIND, namespace, name, compute, body=plain(body))
 
 
 def _event(ctx: Context, body: Mapping[str, Any], *, warning: bool, reason: str,
