@@ -112,14 +112,23 @@ def generate_backlog(server: PgServer, segments: int) -> int:
 
 def requeue(server: PgServer) -> int:
     """Mark every archived segment `.ready` again (archiving is paused)."""
+    # First stop the previous method's background pusher (it lingers after the drain):
+    # it must not see the requeued files.
+    wal_dir = str(server.datadir / "pg_wal")
+    if spool.lock_held(spool.pusher_lock_path(wal_dir)):
+        spool.request_pusher_stop(wal_dir)
+        deadline = time.monotonic() + 60
+        while spool.lock_held(spool.pusher_lock_path(wal_dir)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the background pusher did not stop")
+            time.sleep(0.05)
+    shutil.rmtree(spool.spool_root(wal_dir), ignore_errors=True)
     folder = server.datadir / "pg_wal" / "archive_status"
     count = 0
     for name in os.listdir(folder):
         if name.endswith(".done"):
             os.rename(folder / name, folder / (name[: -len(".done")] + ".ready"))
             count += 1
-    spool = server.datadir / "pg_wal" / "tonebridge-dr"
-    shutil.rmtree(spool, ignore_errors=True)
     return count
 
 

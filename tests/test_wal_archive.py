@@ -370,6 +370,43 @@ def test_background_pusher_through_real_processes(file_repo_url: str, pg_wal: Pa
     _wait_for_pusher_exit(pg_wal)
 
 
+def test_a_call_for_another_repository_stops_the_old_pusher(
+    file_repo_url: str, pg_wal: Path, tmp_path: Path
+) -> None:
+    other_url = (tmp_path / "other-repo").as_uri()
+    names = [naming.segment_name(1, n, SMALL_SEGMENT) for n in range(1, 8)]
+    for name in names[:4]:
+        write_segment(pg_wal, name)
+        _ready(pg_wal, name)
+
+    def call(name: str, repo: str, linger: str) -> None:
+        env = {**os.environ, "TONEBRIDGE_DR_REPO": repo, archive.LINGER_ENV: linger}
+        done = run_wal("wal-push", f"pg_wal/{name}", env=env, cwd=pg_wal.parent)
+        assert done.returncode == 0, done.stderr
+        (pg_wal / "archive_status" / f"{name}.ready").rename(
+            pg_wal / "archive_status" / f"{name}.done"
+        )
+
+    call(names[0], file_repo_url, "60")  # a pusher for the first repository, lingering
+    deadline = time.monotonic() + 30
+    while len(_keys(file_repo_url)) < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert _pusher_running(pg_wal)
+    for name in names[4:]:
+        write_segment(pg_wal, name)
+        _ready(pg_wal, name)
+    call(names[1], other_url, "0.5")  # archive_command now names another repository
+    _wait_for_pusher_exit(pg_wal)  # the old pusher was asked to stop, long before 60 s
+    log = Path(spool.spool_root(str(pg_wal))) / spool.PUSHER_LOG
+    assert "archive_command uses another repository" in log.read_text()
+    for name in names[2:]:  # the next call starts a pusher for the new repository
+        call(name, other_url, "0.5")
+    _wait_for_pusher_exit(pg_wal)
+    archived = {naming.parse_key(k).name for k in _keys(other_url)}  # type: ignore[union-attr]
+    assert archived == set(names[1:])
+
+
 def test_newer_partial_replaces_the_older_one(repo_url: str, pg_wal: Path) -> None:
     path = pg_wal / f"{SEG1}.partial"
     short = segment_bytes(SEG1, fill=1000)

@@ -34,15 +34,17 @@ file, and when PostgreSQL has other `.ready` files without a push marker it
 starts one detached background pusher (`wal-pusher`, one per pg_wal: it holds
 `pusher.lock` in the spool). The pusher uploads every `.ready` file without a
 marker, oldest first (history files first, like the archiver), in batches of
-`push_ahead` files (default 16) with `parallel` threads (default 8), writes a marker for each
-acknowledged upload, and goes on while PostgreSQL consumes the markers, so
-uploads never wait for PostgreSQL's next call. It exits after
+`push_ahead` files (default 16) with `parallel` threads (default 8), writes a
+marker for each acknowledged upload, and goes on while PostgreSQL consumes the
+markers, so uploads never wait for PostgreSQL's next call. It exits after
 `TONEBRIDGE_DR_WAL_PUSHER_LINGER` seconds (default 10) without new `.ready`
-files, when pg_wal disappears, or after the first failed upload (the calls
-waiting for it then take the slow path, which reports the error to PostgreSQL,
-and a later successful call starts a new pusher). Nothing is acknowledged that
-is not durable: a marker exists only after its upload was acknowledged, and
-PostgreSQL only learns about a file through its own call's exit status.
+files, when pg_wal disappears, when a call for another repository asks it to
+(`pusher.stop`: archive_command changed), or after the first failed upload (the
+calls waiting for it then take the slow path, which reports the error to
+PostgreSQL, and a later successful call starts a new pusher). Nothing is
+acknowledged that is not durable: a marker exists only after its upload was
+acknowledged, and PostgreSQL only learns about a file through its own call's
+exit status.
 
 What is not guaranteed: a marker is trusted without asking the repository, so
 if someone deletes archived WAL behind our back in the seconds between a
@@ -486,8 +488,13 @@ def _start_background(wal_dir: Path, done: str, settings: PushSettings) -> bool:
         return False
     try:
         lock_fd = spool.take_pusher_lock(str(wal_dir))
-        if lock_fd is None:
-            return False  # one is running
+        if lock_fd is None:  # one is running
+            if spool.pusher_repo(str(wal_dir)) != settings.repo_url:
+                # archive_command now names another repository: the old pusher must not
+                # go on archiving into the old one; the next call starts a new pusher.
+                spool.request_pusher_stop(str(wal_dir))
+                log.info("asked the background pusher of another repository to stop")
+            return False
         spool.describe_pusher(lock_fd, settings.repo_url)
         pid = spool.start_pusher(
             str(wal_dir),
@@ -519,9 +526,14 @@ def linger_from_env(env: Mapping[str, str] | None = None) -> float:
 def run_background(wal_dir: Path, settings: PushSettings, *, linger: float) -> int:
     """The background pusher's loop (the caller holds the pusher lock); 0 idle, 1 failed."""
     pusher = Pusher(catalog.WalArchive(open_storage(settings.repo_url)), settings)
+    spool.clear_pusher_stop(str(wal_dir))  # a request made before we ran was not for us
     idle_since = time.monotonic()
     pushed = 0
     while wal_dir.is_dir():
+        if spool.pusher_stop_requested(str(wal_dir)):
+            spool.clear_pusher_stop(str(wal_dir))
+            log.warning("background pusher stops: archive_command uses another repository")
+            break
         batch = ready_files(
             wal_dir, exclude="", limit=settings.push_ahead, repo_url=settings.repo_url
         )

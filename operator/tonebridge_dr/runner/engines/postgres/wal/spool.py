@@ -9,6 +9,7 @@ markers of the one it was copied from).
     pushed/<file>       marker: <file> is durably stored in the repository
     pusher.lock         flock()ed by the running background pusher (its repository, pid)
     pusher.log          the background pusher's warnings and errors
+    pusher.stop         asks the running pusher to exit (archive_command changed repository)
     prefetch/<segment>  a prefetched, verified, fsynced segment waiting for PostgreSQL
     prefetch/.wanted    the segment PostgreSQL asked for last (the prefetcher follows it)
     prefetch/.repo      the repository the prefetched files came from
@@ -47,6 +48,7 @@ LOCK = ".lock"
 LOG = "prefetch.log"
 PUSHER_LOCK = "pusher.lock"
 PUSHER_LOG = "pusher.log"
+PUSHER_STOP = "pusher.stop"
 PUSH_WAIT_ENV = "TONEBRIDGE_DR_WAL_PUSH_WAIT"
 DEFAULT_PUSH_WAIT = 60.0
 #: Seconds between two looks at the marker while waiting for the background pusher.
@@ -205,7 +207,7 @@ def wait_for_pusher(path_arg: str, repo_url: str, timeout: float | None = None) 
     if not repo_url or not _plausible_wal_name(os.path.basename(path)) or not is_ready(path):
         return False
     lock = pusher_lock_path(os.path.dirname(path))
-    if (read_text(lock) or "").split("\n")[0] != repo_url:
+    if pusher_repo(os.path.dirname(path)) != repo_url:
         return False  # no pusher, or one for another repository: its markers would not match
     limit = _env_float(PUSH_WAIT_ENV, DEFAULT_PUSH_WAIT) if timeout is None else timeout
     deadline = time.monotonic() + limit
@@ -235,6 +237,28 @@ def take_pusher_lock(wal_dir: str) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def pusher_repo(wal_dir: str) -> str | None:
+    """The repository the running (or last) background pusher described in its lock file."""
+    text = read_text(pusher_lock_path(wal_dir))
+    return text.split("\n")[0] if text else None
+
+
+def request_pusher_stop(wal_dir: str) -> None:
+    """Ask the running background pusher to exit after its current batch."""
+    _write_atomic(os.path.join(spool_root(wal_dir), PUSHER_STOP), "stop\n")
+
+
+def pusher_stop_requested(wal_dir: str) -> bool:
+    return os.path.exists(os.path.join(spool_root(wal_dir), PUSHER_STOP))
+
+
+def clear_pusher_stop(wal_dir: str) -> None:
+    try:  # noqa: SIM105
+        os.unlink(os.path.join(spool_root(wal_dir), PUSHER_STOP))
+    except OSError:
+        pass
 
 
 def describe_pusher(fd: int, repo_url: str, pid: int | None = None) -> None:
