@@ -189,8 +189,39 @@ Lsn = Annotated[str, Field(max_length=17), Matches(formats.LSN_RE, formats.LSN_M
 """A PostgreSQL WAL position, `X/X` in hexadecimal."""
 
 
+class _PlainType:
+    """A custom field type: `_validate` parses, `_serialize` writes JSON, `_json_schema`
+    is its OpenAPI schema (with the CEL rules that carry the human messages)."""
+
+    _serialize: Any = None
+
+    def _validate(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def _json_schema(self) -> JsonSchemaValue:
+        raise NotImplementedError
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        serialize = type(self)._serialize
+        if serialize is None:
+            return core_schema.no_info_plain_validator_function(self._validate)
+        return core_schema.no_info_plain_validator_function(
+            self._validate,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                serialize, when_used="json"
+            ),
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return self._json_schema()
+
+
 @dataclass(frozen=True)
-class _DurationType:
+class _DurationType(_PlainType):
     positive: bool = False
 
     def _validate(self, value: Any) -> timedelta:
@@ -206,19 +237,9 @@ class _DurationType:
             raise ValueError(f"{value!r} {formats.POSITIVE_DURATION_MESSAGE}")
         return parsed
 
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            self._validate,
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                formats.format_duration, when_used="json"
-            ),
-        )
+    _serialize = staticmethod(formats.format_duration)
 
-    def __get_pydantic_json_schema__(
-        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
+    def _json_schema(self) -> JsonSchemaValue:
         rules = [
             {
                 "rule": f"self.size() > 0 && {_matches(formats.DURATION_RE)}",
@@ -244,30 +265,19 @@ def _format_time(value: datetime) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-class _Rfc3339Type:
+class _Rfc3339Type(_PlainType):
     """Spec timestamps: RFC 3339 with a zone, checked by a CEL rule (message included)."""
 
-    @staticmethod
-    def _validate(value: Any) -> datetime:
+    _serialize = staticmethod(_format_time)
+
+    def _validate(self, value: Any) -> datetime:
         if isinstance(value, str):
             return formats.parse_rfc3339(value)
         if isinstance(value, datetime) and value.tzinfo is not None:
             return value
         raise ValueError(f"{value!r} {formats.RFC3339_MESSAGE}")
 
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            self._validate,
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                _format_time, when_used="json"
-            ),
-        )
-
-    def __get_pydantic_json_schema__(
-        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
+    def _json_schema(self) -> JsonSchemaValue:
         return {
             "type": "string",
             "maxLength": 40,
@@ -285,30 +295,19 @@ def _format_status_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _TimeType:
+class _TimeType(_PlainType):
     """Status timestamps (metav1.Time): written as UTC, whole seconds, `Z`."""
 
-    @staticmethod
-    def _validate(value: Any) -> datetime:
+    _serialize = staticmethod(_format_status_time)
+
+    def _validate(self, value: Any) -> datetime:
         if isinstance(value, str):
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         if isinstance(value, datetime) and value.tzinfo is not None:
             return value
         raise ValueError(f"{value!r} is not a time-zone aware date-time")
 
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            self._validate,
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                _format_status_time, when_used="json"
-            ),
-        )
-
-    def __get_pydantic_json_schema__(
-        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
+    def _json_schema(self) -> JsonSchemaValue:
         return {"type": "string", "format": "date-time"}
 
 
@@ -316,7 +315,7 @@ Time = Annotated[datetime, _TimeType()]
 """A point in time in a status (UTC, whole seconds on the wire)."""
 
 
-class _QuantityType:
+class _QuantityType(_PlainType):
     """A Kubernetes resource quantity: a string (`500m`, `1Gi`) or a plain integer."""
 
     _compiled = re.compile(formats.QUANTITY_RE)
@@ -330,14 +329,7 @@ class _QuantityType:
             return value
         raise ValueError(f"{value!r} {formats.QUANTITY_MESSAGE}")
 
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(self._validate)
-
-    def __get_pydantic_json_schema__(
-        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
+    def _json_schema(self) -> JsonSchemaValue:
         return {
             "x-kubernetes-int-or-string": True,
             "maxLength": 64,
