@@ -97,24 +97,27 @@ def _name(common_name: str, organization: str | None = None) -> x509.Name:
     return x509.Name(attributes)
 
 
-def _issue(
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
+def _certificate(
     subject: x509.Name,
     key: ec.EllipticCurvePrivateKey,
-    usage: x509.ObjectIdentifier,
+    *,
+    issuer: x509.Name,
+    signer: ec.EllipticCurvePrivateKey,
+    ca: bool = False,
+    usage: x509.ObjectIdentifier | None = None,
     sans: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
+    """A certificate for `key`: a CA (may sign certificates) or a leaf for `usage`."""
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(ca_cert.subject)
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -122,22 +125,28 @@ def _issue(
                 key_encipherment=False,
                 data_encipherment=False,
                 key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
                 encipher_only=False,
                 decipher_only=False,
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
+    else:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
             critical=False,
         )
-    )
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(ca_key, hashes.SHA256())
+    return builder.sign(signer, hashes.SHA256())
 
 
 def _serving_sans() -> list[x509.GeneralName]:
@@ -164,73 +173,45 @@ def generate(directory: Path, node_name: str) -> Pki:
     """
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)
-    now = datetime.datetime.now(datetime.UTC)
 
     ca_key = _new_key()
     ca_name = _name("tonebridge-dr-sandbox-ca")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_cert = _certificate(ca_name, ca_key, issuer=ca_name, signer=ca_key, ca=True)
     _write_key(pki.ca_key, ca_key)
     _write_cert(pki.ca_cert, ca_cert)
 
-    server_key = _new_key()
-    server_cert = _issue(
-        ca_cert,
-        ca_key,
+    def leaf(
+        key_path: Path,
+        cert_path: Path,
+        subject: x509.Name,
+        usage: x509.ObjectIdentifier,
+        sans: list[x509.GeneralName] | None = None,
+    ) -> None:
+        key = _new_key()
+        cert = _certificate(subject, key, issuer=ca_name, signer=ca_key, usage=usage, sans=sans)
+        _write_key(key_path, key)
+        _write_cert(cert_path, cert)
+
+    leaf(
+        pki.apiserver_key,
+        pki.apiserver_cert,
         _name("kube-apiserver"),
-        server_key,
         ExtendedKeyUsageOID.SERVER_AUTH,
         _serving_sans(),
     )
-    _write_key(pki.apiserver_key, server_key)
-    _write_cert(pki.apiserver_cert, server_cert)
-
-    admin_key = _new_key()
-    admin_cert = _issue(
-        ca_cert,
-        ca_key,
+    leaf(
+        pki.admin_key,
+        pki.admin_cert,
         _name("tonebridge-dr-sandbox-admin", "system:masters"),
-        admin_key,
         ExtendedKeyUsageOID.CLIENT_AUTH,
     )
-    _write_key(pki.admin_key, admin_key)
-    _write_cert(pki.admin_cert, admin_cert)
-
-    kubelet_key = _new_key()
-    kubelet_cert = _issue(
-        ca_cert,
-        ca_key,
+    leaf(
+        pki.kubelet_key,
+        pki.kubelet_cert,
         _name(f"system:node:{node_name}", "system:nodes"),
-        kubelet_key,
         ExtendedKeyUsageOID.SERVER_AUTH,
         [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName(node_name)],
     )
-    _write_key(pki.kubelet_key, kubelet_key)
-    _write_cert(pki.kubelet_cert, kubelet_cert)
 
     sa_key = _new_key()
     _write_key(pki.service_account_key, sa_key)
