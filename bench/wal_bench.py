@@ -136,17 +136,37 @@ def drain(server: PgServer, command: str, timeout: float) -> dict[str, Any]:
     backlog = len(ready_files(server))
     began = time.monotonic()
     set_archive_command(server, command)
+    pusher_peak: dict[int, int] = {}  # pid -> VmHWM KiB of every background pusher seen
     while ready_files(server):
         if time.monotonic() - began > timeout:
             raise RuntimeError(f"backlog not drained in {timeout} s: {len(ready_files(server))}")
+        _sample_pusher(server, pusher_peak)
         time.sleep(0.05)
     seconds = time.monotonic() - began
+    _sample_pusher(server, pusher_peak)
     set_archive_command(server, "/bin/false")
     return {
         "segments": backlog,
         "seconds": round(seconds, 2),
         "segments_per_s": round(backlog / seconds, 2),
+        "pusher_peak_rss_mib": round(max(pusher_peak.values()) / 1024, 1) if pusher_peak else None,
     }
+
+
+def _sample_pusher(server: PgServer, peaks: dict[int, int]) -> None:
+    """Record the peak RSS (VmHWM) of the running background pusher, if any."""
+    text = spool.read_text(spool.pusher_lock_path(str(server.datadir / "pg_wal"))) or ""
+    lines = text.split("\n")
+    if len(lines) < 2 or not lines[1].isdigit():
+        return
+    pid = int(lines[1])
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            peaks[pid] = max(peaks.get(pid, 0), int(line.split()[1]))
 
 
 def steady_load(
@@ -263,13 +283,15 @@ def restore_replay(
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["(a) backlog drain", "", "| method | segments | seconds | segments/s | vs per-call |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["(a) backlog drain", "",
+             "| method | segments | seconds | segments/s | vs per-call | pusher peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|"]
     base = report["drain"].get("per-call", {}).get("segments_per_s", 0) or 1
     for method, row in report["drain"].items():
+        rss = row.get("pusher_peak_rss_mib")
         lines.append(
             f"| {method} | {row['segments']} | {row['seconds']} | {row['segments_per_s']} | "
-            f"{round(row['segments_per_s'] / base, 1)}x |"
+            f"{round(row['segments_per_s'] / base, 1)}x | {rss if rss is not None else '-'} |"
         )
     lines += ["", "(b) steady load", "",
               "| method | WAL MB/s | segments | .ready max | mean 1st half | mean 2nd half | "

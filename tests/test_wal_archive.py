@@ -6,6 +6,7 @@ so every check wal-push makes on real segments applies to them.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import threading
@@ -428,8 +429,8 @@ def test_newer_partial_replaces_the_older_one(repo_url: str, pg_wal: Path) -> No
 class _RacingPusher(archive.Pusher):
     """Another writer stores different content for the same name during our upload."""
 
-    def _upload_bytes(self, key: str, data: bytes) -> int:
-        stored = super()._upload_bytes(key, data)
+    def _upload_encoded(self, key: str, packed: collections.deque[bytes]) -> int:
+        stored = super()._upload_encoded(key, packed)
         ref = naming.parse_key(key)
         assert ref is not None
         self.storage.put_bytes(naming.object_key(ref.wal, "f" * 64, self.extension), b"rival")

@@ -34,7 +34,7 @@ file, and when PostgreSQL has other `.ready` files without a push marker it
 starts one detached background pusher (`wal-pusher`, one per pg_wal: it holds
 `pusher.lock` in the spool). The pusher uploads every `.ready` file without a
 marker, oldest first (history files first, like the archiver), in batches of
-`push_ahead` files (default 16) with `parallel` threads (default 8), writes a
+`push_ahead` files (default 8) with `parallel` threads (default 4), writes a
 marker for each acknowledged upload, and goes on while PostgreSQL consumes the
 markers, so uploads never wait for PostgreSQL's next call. It exits after
 `TONEBRIDGE_DR_WAL_PUSHER_LINGER` seconds (default 10) without new `.ready`
@@ -53,6 +53,7 @@ push-ahead and PostgreSQL's call for that file, the call still succeeds.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -60,7 +61,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from tonebridge_dr.runner import errors
@@ -78,9 +79,11 @@ PARALLEL_ENV = "TONEBRIDGE_DR_WAL_PARALLEL"
 PUSH_AHEAD_ENV = "TONEBRIDGE_DR_WAL_PUSH_AHEAD"
 LINGER_ENV = "TONEBRIDGE_DR_WAL_PUSHER_LINGER"
 
-DEFAULT_PARALLEL = 8
+#: Uploads at once. Each holds one compressed file in memory (~5 MiB for a 16 MiB
+#: segment of ordinary WAL, at most the segment size): 4 keep the pusher near 110 MiB.
+DEFAULT_PARALLEL = 4
 #: Files per batch of the background pusher (1 turns it off).
-DEFAULT_PUSH_AHEAD = 16
+DEFAULT_PUSH_AHEAD = 8
 DEFAULT_LINGER = 10.0
 #: Seconds between two looks at archive_status/ while the background pusher is idle.
 IDLE_POLL = 0.02
@@ -216,8 +219,9 @@ def _strip_zero_tail(data: bytes) -> bytes:
     return data.rstrip(b"\0")
 
 
-#: Files up to this size are read once into memory (one read, one hash, one-shot
-#: compression); larger ones (wal_segment_size up to 1 GiB) stream in two passes.
+#: Files up to this size are read once (hashed and compressed in the same pass, the
+#: compressed form kept in memory until the duplicate check); larger ones
+#: (wal_segment_size up to 1 GiB) stream in two passes (hash, then compress and upload).
 IN_MEMORY_LIMIT = 64 * 1024 * 1024
 
 
@@ -306,10 +310,11 @@ class Pusher:
         except OSError as exc:
             raise errors.SourceError(f"cannot read WAL file {path}: {exc.strerror}") from None
         check_wal_file(path, wal, size)
-        data = path.read_bytes() if size <= IN_MEMORY_LIMIT else None
-        if data is not None and len(data) != size:
-            raise errors.IntegrityError(f"WAL file {path} changed while it was archived")
-        sha = hashlib.sha256(data).hexdigest() if data is not None else _sha256_file(path)
+        packed: collections.deque[bytes] | None = None
+        if size <= IN_MEMORY_LIMIT:
+            sha, packed = self._read_encoded(path, size)
+        else:
+            sha = _sha256_file(path)
         for obj in same:
             if obj.sha256 == sha:
                 log.info("%s is already archived as %s", wal.name, obj.key)
@@ -328,8 +333,8 @@ class Pusher:
                 return PushOutcome(wal.name, newer.key, newer.sha256, False, size, newer.info.size)
             item.superseded = same
         key = naming.object_key(wal, sha, self.extension)
-        if data is not None:
-            stored = self._upload_bytes(key, data)
+        if packed is not None:
+            stored = self._upload_encoded(key, packed)
         else:
             stored = self._upload_stream(path, key, sha)
         log.info("archived %s as %s (%d bytes, %d stored)", wal.name, key, size, stored)
@@ -358,24 +363,56 @@ class Pusher:
                 self.storage.delete(obj.key)
                 log.info("replaced the shorter partial %s", obj.key)
 
-    def _compress(self, data: bytes) -> bytes:
-        if self.settings.compression == "zstd":
-            # One frame, one thread: parallelism comes from pushing several files at once.
-            import zstandard
+    def _encode(self, raw: Iterable[bytes]) -> Iterator[bytes]:
+        """Compressed `raw` (no encryption). zstd runs single-threaded: parallelism
+        comes from pushing several files at once."""
+        if self.settings.compression != "zstd":
+            yield from codecs.get(self.settings.compression).compress(raw, self.settings.level)
+            return
+        import zstandard
 
-            level = self.settings.level if self.settings.level is not None else 3
-            return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
-        codec = codecs.get(self.settings.compression)
-        return b"".join(codec.compress([data], self.settings.level))
+        level = self.settings.level if self.settings.level is not None else DEFAULT_ZSTD_LEVEL
+        cobj = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
+        for chunk in raw:
+            if out := cobj.compress(chunk):
+                yield out
+        yield cobj.flush()
 
-    def _upload_bytes(self, key: str, data: bytes) -> int:
-        compressed = self._compress(data)
-        if self.settings.encrypt_to is None:
-            return self.storage.put_bytes(key, compressed)
-        from tonebridge_dr.runner.codecs import encryption
+    def _read_encoded(self, path: Path, size: int) -> tuple[str, collections.deque[bytes]]:
+        """One read of a file of `size` bytes: its SHA-256 and its compressed chunks.
 
-        encrypted = encryption.encrypt([compressed], self.settings.encrypt_to)
-        return self.storage.put_stream(key, encrypted)
+        Memory: one raw chunk plus the compressed file. IntegrityError when the file
+        is not `size` bytes long any more (it changed while it was read).
+        """
+        digest = hashlib.sha256()
+        read = 0
+
+        def raw() -> Iterator[bytes]:
+            nonlocal read
+            with path.open("rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    read += len(chunk)
+                    digest.update(chunk)
+                    yield chunk
+
+        packed = collections.deque(self._encode(raw()))
+        if read != size:
+            raise errors.IntegrityError(f"WAL file {path} changed while it was archived")
+        return digest.hexdigest(), packed
+
+    def _upload_encoded(self, key: str, packed: collections.deque[bytes]) -> int:
+        """Store the compressed chunks (encrypting them when asked), freeing each as sent."""
+
+        def drain() -> Iterator[bytes]:
+            while packed:
+                yield packed.popleft()
+
+        stream: Iterator[bytes] = drain()
+        if self.settings.encrypt_to is not None:
+            from tonebridge_dr.runner.codecs import encryption
+
+            stream = encryption.encrypt(stream, self.settings.encrypt_to)
+        return self.storage.put_stream(key, stream)
 
     def _upload_stream(self, path: Path, key: str, sha: str) -> int:
         def raw() -> Iterator[bytes]:
@@ -387,12 +424,11 @@ class Pusher:
             if digest.hexdigest() != sha:
                 raise errors.IntegrityError(f"WAL file {path} changed while it was archived")
 
-        encoded = pipeline.encode(
-            raw(),
-            compression=self.settings.compression,
-            encrypt_to=self.settings.encrypt_to,
-            level=self.settings.level,
-        )
+        encoded = self._encode(raw())
+        if self.settings.encrypt_to is not None:
+            from tonebridge_dr.runner.codecs import encryption
+
+            encoded = encryption.encrypt(encoded, self.settings.encrypt_to)
         stored = 0
 
         def counted() -> Iterator[bytes]:
