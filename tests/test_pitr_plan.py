@@ -158,6 +158,22 @@ def test_times_choose_the_newest_backup_that_ends_before_them(repo: Repository) 
         _plan(repo, pitr.Target("time", time=manifest.started_at - dt.timedelta(seconds=1)))
 
 
+def test_storage_times_count_in_whole_seconds(repo: Repository, tmp_path: Path) -> None:
+    """S3 keeps Last-Modified in whole seconds: a segment stored in the target's second
+    may hold WAL from after the target, so it reaches a target within that second."""
+    import os
+
+    _backup(repo, 2 * MB16 + 0x28, 2 * MB16 + 0x2000)
+    _put(repo, _seg(1, 3))
+    stored = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=10)
+    (key,) = [info.key for info in repo.storage.list("wal/")]
+    os.utime(tmp_path / "repo" / key, (stored.timestamp(), stored.timestamp()))
+    target = stored + dt.timedelta(milliseconds=400)
+    assert _plan(repo, pitr.Target("time", time=target)).last_segment == _seg(1, 3)
+    with pytest.raises(pitr.RecoveryTargetUnreachable, match="after the newest archived WAL"):
+        _plan(repo, pitr.Target("time", time=stored + dt.timedelta(seconds=1)))
+
+
 def test_parse_target_and_time() -> None:
     assert pitr.parse_target(None, None, True) == pitr.Target("latest")
     assert pitr.parse_target(None, "0/3000060", False).lsn == 0x3000060

@@ -419,7 +419,9 @@ class _Planner:
     ) -> bool:
         if target.kind == "time":
             assert target.time is not None
-            return obj.archived_at >= target.time
+            # Storage times have whole seconds (S3 Last-Modified): an object stored in the
+            # target's second may have been stored after it.
+            return obj.archived_at >= target.time.replace(microsecond=0)
         return target_segno is not None and segno >= target_segno
 
     def _walk_to_end(
