@@ -225,38 +225,45 @@ class S3Storage(base.Storage):
             extra["StorageClass"] = storage_class
         full = self._full(key)
         it = iter(chunks)
-        buf = bytearray()
+        # One part buffer, handed to botocore as it is (bytes-like, no copy): memory is one
+        # part plus the chunk being split, not two parts. A full part is sent only once
+        # more data arrives: a stream of exactly one part stays a single PutObject.
+        part = bytearray()
         size = 0
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
         try:
             for chunk in it:
-                buf += chunk
                 size += len(chunk)
-                # Strictly greater: a stream of exactly one part stays a single PutObject.
-                while len(buf) > (limit := self._part_limit(len(parts) + 1)):
-                    if upload_id is None:
-                        created = self._call(
-                            "start a multipart upload of",
-                            key,
-                            "create_multipart_upload",
-                            Key=full,
-                            **extra,
-                        )
-                        upload_id = str(created["UploadId"])
-                    if len(parts) + 1 > self.MAX_PARTS:
-                        raise errors.StorageError(
-                            f"object {key} is too large for one S3 multipart upload"
-                        )
-                    with memoryview(buf) as view:
-                        body = bytes(view[:limit])
-                    del buf[:limit]
-                    parts.append(self._upload_part(key, full, upload_id, len(parts) + 1, body))
+                rest = memoryview(chunk)
+                while rest:
+                    limit = self._part_limit(len(parts) + 1)
+                    if len(part) >= limit:
+                        if upload_id is None:
+                            created = self._call(
+                                "start a multipart upload of",
+                                key,
+                                "create_multipart_upload",
+                                Key=full,
+                                **extra,
+                            )
+                            upload_id = str(created["UploadId"])
+                        if len(parts) + 1 > self.MAX_PARTS:
+                            raise errors.StorageError(
+                                f"object {key} is too large for one S3 multipart upload"
+                            )
+                        number = len(parts) + 1
+                        body, part = part, bytearray()
+                        parts.append(self._upload_part(key, full, upload_id, number, body))
+                        del body
+                        limit = self._part_limit(len(parts) + 1)
+                    room = limit - len(part)
+                    part += rest[:room]
+                    rest = rest[room:]
             if upload_id is None:
-                self._call("upload", key, "put_object", Key=full, Body=bytes(buf), **extra)
+                self._call("upload", key, "put_object", Key=full, Body=part, **extra)
             else:
-                parts.append(self._upload_part(key, full, upload_id, len(parts) + 1, bytes(buf)))
-                buf.clear()
+                parts.append(self._upload_part(key, full, upload_id, len(parts) + 1, part))
                 self._call(
                     "complete the upload of",
                     key,
@@ -266,10 +273,11 @@ class S3Storage(base.Storage):
                     MultipartUpload={"Parts": parts},
                 )
                 upload_id = None
+            part = bytearray()
         except BaseException:
             # Whatever failed (S3, the input, Ctrl-C, a closed generator), leave no
             # half-written upload behind; the original error is what the caller sees.
-            buf.clear()
+            part = bytearray()
             if upload_id is not None:
                 self._abort(full, upload_id)
             close = getattr(it, "close", None)
@@ -280,7 +288,7 @@ class S3Storage(base.Storage):
         return size
 
     def _upload_part(
-        self, key: str, full: str, upload_id: str, number: int, body: bytes
+        self, key: str, full: str, upload_id: str, number: int, body: bytes | bytearray
     ) -> dict[str, Any]:
         answer = self._call(
             f"upload part {number} of",

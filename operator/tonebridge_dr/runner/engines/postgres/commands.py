@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tonebridge_dr.runner import errors
-from tonebridge_dr.runner.engines.postgres import basebackup, connection, dump, repair, restore
-from tonebridge_dr.runner.engines.postgres.wal import commands as wal_commands
-from tonebridge_dr.runner.repository.catalog import Repository
-from tonebridge_dr.runner.storage import repo_from_env
+from tonebridge_dr.runner.engines.postgres import connection
+from tonebridge_dr.runner.storage import open_storage, repo_from_env
+
+if TYPE_CHECKING:
+    from tonebridge_dr.runner.repository.catalog import Repository
+    from tonebridge_dr.runner.storage import Storage
+
+# Imports are local to the command that needs them: a logical backup starts pg_dump
+# before it loads the repository (pydantic), restore, basebackup or WAL modules, and
+# start-up time before pg_dump runs is added to every backup's wall time.
 
 
 def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
@@ -95,11 +101,13 @@ def run_backup(args: argparse.Namespace) -> dict[str, Any]:
             raise errors.UsageError("--no-globals/--role-passwords need --method logical")
     elif args.checkpoint != "fast":
         raise errors.UsageError("--checkpoint needs --method physical")
-    repo = Repository.open(repo_from_env(args.repo))
-    repo.storage.check()  # a missing bucket fails before the database is touched
+    storage = open_storage(repo_from_env(args.repo))
+    storage.check()  # a missing bucket fails before the database is touched
     if args.method == "physical":
+        from tonebridge_dr.runner.engines.postgres import basebackup
+
         manifest = basebackup.backup_physical(
-            repo,
+            _repository(storage),
             dsn,
             basebackup.PhysicalBackupOptions(
                 checkpoint=args.checkpoint,
@@ -110,8 +118,10 @@ def run_backup(args: argparse.Namespace) -> dict[str, Any]:
             ),
         )
     else:
+        from tonebridge_dr.runner.engines.postgres import dump
+
         manifest = dump.backup_logical(
-            repo,
+            lambda: _repository(storage),  # opened once pg_dump is running
             dsn,
             dump.LogicalBackupOptions(
                 tables=tuple(args.table),
@@ -124,6 +134,12 @@ def run_backup(args: argparse.Namespace) -> dict[str, Any]:
             ),
         )
     return manifest.result()
+
+
+def _repository(storage: Storage) -> Repository:
+    from tonebridge_dr.runner.repository.catalog import Repository
+
+    return Repository(storage)
 
 
 def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,10 +213,16 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--from", dest="from_value", metavar="TS", help="repair range start (inclusive)")
     _add(parser, "--to", dest="to_value", metavar="TS", help="repair range end (exclusive)")
     # Physical point-in-time restore into a data directory (--data-dir and a target).
+    from tonebridge_dr.runner.engines.postgres.wal import commands as wal_commands
+
     wal_commands.add_restore_arguments(parser)
 
 
 def run_restore(args: argparse.Namespace) -> dict[str, Any]:
+    from tonebridge_dr.runner.engines.postgres import repair, restore
+    from tonebridge_dr.runner.engines.postgres.wal import commands as wal_commands
+    from tonebridge_dr.runner.repository.catalog import Repository
+
     if wal_commands.is_physical_restore(args):
         if args.target_dsn or args.target_database or args.table or args.repair_column:
             raise errors.UsageError(

@@ -24,23 +24,26 @@ import dataclasses
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres import catalog, connection, process, tools
-from tonebridge_dr.runner.repository.catalog import Repository
-from tonebridge_dr.runner.repository.manifest import Manifest
+
+if TYPE_CHECKING:  # the repository (pydantic, ~80 ms to load) is imported once pg_dump runs
+    from tonebridge_dr.runner.repository.catalog import Repository
+    from tonebridge_dr.runner.repository.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
 DATABASE_OBJECT = "database.dump"
-#: zstd level when none is given: level 1 keeps a backup within ~15% of pg_dump's own time on
-#: two cores and its output within ~10% of gzip -6's size (bench/README.md); level 3 costs
-#: 60% more CPU and ~40 MB more memory (zstd workers) for ~10% smaller objects.
+#: zstd level when none is given: level 1 keeps the output within ~10% of gzip -6's size
+#: (bench/README.md) at the least CPU (~3.5 s per GB of dump on the 2-core bench machine,
+#: the largest part of a backup's cost beyond pg_dump's own); level 3 costs 60% more CPU and
+#: ~40 MB more memory (zstd workers) for ~10% smaller objects.
 DEFAULT_ZSTD_LEVEL = 1
 GLOBALS_OBJECT = "globals.sql"
 _SAFE_NAME_PART = re.compile(r"[^A-Za-z0-9_-]")
@@ -93,9 +96,13 @@ class _Snapshot:
             self.conn.rollback()
 
 
-def _dump_stream(tool: process.ToolProcess) -> Iterator[bytes]:
-    """The tool's stdout; a non-zero exit raises inside the stream, so the upload aborts."""
-    yield from tool.iter_stdout()
+def _dump_stream(tool: process.ToolProcess) -> Iterator[memoryview]:
+    """The tool's stdout; a non-zero exit raises inside the stream, so the upload aborts.
+
+    Chunks are views of one reused buffer (`ToolProcess.stream_stdout`): the writer's
+    codecs consume each chunk before asking for the next.
+    """
+    yield from tool.stream_stdout()
     tool.check()
 
 
@@ -136,16 +143,13 @@ class _Collected:
         self._thread.join()
 
 
-def _store(
-    writer: Any,
-    name: str,
-    argv: list[str],
-    info: connection.ConnInfo,
-) -> None:
+def _start(argv: list[str], info: connection.ConnInfo) -> process.ToolProcess:
+    return process.ToolProcess(argv, env=info.child_env(), stdout=process.PIPE, scrub=info.scrub)
+
+
+def _store(writer: Any, name: str, tool: process.ToolProcess) -> None:
     log.info("dumping %s", name)
-    with process.ToolProcess(
-        argv, env=info.child_env(), stdout=process.PIPE, scrub=info.scrub
-    ) as tool:
+    with tool:
         writer.put_object(name, _dump_stream(tool))
 
 
@@ -160,42 +164,67 @@ def _database_settings(conn: psycopg.Connection[Any]) -> dict[str, str]:
     return {"encoding": str(row[0]), "lc_collate": str(row[1]), "lc_ctype": str(row[2])}
 
 
-def backup_logical(repo: Repository, dsn: str, options: LogicalBackupOptions) -> Manifest:
+def backup_logical(
+    repo: Repository | Callable[[], Repository], dsn: str, options: LogicalBackupOptions
+) -> Manifest:
     """Dump the database at `dsn` into a new backup in `repo`; return its manifest.
+
+    `repo` may be a callable that opens the repository: it is called once pg_dump runs,
+    so loading the repository code overlaps pg_dump's own start (the CLI's way).
 
     Everything is checked (connection, credentials, tables, tools) before the
     repository is touched; a failure after that leaves no backup (the writer
-    removes what it stored and never writes the manifest).
+    removes what it stored and never writes the manifest). A whole-database pg_dump
+    starts as soon as the snapshot is exported: the catalog queries, tool versions,
+    globals and the repository's claim run while it reads the schema (its output
+    prefetched meanwhile), and anything failing stops it.
     """
     info = connection.ConnInfo.parse(dsn)
-    with connection.connect(info, purpose="source database") as conn:
+    with (
+        connection.connect(info, purpose="source database") as conn,
+        contextlib.ExitStack() as stack,
+    ):
         server_version = connection.server_version(conn)
         major = conn.info.server_version // 10000
         pg_dump = tools.tool("pg_dump", major)
         pg_dumpall = tools.tool("pg_dumpall", major)
         snapshot = _Snapshot(conn)
         snapshot.export()
-        dbname = str(conn.info.dbname)
-        encoding = _database_settings(conn)
         chosen: list[tuple[catalog.TableName, int]] = []
         for value in dict.fromkeys(options.tables):  # keep order, drop duplicates
             table, oid = catalog.resolve_table(conn, value)
             if all(oid != seen for _, seen in chosen):
                 chosen.append((table, oid))
-        table_entries = catalog.describe_tables(conn, chosen or catalog.user_tables(conn))
-        for entry in table_entries:
-            name = catalog.TableName(entry["schema"], entry["name"])
-            entry["object"] = table_object_name(name) if chosen else DATABASE_OBJECT
-        tool_versions = {"pg_dump": tools.version(pg_dump)}
-        if options.include_globals:
-            tool_versions["pg_dumpall"] = tools.version(pg_dumpall)
 
         base = [pg_dump, "--format=custom", "--compress=0", "--no-password"]
         base += ["--dbname", info.without_secrets()]
         if snapshot.id:
             base += ["--snapshot", snapshot.id]
+        first: process.ToolProcess | None = None
+        if not chosen:
+            first = stack.enter_context(_start(base, info))
+            first.prefetch_stdout()  # pg_dump keeps going while the repository opens
 
-        with repo.begin(
+        versions = {"pg_dump": stack.enter_context(tools.VersionProbe(pg_dump))}
+        globals_dump: _Collected | None = None
+        if options.include_globals:
+            versions["pg_dumpall"] = stack.enter_context(tools.VersionProbe(pg_dumpall))
+            # Small (roles, tablespaces): taken alongside the main dump, stored after it.
+            argv = [pg_dumpall, "--globals-only", "--no-password"]
+            argv += ["--dbname", info.without_secrets(), "-l", str(conn.info.dbname)]
+            if not options.role_passwords:
+                argv.append("--no-role-passwords")
+            globals_dump = stack.enter_context(_Collected(argv, info))
+
+        dbname = str(conn.info.dbname)
+        encoding = _database_settings(conn)
+        table_entries = catalog.describe_tables(conn, chosen or catalog.user_tables(conn))
+        for entry in table_entries:
+            name = catalog.TableName(entry["schema"], entry["name"])
+            entry["object"] = table_object_name(name) if chosen else DATABASE_OBJECT
+
+        repository = repo() if callable(repo) else repo
+        with repository.begin(
             engine="postgres",
             method="logical",
             compression=options.compression,
@@ -203,31 +232,22 @@ def backup_logical(repo: Repository, dsn: str, options: LogicalBackupOptions) ->
             level=default_level(options.compression, options.level),
             storage_class=options.storage_class,
         ) as writer:
-            log.info("logical backup %s of %s to %s", writer.id, info.masked(), repo.url)
-            with contextlib.ExitStack() as stack:
-                globals_dump: _Collected | None = None
-                if options.include_globals:
-                    # Small (roles, tablespaces): taken alongside the main dump, stored after it.
-                    argv = [pg_dumpall, "--globals-only", "--no-password"]
-                    argv += ["--dbname", info.without_secrets(), "-l", dbname]
-                    if not options.role_passwords:
-                        argv.append("--no-role-passwords")
-                    globals_dump = stack.enter_context(_Collected(argv, info))
-                if not chosen:
-                    _store(writer, DATABASE_OBJECT, base, info)
-                for entry in table_entries if chosen else []:
-                    argv = list(base)
-                    for rel in (entry, *entry.get("partitions", [])):
-                        name = catalog.TableName(rel["schema"], rel["name"])
-                        argv += ["--table", name.pattern()]
-                    _store(writer, entry["object"], argv, info)
-                if globals_dump is not None:
-                    log.info("storing %s", GLOBALS_OBJECT)
-                    writer.put_object(GLOBALS_OBJECT, globals_dump.result())
+            log.info("logical backup %s of %s to %s", writer.id, info.masked(), repository.url)
+            if first is not None:
+                _store(writer, DATABASE_OBJECT, first)
+            for entry in table_entries if chosen else []:
+                argv = list(base)
+                for rel in (entry, *entry.get("partitions", [])):
+                    name = catalog.TableName(rel["schema"], rel["name"])
+                    argv += ["--table", name.pattern()]
+                _store(writer, entry["object"], _start(argv, info))
+            if globals_dump is not None:
+                log.info("storing %s", GLOBALS_OBJECT)
+                writer.put_object(GLOBALS_OBJECT, globals_dump.result())
             manifest = writer.commit(
                 databases=[dbname],
                 server_version=server_version,
-                tools=tool_versions,
+                tools={name: probe.result() for name, probe in versions.items()},
                 extra={
                     "database": dbname,
                     **encoding,

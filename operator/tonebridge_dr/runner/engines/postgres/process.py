@@ -22,12 +22,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import re
+import select
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any
@@ -53,6 +56,12 @@ def _identity(text: str) -> str:
 #: 64 KiB ones: fewer wake-ups and system calls on both sides of a multi-GB stream.
 _F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1024 * 1024
+#: `stream_stdout`: a read of less than this waits BATCH_DELAY before the next one.
+SMALL_READ = 128 * 1024
+BATCH_DELAY = 0.001
+#: `prefetch_stdout`: the most it holds (memory), and how often it checks to stop.
+PREFETCH_LIMIT = 16 * 1024 * 1024
+PREFETCH_POLL_MS = 5
 
 
 def _widen_pipe(fd: int) -> None:
@@ -79,6 +88,10 @@ class ToolProcess:
         self._tail: collections.deque[str] = collections.deque(maxlen=keep_lines)
         self._lines: list[str] = []
         self._collect = False
+        self._prefetch_thread: threading.Thread | None = None
+        self._prefetch_stop = threading.Event()
+        self._prefetched: collections.deque[bytes] = collections.deque()
+        self._prefetch_eof = False
         log.debug("starting %s", self.name)
         try:
             self.proc = subprocess.Popen(
@@ -142,6 +155,68 @@ class ToolProcess:
                 return
             yield chunk
 
+    def prefetch_stdout(self, limit: int = PREFETCH_LIMIT) -> None:
+        """Start reading stdout in a thread now, keeping at most `limit` bytes, until
+        `stream_stdout` takes over: a tool started before its consumer is ready (pg_dump
+        while the repository code loads) does not stall on a full pipe meanwhile."""
+        assert self.proc.stdout is not None, "started without stdout=PIPE"
+        self._prefetch_stop = threading.Event()
+        self._prefetch_thread = threading.Thread(
+            target=self._prefetch, args=(limit,), name=f"{self.name}-prefetch", daemon=True
+        )
+        self._prefetch_thread.start()
+
+    def _prefetch(self, limit: int) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        size = 0
+        try:
+            while size < limit and not self._prefetch_stop.is_set():
+                if not poller.poll(PREFETCH_POLL_MS):
+                    continue
+                chunk = os.read(fd, min(CHUNK_SIZE, limit - size))
+                if not chunk:
+                    self._prefetch_eof = True
+                    return
+                self._prefetched.append(chunk)
+                size += len(chunk)
+                if len(chunk) < SMALL_READ:
+                    time.sleep(BATCH_DELAY)
+        except (OSError, ValueError):  # the pipe was closed: the tool is being stopped
+            self._prefetch_eof = True
+
+    def stream_stdout(self, chunk_size: int = CHUNK_SIZE) -> Iterator[memoryview]:
+        """Like `iter_stdout`, for multi-GB streams: every chunk is a view of one reused
+        buffer (no allocation, no page faults per chunk), valid only until the next chunk
+        is asked for, so a consumer that keeps data must copy it. Output prefetched by
+        `prefetch_stdout` comes first.
+
+        When a read finds little in the pipe (the tool writes slower than we read), the
+        next one waits BATCH_DELAY first: the pipe then collects a batch instead of every
+        4-8 KiB write of the tool waking us (and costing both sides a context switch).
+        The pipe holds PIPE_SIZE, far more than a tool writes in that time.
+        """
+        assert self.proc.stdout is not None, "started without stdout=PIPE"
+        if self._prefetch_thread is not None:
+            self._prefetch_stop.set()
+            self._prefetch_thread.join()
+            self._prefetch_thread = None
+            while self._prefetched:
+                yield memoryview(self._prefetched.popleft())
+            if self._prefetch_eof:
+                return
+        reader = io.FileIO(self.proc.stdout.fileno(), "rb", closefd=False)
+        buffer = memoryview(bytearray(chunk_size))
+        while True:
+            size = reader.readinto(buffer)
+            if not size:
+                return
+            yield buffer[:size]
+            if size < SMALL_READ:
+                time.sleep(BATCH_DELAY)
+
     def feed(self, chunks: Iterable[bytes]) -> bool:
         """Write every chunk to stdin, then close it. False when the tool stopped reading.
 
@@ -203,6 +278,11 @@ class ToolProcess:
 
     def close(self) -> None:
         """Release our ends of the pipes (after the tool exited or was terminated)."""
+        if self._prefetch_thread is not None:  # stop reading before the fd can be reused
+            self._prefetch_stop.set()
+            self._prefetch_thread.join()
+            self._prefetch_thread = None
+            self._prefetched.clear()
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):

@@ -8,7 +8,6 @@ newest installed), else from `$PATH`.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
@@ -58,10 +57,46 @@ def tool(name: str, server_major: int | None = None) -> str:
     raise errors.ToolError(f"{name} is not installed (looked in {where}; set {PG_BIN_ENV})")
 
 
-@functools.cache
+_versions: dict[str, str] = {}
+
+
 def version(path: str) -> str:
-    """`pg_dump --version` style output, e.g. "pg_dump (PostgreSQL) 15.18"."""
-    return process.run([path, "--version"]).strip()
+    """`pg_dump --version` style output, e.g. "pg_dump (PostgreSQL) 15.18" (cached)."""
+    if path not in _versions:
+        _versions[path] = process.run([path, "--version"]).strip()
+    return _versions[path]
+
+
+class VersionProbe:
+    """`version(path)` started now and read later, so the tool's few milliseconds of
+    start-up overlap other work (a backup asks while its pg_dump already runs).
+
+    Use as a context manager: leaving it early stops and reaps the tool.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._tool: process.ToolProcess | None = None
+        if path not in _versions:
+            self._tool = process.ToolProcess([path, "--version"], stdout=process.PIPE)
+
+    def result(self) -> str:
+        """The version text; ToolError when the tool failed."""
+        if self._tool is not None:
+            with self._tool as tool:
+                out = b"".join(tool.iter_stdout())
+                tool.check()
+            _versions[self.path] = out.decode("utf-8", "replace").strip()
+            self._tool = None
+        return _versions[self.path]
+
+    def __enter__(self) -> VersionProbe:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._tool is not None:
+            self._tool.__exit__(*exc_info)  # type: ignore[arg-type]
+            self._tool = None
 
 
 def major_of(version_text: str) -> int | None:
