@@ -7,6 +7,7 @@ pgbench) up to each `--sizes-mb` database size, and at each size runs, round
 robin, `--runs` times each:
 
   floor      pg_dump -Fc -Z0 > /dev/null                       (the fastest possible dump)
+  zstd-pipe  pg_dump -Fc -Z0 | zstd -1 -T2 > file              (the same codec, nothing else)
   ours-file  tonebridge-dr backup postgres --repo file://...   (zstd, streamed, globals too)
   ours-s3    tonebridge-dr backup postgres --repo s3://...     (same, multipart to moto)
   spec       pg_dump -Fc -f X.dump; tar -czf X.tar.gz X.dump; upload to moto with boto3
@@ -31,6 +32,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -46,7 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SAMPLE_INTERVAL = 0.02
-VARIANTS = ("floor", "ours-file", "ours-s3", "spec")
+VARIANTS = ("floor", "zstd-pipe", "ours-file", "ours-s3", "spec")
 
 # ~300 words: English prose vocabulary plus some Japanese (multi-byte UTF-8, like the product).
 _VOCABULARY = (
@@ -186,6 +188,14 @@ def floor_argv(pg_bin: Path, dsn: str) -> list[str]:
     return [str(pg_bin / "pg_dump"), "-Fc", "-Z0", "--no-sync", "-f", os.devnull, "-d", dsn]
 
 
+def zstd_pipe_argv(pg_bin: Path, dsn: str, out: Path) -> list[str]:
+    """`pg_dump -Fc -Z0 | zstd -1 -T2 > file`: the same compression as ours, no checksum,
+    no fsync, no globals, no Python: what a compressing dump costs at the least here."""
+    pg_dump = shlex.join([str(pg_bin / "pg_dump"), "-Fc", "-Z0", "-d", dsn])
+    zstd = shlex.join(["zstd", "-1", "-T2", "-q", "-f", "-o", str(out)])
+    return ["bash", "-c", f"set -o pipefail; {pg_dump} | {zstd}"]
+
+
 def spec_pipeline(args: argparse.Namespace) -> int:
     """The spec's steps in one process tree: pg_dump -Fc to a file, tar -czf, S3 upload."""
     import boto3
@@ -262,6 +272,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     work.mkdir()
                     if variant == "floor":
                         argv = floor_argv(pgfix.PG_BIN, dsn)
+                    elif variant == "zstd-pipe":
+                        argv = zstd_pipe_argv(pgfix.PG_BIN, dsn, work / "dump.zst")
                     elif variant == "spec":
                         argv = [
                             py,
@@ -302,6 +314,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         sample["raw_bytes"] = manifest["raw_size_bytes"]
                     elif variant == "spec":
                         sample.update(json.loads(got["stdout"]))
+                    elif variant == "zstd-pipe":
+                        sample["stored_bytes"] = (work / "dump.zst").stat().st_size
                     samples[variant].append(sample)
                     print(
                         f"  {size_mb} MB {variant:9s} run {n + 1}: {got['wall']:.2f} s, "
@@ -349,6 +363,9 @@ def summarise(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         out[variant] = entry
     floor = out["floor"]["wall_median"]
     spec = out["spec"]
+    pipe = out["zstd-pipe"]
+    pipe["ratio_to_floor"] = round(pipe["wall_median"] / floor, 3)
+    pipe["size_vs_spec"] = round(pipe["stored_bytes"] / spec["stored_bytes"], 3)
     for variant in ("ours-file", "ours-s3"):
         ours = out[variant]
         ours["ratio_to_floor"] = round(ours["wall_median"] / floor, 3)

@@ -152,6 +152,9 @@ def test_head(storage: Storage) -> None:
     assert info.last_modified.tzinfo is not None
     assert info.last_modified.utcoffset() == dt.timedelta(0)
     assert info.last_modified > before
+    (listed,) = storage.list("dir/")  # a listing's time (ISO 8601 on S3) agrees with head's
+    assert listed.last_modified.utcoffset() == dt.timedelta(0)
+    assert abs(listed.last_modified - info.last_modified) < dt.timedelta(seconds=1)
     assert storage.head("dir/other") is None
     assert storage.exists("dir/obj") and not storage.exists("dir")
 
@@ -400,3 +403,14 @@ def test_s3_server_killed_mid_upload(start_moto: Any, monkeypatch: pytest.Monkey
         store.head("base/b1/data.zst")
     with pytest.raises(errors.StorageError, match="cannot reach S3 endpoint"):
         list(store.list(""))
+
+
+def test_s3_timestamps_are_read_fast_and_the_same_as_botocore() -> None:
+    from botocore.utils import parse_timestamp
+
+    from tonebridge_dr.runner.storage import s3
+
+    for text in ("2026-11-29T06:40:27.000Z", "2026-11-29T06:40:27.123Z", "2026-11-29T06:40:27Z",
+                 "Sun, 29 Nov 2026 06:40:27 GMT"):
+        assert s3._parse_timestamp(text) == parse_timestamp(text), text
+        assert s3._parse_timestamp(text).utcoffset() == dt.timedelta(0)

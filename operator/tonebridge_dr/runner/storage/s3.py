@@ -25,6 +25,8 @@ from typing import Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.session
+import botocore.utils
 import urllib3.exceptions
 
 from tonebridge_dr.runner import errors
@@ -121,7 +123,12 @@ class S3Storage(base.Storage):
             retries={"mode": "standard", "max_attempts": self.MAX_ATTEMPTS},
         )
         self.endpoint = explicit.endpoint_url or _endpoint()
+        core = botocore.session.get_session()
+        core.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=_parse_timestamp
+        )
         session = boto3.session.Session(
+            botocore_session=core,
             aws_access_key_id=explicit.access_key_id,
             aws_secret_access_key=explicit.secret_access_key,
             aws_session_token=explicit.session_token,
@@ -441,6 +448,18 @@ class S3Storage(base.Storage):
             raise self._error(exc, "open the bucket", None) from None
         prefix = f"{self.prefix}/" if self.prefix else ""
         self._call("list", prefix or "/", "list_objects_v2", Prefix=prefix, MaxKeys=1)
+
+
+def _parse_timestamp(value: Any) -> dt.datetime:
+    """Timestamps in S3 answers. A listing carries one ISO 8601 LastModified per object:
+    `datetime.fromisoformat` reads it ~20x faster than botocore's dateutil parser (which
+    cost ~25 ms per 250-object page); anything else (HTTP dates) goes to botocore's."""
+    if isinstance(value, str) and len(value) >= 20 and value[4] == "-" and value[10] == "T":
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return botocore.utils.parse_timestamp(value)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
