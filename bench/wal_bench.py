@@ -134,6 +134,7 @@ def requeue(server: PgServer) -> int:
 
 def drain(server: PgServer, command: str, timeout: float) -> dict[str, Any]:
     backlog = len(ready_files(server))
+    cpu_before = _cpu_ticks()
     began = time.monotonic()
     set_archive_command(server, command)
     pusher_peak: dict[int, int] = {}  # pid -> VmHWM KiB of every background pusher seen
@@ -143,14 +144,23 @@ def drain(server: PgServer, command: str, timeout: float) -> dict[str, Any]:
         _sample_pusher(server, pusher_peak)
         time.sleep(0.05)
     seconds = time.monotonic() - began
+    busy, total = (after - before for after, before in zip(_cpu_ticks(), cpu_before, strict=True))
     _sample_pusher(server, pusher_peak)
     set_archive_command(server, "/bin/false")
     return {
         "segments": backlog,
         "seconds": round(seconds, 2),
         "segments_per_s": round(backlog / seconds, 2),
+        "cpu_busy_percent": round(100 * busy / total, 1) if total else None,
         "pusher_peak_rss_mib": round(max(pusher_peak.values()) / 1024, 1) if pusher_peak else None,
     }
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs together, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def _sample_pusher(server: PgServer, peaks: dict[int, int]) -> None:
@@ -284,14 +294,16 @@ def restore_replay(
 
 def markdown(report: dict[str, Any]) -> str:
     lines = ["(a) backlog drain", "",
-             "| method | segments | seconds | segments/s | vs per-call | pusher peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| method | segments | seconds | segments/s | vs per-call | CPU busy % | "
+             "pusher peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     base = report["drain"].get("per-call", {}).get("segments_per_s", 0) or 1
     for method, row in report["drain"].items():
         rss = row.get("pusher_peak_rss_mib")
         lines.append(
             f"| {method} | {row['segments']} | {row['seconds']} | {row['segments_per_s']} | "
-            f"{round(row['segments_per_s'] / base, 1)}x | {rss if rss is not None else '-'} |"
+            f"{round(row['segments_per_s'] / base, 1)}x | {row.get('cpu_busy_percent', '-')} | "
+            f"{rss if rss is not None else '-'} |"
         )
     lines += ["", "(b) steady load", "",
               "| method | WAL MB/s | segments | .ready max | mean 1st half | mean 2nd half | "
