@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import itertools
 import os
 import random
@@ -276,12 +277,18 @@ def test_the_repository_opens_while_pg_dump_already_runs(source: str, tmp_path: 
     url = (tmp_path / "repo").as_uri()
     seen: list[int] = []
 
+    opened: list[dt.datetime] = []
+
     def open_repository() -> Repository:
         seen.extend(_pg_dump_children())
+        opened.append(dt.datetime.now(dt.UTC))
         return Repository.open(url)
 
+    before = dt.datetime.now(dt.UTC)
     manifest = dump.backup_logical(open_repository, source, dump.LogicalBackupOptions())
     assert seen, "pg_dump should be running when the repository is opened"
+    # The backup starts with its snapshot, not when the repository happens to open.
+    assert before <= manifest.started_at < opened[0]
     assert {o.name for o in manifest.objects} == {"database.dump", "globals.sql"}
     assert manifest.tools["pg_dump"].startswith("pg_dump (PostgreSQL) ")
     assert manifest.extra["consistent_snapshot"] is True

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import re
 import threading
@@ -189,6 +190,9 @@ def backup_logical(
         pg_dump = tools.tool("pg_dump", major)
         pg_dumpall = tools.tool("pg_dumpall", major)
         snapshot = _Snapshot(conn)
+        # The backup starts with its snapshot: the manifest's started_at (and the id) must
+        # not be later than the data, even though the repository opens once pg_dump runs.
+        started_at = dt.datetime.now(dt.UTC)
         snapshot.export()
         chosen: list[tuple[catalog.TableName, int]] = []
         for value in dict.fromkeys(options.tables):  # keep order, drop duplicates
@@ -227,6 +231,7 @@ def backup_logical(
         with repository.begin(
             engine="postgres",
             method="logical",
+            now=started_at,
             compression=options.compression,
             encrypt_to=options.encrypt_to,
             level=default_level(options.compression, options.level),
