@@ -25,62 +25,51 @@ LABELS = ("namespace", "policy")
 PREFIX = "tonebridge_dr"
 
 
+#: Every per-policy series: attribute, type, name after the prefix, help text.
+_SERIES: tuple[tuple[str, type[Gauge] | type[Counter], str, str], ...] = (
+    ("last_success", Gauge, "backup_last_success_timestamp_seconds",
+     "Unix time of the newest complete backup in the repository"),
+    ("last_duration", Gauge, "backup_last_duration_seconds",
+     "How long the newest complete backup took"),
+    ("last_size", Gauge, "backup_last_size_bytes",
+     "Stored size of the newest complete backup"),
+    ("failures", Counter, "backup_failures",
+     "Backup Jobs that failed (since the operator started)"),
+    ("rpo_age", Gauge, "rpo_age_seconds",
+     "Age of the newest recovery point (last backup or archived WAL)"),
+    ("backups", Gauge, "backups", "Complete backups in the repository"),
+    ("repository_up", Gauge, "repository_up",
+     "1 when the last catalog read succeeded, else 0"),
+    ("catalog_reads", Counter, "catalog_reads",
+     "Reads of the repository catalog by the freshness monitor"),
+)
+
+
 class Metrics:
     """The operator's metrics; every method is thread-safe."""
+
+    last_success: Gauge
+    last_duration: Gauge
+    last_size: Gauge
+    failures: Counter
+    rpo_age: Gauge
+    backups: Gauge
+    repository_up: Gauge
+    catalog_reads: Counter
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         prometheus_client.ProcessCollector(registry=self.registry)
         prometheus_client.PlatformCollector(registry=self.registry)
-        self.last_success = Gauge(
-            f"{PREFIX}_backup_last_success_timestamp_seconds",
-            "Unix time of the newest complete backup in the repository",
-            LABELS, registry=self.registry,
-        )
-        self.last_duration = Gauge(
-            f"{PREFIX}_backup_last_duration_seconds",
-            "How long the newest complete backup took",
-            LABELS, registry=self.registry,
-        )
-        self.last_size = Gauge(
-            f"{PREFIX}_backup_last_size_bytes",
-            "Stored size of the newest complete backup",
-            LABELS, registry=self.registry,
-        )
-        self.failures = Counter(
-            f"{PREFIX}_backup_failures",
-            "Backup Jobs that failed (since the operator started)",
-            LABELS, registry=self.registry,
-        )
-        self.rpo_age = Gauge(
-            f"{PREFIX}_rpo_age_seconds",
-            "Age of the newest recovery point (last backup or archived WAL)",
-            LABELS, registry=self.registry,
-        )
-        self.backups = Gauge(
-            f"{PREFIX}_backups",
-            "Complete backups in the repository",
-            LABELS, registry=self.registry,
-        )
-        self.repository_up = Gauge(
-            f"{PREFIX}_repository_up",
-            "1 when the last catalog read succeeded, else 0",
-            LABELS, registry=self.registry,
-        )
-        self.catalog_reads = Counter(
-            f"{PREFIX}_catalog_reads",
-            "Reads of the repository catalog by the freshness monitor",
-            LABELS, registry=self.registry,
-        )
+        for attribute, kind, name, documentation in _SERIES:
+            metric = kind(f"{PREFIX}_{name}", documentation, LABELS, registry=self.registry)
+            setattr(self, attribute, metric)
         self._known: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._server: Any = None
 
     def _gauges(self) -> tuple[Any, ...]:
-        return (
-            self.last_success, self.last_duration, self.last_size, self.failures,
-            self.rpo_age, self.backups, self.repository_up, self.catalog_reads,
-        )
+        return tuple(getattr(self, attribute) for attribute, *_ in _SERIES)
 
     def track(self, namespace: str, policy: str) -> None:
         """Make the policy's counters visible (at 0) before anything happened."""

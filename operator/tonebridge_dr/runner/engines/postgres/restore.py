@@ -532,17 +532,7 @@ def restore_tables(
         if len(selections) == 1
         else [["--section=pre-data", "--section=data"], ["--section=post-data"]]
     )
-    psql = [
-        target.tool("psql"),
-        "--dbname",
-        target.info.without_secrets(),
-        "--no-password",
-        "--no-psqlrc",
-        "--quiet",
-        "--set=ON_ERROR_STOP=1",
-        "--single-transaction",
-        "--file=-",
-    ]
+    psql = _psql_script(target)
     read_fd, write_fd = os.pipe()
     with (
         tempfile.TemporaryDirectory(prefix="tonebridge-dr-") as tmp,
@@ -652,11 +642,9 @@ def _globals_line(line: bytes, tag: str) -> bytes:
     return line
 
 
-def restore_globals(
-    repo: Repository, manifest: Manifest, target: Target, decrypt_key: Path | None
-) -> None:
-    """Run globals.sql (roles, memberships, tablespaces) in one transaction on the target."""
-    psql = [
+def _psql_script(target: Target) -> list[str]:
+    """psql running the SQL on its stdin in one transaction, stopping at the first error."""
+    return [
         target.tool("psql"),
         "--dbname",
         target.info.without_secrets(),
@@ -667,6 +655,13 @@ def restore_globals(
         "--single-transaction",
         "--file=-",
     ]
+
+
+def restore_globals(
+    repo: Repository, manifest: Manifest, target: Target, decrypt_key: Path | None
+) -> None:
+    """Run globals.sql (roles, memberships, tablespaces) in one transaction on the target."""
+    psql = _psql_script(target)
     log.info("restoring roles and tablespaces (%s) of backup %s", dump.GLOBALS_OBJECT, manifest.id)
     chunks = iter(repo.read_object(manifest, dump.GLOBALS_OBJECT, decrypt_key=decrypt_key))
     with process.ToolProcess(
