@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from tests.fixtures.operator import (
-    OperatorProcess,
     WebhookReceiver,
     apply_docs,
     backups_list,
@@ -39,10 +38,6 @@ from tests.fixtures.postgres import PgServer
 from tonebridge_dr.sandbox.runtime import Sandbox
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.postgres, pytest.mark.timeout(300)]
-
-def _log(op: OperatorProcess) -> str:
-    return f"operator log:\n{op.log()[-4000:]}"
-
 
 @pytest.fixture
 def s3_writer_secret() -> str:
@@ -75,7 +70,7 @@ def test_policy_cronjobs_and_run_now_backup(
 
     # Reconciled: one CronJob per schedule, owned by the policy, with the runner's args.
     policy = wait_for(lambda: condition_is(sandbox, namespace, "pg", "Ready", "True"),
-                      60, message=lambda: _log(op))
+                      60, message=lambda: op.log_tail())
     uid = policy["metadata"]["uid"]
     assert policy["status"]["target"] == "postgres/tonebridge_db"
     assert policy["status"]["schedules"] == "daily-full,hourly-hot"
@@ -100,7 +95,7 @@ def test_policy_cronjobs_and_run_now_backup(
     run_now(sandbox, namespace, "pg", "daily-full:first")
     policy = wait_for(
         lambda: condition_is(sandbox, namespace, "pg", "LastBackupSucceeded", "True"),
-        120, message=lambda: _log(op),
+        120, message=lambda: op.log_tail(),
     )
     jobs = jobs_of(sandbox, namespace, "pg")
     assert len(jobs) == 1
@@ -116,7 +111,7 @@ def test_policy_cronjobs_and_run_now_backup(
 
     # The monitor reads the catalog with the reader credentials: RPO met, counters set.
     policy = wait_for(lambda: condition_is(sandbox, namespace, "pg", "RPOMet", "True"), 60,
-                      message=lambda: _log(op))
+                      message=lambda: op.log_tail())
     status = policy["status"]
     assert status["lastSuccessfulBackup"]["id"] == backup_id
     assert status["backupCount"] == 1
@@ -138,7 +133,7 @@ def test_policy_cronjobs_and_run_now_backup(
     sandbox.kubectl("annotate", "-n", namespace, "backuppolicy/pg", "unrelated=1")
     run_now(sandbox, namespace, "pg", "daily-full:first")
     run_now(sandbox, namespace, "pg", "second")
-    wait_for(lambda: len(backups_list(f"{s3_repo_url}/pg")) == 2, 120, message=lambda: _log(op))
+    wait_for(lambda: len(backups_list(f"{s3_repo_url}/pg")) == 2, 120, message=op.log_tail)
     jobs = jobs_of(sandbox, namespace, "pg")
     assert len(jobs) == 2
     assert sorted(j["metadata"]["labels"]["dr.tonebridge.io/schedule"] for j in jobs) == [
@@ -146,7 +141,7 @@ def test_policy_cronjobs_and_run_now_backup(
     ]
     newest = backups_list(f"{s3_repo_url}/pg")[-1]["id"]
     wait_for(lambda: get_policy(sandbox, namespace, "pg")["status"]["lastBackup"]["id"] == newest,
-             60, message=lambda: _log(op))
+             60, message=lambda: op.log_tail())
 
     # Secrets stay secret: not in the operator log, the Events or the status.
     leaked = [dsn.split("password=")[1], s3_writer_secret, reader_secret]
@@ -179,12 +174,12 @@ def test_failing_backup_is_reported_once(
     )
     op = operator_factory(namespace)
     wait_for(lambda: condition_is(sandbox, namespace, "bad", "Ready", "True"), 60,
-             message=lambda: _log(op))
+             message=lambda: op.log_tail())
     run_now(sandbox, namespace, "bad", "try-1")
 
     policy = wait_for(
         lambda: condition_is(sandbox, namespace, "bad", "LastBackupSucceeded", "False"),
-        120, message=lambda: _log(op),
+        120, message=lambda: op.log_tail(),
     )
     failed = condition(policy, "LastBackupSucceeded")
     assert failed is not None

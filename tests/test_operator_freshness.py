@@ -38,10 +38,6 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
 RPO = "20s"
 
 
-def _log(op: OperatorProcess) -> str:
-    return f"operator log:\n{op.log()[-4000:]}"
-
-
 def _reads(op: OperatorProcess, namespace: str, name: str) -> float:
     return op.metric("tonebridge_dr_catalog_reads_total", namespace, name) or 0.0
 
@@ -74,13 +70,13 @@ def test_stale_backup_misses_rpo_and_a_fresh_one_restores_it(
     # Empty repository: a clear condition, no notification.
     policy = wait_for(
         lambda: condition_is(sandbox, namespace, "fresh", "RPOMet", "Unknown", "NoBackups"),
-        60, message=lambda: _log(op),
+        60, message=lambda: op.log_tail(),
     )
     assert condition(policy, "BackupStale")["reason"] == "NoBackups"  # type: ignore[index]
 
     run_now(sandbox, namespace, "fresh", "one")
     policy = wait_for(lambda: condition_is(sandbox, namespace, "fresh", "RPOMet", "True"),
-                      120, message=lambda: _log(op))
+                      120, message=lambda: op.log_tail())
     first = backups_list(f"{s3_repo_url}/fresh")
     assert policy["status"]["lastSuccessfulBackup"]["id"] == first[-1]["id"]
     assert condition(policy, "BackupStale")["status"] == "False"  # type: ignore[index]
@@ -89,7 +85,7 @@ def test_stale_backup_misses_rpo_and_a_fresh_one_restores_it(
     # The backup ages past the RPO: RPOMet False, BackupStale True, ONE notification.
     policy = wait_for(
         lambda: condition_is(sandbox, namespace, "fresh", "RPOMet", "False", "ObjectiveMissed"),
-        90, message=lambda: _log(op),
+        90, message=lambda: op.log_tail(),
     )
     stale = wait_for(
         lambda: condition_is(sandbox, namespace, "fresh", "BackupStale", "True", "BackupTooOld"),
@@ -110,7 +106,7 @@ def test_stale_backup_misses_rpo_and_a_fresh_one_restores_it(
     # A fresh backup: RPOMet True again, one "resolved" notification.
     run_now(sandbox, namespace, "fresh", "two")
     policy = wait_for(lambda: condition_is(sandbox, namespace, "fresh", "RPOMet", "True"),
-                      120, message=lambda: _log(op))
+                      120, message=lambda: op.log_tail())
     second = backups_list(f"{s3_repo_url}/fresh")
     assert len(second) == 2
     assert policy["status"]["lastSuccessfulBackup"]["id"] == second[-1]["id"]
@@ -139,7 +135,7 @@ def test_unreachable_repository_is_a_condition(
     policy = wait_for(
         lambda: condition_is(sandbox, namespace, "gone", "RPOMet", "Unknown",
                              "RepositoryUnreachable"),
-        60, message=lambda: _log(op),
+        60, message=lambda: op.log_tail(),
     )
     message = condition(policy, "RPOMet")["message"]  # type: ignore[index]
     assert f"bucket {bucket} does not exist" in message
@@ -156,7 +152,7 @@ def test_unreachable_repository_is_a_condition(
     # The bucket appears: an empty repository, the operator recovers by itself.
     s3_fixtures.client(moto_server).create_bucket(Bucket=bucket)
     wait_for(lambda: condition_is(sandbox, namespace, "gone", "RPOMet", "Unknown", "NoBackups"),
-             60, message=lambda: _log(op))
+             60, message=lambda: op.log_tail())
     assert wait_for(
         lambda: op.metric("tonebridge_dr_repository_up", namespace, "gone") == 1.0, 30
     )

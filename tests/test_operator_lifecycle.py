@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from tests.fixtures.operator import (
-    OperatorProcess,
     apply_docs,
     backups_list,
     condition,
@@ -31,10 +30,6 @@ from tests.fixtures.postgres import PgServer
 from tonebridge_dr.sandbox.runtime import Sandbox
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
-
-
-def _log(op: OperatorProcess) -> str:
-    return f"operator log:\n{op.log()[-4000:]}"
 
 
 def _cronjobs(sandbox: Sandbox, namespace: str) -> dict[str, dict[str, Any]]:
@@ -59,13 +54,13 @@ def test_update_suspend_and_delete(
                policy_doc("p", repo_url=s3_repo_url, endpoint=moto_server, schedules=first))
     op = operator_factory(namespace)
     wait_for(lambda: condition_is(sandbox, namespace, "p", "Ready", "True"), 60,
-             message=lambda: _log(op))
+             message=lambda: op.log_tail())
     assert sorted(_cronjobs(sandbox, namespace)) == ["p-a", "p-b"]
     uid_a = _cronjobs(sandbox, namespace)["p-a"]["metadata"]["uid"]
 
     run_now(sandbox, namespace, "p", "before-update")
     wait_for(lambda: condition_is(sandbox, namespace, "p", "LastBackupSucceeded", "True"), 120,
-             message=lambda: _log(op))
+             message=lambda: op.log_tail())
     assert len(backups_list(f"{s3_repo_url}/p")) == 1
 
     # Update: a's cron changes (same object), b goes, c comes. Nothing else moves.
@@ -73,7 +68,7 @@ def test_update_suspend_and_delete(
     apply_docs(sandbox, namespace,
                policy_doc("p", repo_url=s3_repo_url, endpoint=moto_server, schedules=second))
     wait_for(lambda: sorted(_cronjobs(sandbox, namespace)) == ["p-a", "p-c"], 60,
-             message=lambda: _log(op))
+             message=lambda: op.log_tail())
     cronjobs = _cronjobs(sandbox, namespace)
     assert cronjobs["p-a"]["spec"]["schedule"] == "30 1 * * *"
     assert cronjobs["p-a"]["metadata"]["uid"] == uid_a
@@ -89,7 +84,7 @@ def test_update_suspend_and_delete(
     sandbox.kubectl("patch", "-n", namespace, "backuppolicy/p", "--type=merge",
                     "-p", json.dumps({"spec": {"suspend": True}}))
     wait_for(lambda: all(c["spec"]["suspend"] for c in _cronjobs(sandbox, namespace).values()),
-             60, message=lambda: _log(op))
+             60, message=lambda: op.log_tail())
     policy = wait_for(
         lambda: (p := get_policy(sandbox, namespace, "p"))["status"]["observedGeneration"] == 3
         and p, 60,
@@ -99,7 +94,7 @@ def test_update_suspend_and_delete(
     # Delete: owned objects are garbage-collected, the repository keeps its backups.
     sandbox.kubectl("delete", "-n", namespace, "backuppolicy/p", "--timeout=60s")
     wait_for(lambda: not _cronjobs(sandbox, namespace) and not jobs_of(sandbox, namespace, "p"),
-             90, message=lambda: _log(op))
+             90, message=lambda: op.log_tail())
     assert len(backups_list(f"{s3_repo_url}/p")) == 1
     assert op.running
     wait_for(lambda: op.metric("tonebridge_dr_catalog_reads_total", namespace, "p") is None, 30)
@@ -119,7 +114,7 @@ def test_missing_secret_is_reported_and_recovers(
     op = operator_factory(namespace)
     policy = wait_for(
         lambda: condition_is(sandbox, namespace, "m", "Ready", "False", "SecretNotFound"), 60,
-        message=lambda: _log(op),
+        message=lambda: op.log_tail(),
     )
     message = condition(policy, "Ready")["message"]  # type: ignore[index]
     assert 'Secret "db-dsn" (database DSN) not found' in message
@@ -140,7 +135,7 @@ def test_missing_secret_is_reported_and_recovers(
     # The Secret appears: the periodic re-check reconciles without any spec change.
     apply_docs(sandbox, namespace, secret_doc("db-dsn", {"dsn": dsn_value}))
     policy = wait_for(lambda: condition_is(sandbox, namespace, "m", "Ready", "True"), 60,
-                      message=lambda: _log(op))
+                      message=lambda: op.log_tail())
     assert sorted(_cronjobs(sandbox, namespace)) == ["m-nightly"]
     assert jobs_of(sandbox, namespace, "m") == []
     for text in (op.log(), json.dumps(policy), json.dumps(events_for(sandbox, namespace, "m"))):
@@ -156,7 +151,7 @@ def test_target_without_runner_is_not_ready(
     op = operator_factory(namespace)
     policy = wait_for(
         lambda: condition_is(sandbox, namespace, "k8s", "Ready", "False", "TargetNotSupported"),
-        60, message=lambda: _log(op),
+        60, message=lambda: op.log_tail(),
     )
     assert "kubernetes targets are not supported" in (
         condition(policy, "Ready")["message"]  # type: ignore[index]

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from tests.fixtures.operator import (
-    OperatorProcess,
     apply_docs,
     backups_list,
     condition,
@@ -39,10 +38,6 @@ from tonebridge_dr.runner.repository.catalog import Repository
 from tonebridge_dr.sandbox.runtime import Sandbox
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
-
-
-def _log(op: OperatorProcess) -> str:
-    return f"operator log:\n{op.log()[-4000:]}"
 
 
 def _redis_url(server: RedisServer, password: str) -> str:
@@ -109,7 +104,7 @@ def test_redis_policy_backs_up_and_reports_aof(
         def ready(name: str = name) -> dict[str, Any] | None:
             return condition_is(sandbox, namespace, name, "Ready", "True")
 
-        policy = wait_for(ready, 60, message=lambda: _log(op))
+        policy = wait_for(ready, 60, message=lambda: op.log_tail())
         assert policy["status"]["target"] == "redis"
     cronjob = get_json(sandbox, namespace, "cronjob", "cache-hourly")
     container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
@@ -126,7 +121,7 @@ def test_redis_policy_backs_up_and_reports_aof(
     run_now(sandbox, namespace, "sessions", "first")
     policy = wait_for(
         lambda: condition_is(sandbox, namespace, "cache", "LastBackupSucceeded", "True"),
-        120, message=lambda: _log(op),
+        120, message=lambda: op.log_tail(),
     )
     (job,) = jobs_of(sandbox, namespace, "cache")
     assert job_finished(job) == "Complete"
@@ -140,7 +135,7 @@ def test_redis_policy_backs_up_and_reports_aof(
 
     # AOF disabled: a condition with the runner's warning, and one Warning Event.
     aof = condition(policy, "AOFEnabled")
-    assert aof is not None, _log(op)
+    assert aof is not None, op.log_tail()
     assert (aof["status"], aof["reason"]) == ("False", "AppendOnlyDisabled")
     assert aof["message"].startswith(
         f"AOF is disabled on Redis at 127.0.0.1:{cache.port} (appendonly no): writes after "
@@ -156,7 +151,7 @@ def test_redis_policy_backs_up_and_reports_aof(
     # The AOF server: backed up, AOFEnabled=True, never a warning.
     policy = wait_for(
         lambda: condition_is(sandbox, namespace, "sessions", "LastBackupSucceeded", "True"),
-        120, message=lambda: _log(op),
+        120, message=lambda: op.log_tail(),
     )
     (durable,) = backups_list(f"{sessions_repo}/sessions")
     assert durable["engine"] == "redis"
@@ -182,7 +177,7 @@ def test_redis_policy_backs_up_and_reports_aof(
     policy = wait_for(
         lambda: condition_is(sandbox, namespace, "cache", "AOFEnabled", "True",
                              "AppendOnlyEnabled"),
-        120, message=lambda: _log(op),
+        120, message=lambda: op.log_tail(),
     )
     newest = backups_list(f"{cache_repo}/cache")[-1]["id"]
     assert newest != listed["id"]

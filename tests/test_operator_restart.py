@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from tests.fixtures.operator import (
-    OperatorProcess,
     apply_docs,
     backups_list,
     condition,
@@ -34,10 +33,6 @@ from tests.fixtures.postgres import PgServer
 from tonebridge_dr.sandbox.runtime import Sandbox
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.postgres, pytest.mark.timeout(300)]
-
-
-def _log(op: OperatorProcess) -> str:
-    return f"operator log:\n{op.log()[-4000:]}"
 
 
 def _dump_waits_for_lock(pg: PgServer, dbname: str) -> bool:
@@ -67,12 +62,12 @@ def test_operator_killed_during_backup(
     )
     op = operator_factory(namespace)
     wait_for(lambda: condition_is(sandbox, namespace, "slow", "Ready", "True"), 60,
-             message=lambda: _log(op))
+             message=lambda: op.log_tail())
 
     with pg.connect(dbname) as lock:
         lock.execute("LOCK TABLE transformations IN ACCESS EXCLUSIVE MODE")
         run_now(sandbox, namespace, "slow", "while-locked")
-        wait_for(lambda: _dump_waits_for_lock(pg, dbname), 120, message=lambda: _log(op))
+        wait_for(lambda: _dump_waits_for_lock(pg, dbname), 120, message=lambda: op.log_tail())
         (job,) = jobs_of(sandbox, namespace, "slow")
         assert job_finished(job) is None
         op.kill()
@@ -91,7 +86,7 @@ def test_operator_killed_during_backup(
     op.start()  # a new process: resume
     policy = wait_for(
         lambda: condition_is(sandbox, namespace, "slow", "LastBackupSucceeded", "True"), 60,
-        message=lambda: _log(op),
+        message=lambda: op.log_tail(),
     )
     assert policy["status"]["lastBackup"]["id"] == listed[0]["id"]
     wait_for(lambda: jobs_of(sandbox, namespace, "slow")[0]["metadata"].get("annotations", {})

@@ -281,6 +281,18 @@ def test_table_restore_from_a_hot_table_backup(pg: PgServer, cli: Cli, file_repo
 
 
 # --- time-range repair ------------------------------------------------------------------------
+def _repair_args(
+    repo: str, backup_id: str, target: str, table: str, column: str,
+    bounds: tuple[str, str], *extra: str,
+) -> list[str]:
+    """`restore postgres` repairing `table` by `column` within `bounds` (spec 9.2)."""
+    return [
+        "restore", "postgres", "--repo", repo, "--backup", backup_id, "--target-dsn", target,
+        "--table", table, "--repair-column", column, "--from", bounds[0], "--to", bounds[1],
+        *extra,
+    ]
+
+
 def _snapshot(pg: PgServer, dsn: str, table: str, order: str) -> dict[Any, str]:
     return {
         key: text for key, text in rows(pg, dsn, f"SELECT ({order})::text, t::text FROM {table} t")
@@ -302,25 +314,9 @@ def test_repair_inserts_exactly_the_missing_rows_of_the_range(
         "DELETE FROM transformations WHERE id IN (10, 24, 49, 100)",  # outside
         "UPDATE transformations SET note = 'edited after the backup' WHERE id = 33",
     )
-    result = cli(
-        "restore",
-        "postgres",
-        "--repo",
-        file_repo_url,
-        "--backup",
-        backup_id,
-        "--target-dsn",
-        live,
-        "--table",
-        "transformations",
-        "--repair-column",
-        "created_at",
-        "--from",
-        DAY2[0],
-        "--to",
-        DAY2[1],
-        "--json",
-    )
+    result = cli(*_repair_args(
+        file_repo_url, backup_id, live, "transformations", "created_at", DAY2, "--json"
+    ))
     assert result.code == 0, result.err
     report = result.json
     assert (report["rows_in_range"], report["rows_inserted"], report["rows_already_present"]) == (
@@ -339,25 +335,9 @@ def test_repair_inserts_exactly_the_missing_rows_of_the_range(
     assert rows(
         pg, live, "SELECT count(*) FROM pg_class WHERE relname LIKE 'tonebridge_repair_%'"
     ) == [(0,)]
-    again = cli(
-        "restore",
-        "postgres",
-        "--repo",
-        file_repo_url,
-        "--backup",
-        backup_id,
-        "--target-dsn",
-        live,
-        "--table",
-        "transformations",
-        "--repair-column",
-        "created_at",
-        "--from",
-        DAY2[0],
-        "--to",
-        DAY2[1],
-        "--json",
-    )
+    again = cli(*_repair_args(
+        file_repo_url, backup_id, live, "transformations", "created_at", DAY2, "--json"
+    ))
     assert again.json["rows_inserted"] == 0
 
 
@@ -373,50 +353,19 @@ def test_repair_with_a_composite_primary_key_and_identity_column(
         "DELETE FROM analytics WHERE day IN ('2024-01-05', '2024-01-20') AND region <> 'us'",
         "DELETE FROM usage_tracking WHERE id IN (5, 6, 70)",
     )
-    result = cli(
-        "restore",
-        "postgres",
-        "--repo",
-        file_repo_url,
-        "--backup",
-        backup_id,
-        "--target-dsn",
-        live,
-        "--table",
-        "analytics",
-        "--repair-column",
-        "day",
-        "--from",
-        "2024-01-01",
-        "--to",
-        "2024-01-10",
-        "--json",
-    )
+    result = cli(*_repair_args(
+        file_repo_url, backup_id, live, "analytics", "day", ("2024-01-01", "2024-01-10"), "--json"
+    ))
     assert result.code == 0, result.err
     assert result.json["primary_key"] == ["day", "region"]
     assert result.json["rows_inserted"] == 2
     after = _snapshot(pg, live, "analytics", "day, region")
     assert set(analytics) - set(after) == {"(2024-01-20,ap)", "(2024-01-20,eu)"}
     # GENERATED ALWAYS identity: the backup's ids go back in (OVERRIDING SYSTEM VALUE)
-    result = cli(
-        "restore",
-        "postgres",
-        "--repo",
-        file_repo_url,
-        "--backup",
-        backup_id,
-        "--target-dsn",
-        live,
-        "--table",
-        "usage_tracking",
-        "--repair-column",
-        "created_at",
-        "--from",
-        "2024-01-01",
-        "--to",
-        "2024-01-02",
-        "--json",
-    )
+    result = cli(*_repair_args(
+        file_repo_url, backup_id, live, "usage_tracking", "created_at",
+        ("2024-01-01", "2024-01-02"), "--json",
+    ))
     assert result.code == 0, result.err
     assert result.json["rows_inserted"] == 2
     assert set(usage) - set(_snapshot(pg, live, "usage_tracking", "id")) == {"70"}
@@ -472,24 +421,7 @@ def test_repair_refuses_bad_requests_before_writing(
         "DELETE FROM transformations",
     )
     before = table_checksums(pg, dbname_of(live))
-    result = cli(
-        "restore",
-        "postgres",
-        "--repo",
-        file_repo_url,
-        "--backup",
-        backup_id,
-        "--target-dsn",
-        live,
-        "--table",
-        table,
-        "--repair-column",
-        column,
-        "--from",
-        bounds[0],
-        "--to",
-        bounds[1],
-    )
+    result = cli(*_repair_args(file_repo_url, backup_id, live, table, column, bounds))
     assert result.code == 2
     assert result.err_lines == [message]
     assert table_checksums(pg, dbname_of(live)) == before
@@ -586,24 +518,9 @@ def test_damaged_object_fails_repair_and_inserts_nothing(
     before = table_checksums(pg, dbname_of(live))
     path, key = _object_path(file_repo_url, backup_id, "database.dump")
     _damage(path, how)
-    result = cli(
-        "restore",
-        "postgres",
-        "--repo",
-        file_repo_url,
-        "--backup",
-        backup_id,
-        "--target-dsn",
-        live,
-        "--table",
-        "transformations",
-        "--repair-column",
-        "created_at",
-        "--from",
-        DAY2[0],
-        "--to",
-        DAY2[1],
-    )
+    result = cli(*_repair_args(
+        file_repo_url, backup_id, live, "transformations", "created_at", DAY2
+    ))
     assert result.code == 7, result.err
     assert key in result.err_lines[-1]
     assert table_checksums(pg, dbname_of(live)) == before

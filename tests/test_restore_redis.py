@@ -52,10 +52,6 @@ TIMEOUT = 240.0
 ALL_KEYS = sum(POPULATED_KEYS.values())
 
 
-def _log(op: OperatorProcess) -> str:
-    return f"operator log:\n{op.log()[-4000:]}"
-
-
 def backup(server: RedisServer, repo: str) -> dict[str, Any]:
     """`tonebridge-dr backup redis` as a backup Job runs it: the password from the env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "TONEBRIDGE_DR_"))}
@@ -118,8 +114,8 @@ def finished(sandbox: Sandbox, namespace: str, name: str, op: OperatorProcess) -
         phase = (body.get("status") or {}).get("phase")
         return body if phase in ("Succeeded", "Failed") else None
 
-    body = wait_for(done, TIMEOUT, message=lambda: f"RestoreRequest {name}; {_log(op)}")
-    assert body["status"]["phase"] == "Succeeded", (body["status"], _log(op))
+    body = wait_for(done, TIMEOUT, message=lambda: f"RestoreRequest {name}; {op.log_tail()}")
+    assert body["status"]["phase"] == "Succeeded", (body["status"], op.log_tail())
     return body
 
 
