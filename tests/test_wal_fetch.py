@@ -7,12 +7,14 @@ recovery; each restore_command call is a fresh `python -m ...wal wal-fetch`.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.pg_wal import SMALL_SEGMENT, run_wal, segment_bytes, wait_for, write_segment
-from tonebridge_dr.runner.engines.postgres.wal import archive, catalog, naming, spool
+from tonebridge_dr.runner.engines.postgres.wal import archive, catalog, fetch, naming, spool
 from tonebridge_dr.runner.storage import open_storage
 
 COUNT = 24
@@ -123,3 +125,55 @@ def test_prefetch_does_not_outlive_a_removed_data_directory(
     if pid_text.isdigit():
         pid = int(pid_text)
         wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the prefetcher to exit")
+
+
+def test_a_file_taken_while_the_prefetcher_reads_wanted_is_not_downloaded_again(
+    file_repo_url: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving that made CI flaky, forced: a restore_command call writes
+    `.wanted` and moves its file out right after the prefetcher read `.wanted`."""
+    names = _names(8)
+    _archive(file_repo_url, tmp_path / "src", names)
+    folder = Path(spool.prefetch_dir(str(data_dir / "pg_wal")))
+    settings = fetch.FetchSettings(file_repo_url, window=3, parallel=2)
+    downloads: list[str] = []
+    real_download, real_read_text = fetch.download, spool.read_text
+
+    def counting_download(archive: object, name: str, *args: object, **kwargs: object) -> object:
+        downloads.append(name)
+        return real_download(archive, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    taken: list[str] = []
+
+    def read_text(path: str) -> str | None:
+        value = real_read_text(path)
+        victim = names[1]
+        if path.endswith(spool.WANTED) and not taken and (folder / victim).exists():
+            # PostgreSQL's next call, landing between the two looks at the spool.
+            spool.note_wanted(str(folder), victim)
+            assert spool.take_prefetched(
+                str(folder), victim, str(data_dir / "pg_wal" / "RECOVERYXLOG"), file_repo_url
+            )
+            taken.append(victim)
+        return value
+
+    monkeypatch.setattr(fetch, "download", counting_download)
+    monkeypatch.setattr(spool, "read_text", read_text)
+    folder.mkdir(parents=True)
+    (folder / spool.REPO).write_text(file_repo_url)
+    runner = threading.Thread(
+        target=fetch.run_prefetcher,
+        args=(folder, settings),
+        kwargs={"start": names[0], "segment_size": SMALL_SEGMENT, "data_dir": data_dir},
+    )
+    runner.start()
+    try:
+        wait_for(lambda: _prefetched(data_dir) >= set(names[2:5]), "the window after the take")
+        time.sleep(0.5)  # several more rounds of the loop: none may fetch the taken file again
+        assert taken == [names[1]]
+        assert names[1] not in _prefetched(data_dir)
+        assert sorted(downloads) == names[1:5]  # each once
+    finally:
+        (data_dir / "recovery.signal").unlink()
+        runner.join(30)
+    assert not runner.is_alive()

@@ -194,6 +194,13 @@ def _clear(folder: Path, keep: set[str] | None = None) -> None:
             entry.unlink()
 
 
+def _spooled(folder: Path) -> set[str]:
+    try:
+        return {entry.name for entry in os.scandir(folder)}
+    except OSError:
+        return set()
+
+
 def run_prefetcher(
     folder: Path,
     settings: FetchSettings,
@@ -244,16 +251,6 @@ def _prefetch_loop(
     try:
         while data_dir.is_dir() and _recovering(data_dir):
             now = time.monotonic()
-            wanted = spool.read_text(str(folder / spool.WANTED)) or start
-            if not naming.is_valid(wanted) or not naming.parse(wanted).is_segment:
-                wanted = start
-            if wanted != last_wanted:
-                last_wanted, last_activity = wanted, now
-            window = [
-                naming.next_segment(wanted, segment_size, step)
-                for step in range(settings.window + 1)
-            ]
-            _clear(folder, keep=set(window) | {f".{name}.{os.getpid()}.tmp" for name in inflight})
             for name, future in list(inflight.items()):
                 if not future.done():
                     continue
@@ -267,10 +264,26 @@ def _prefetch_loop(
                 except errors.DRError as exc:
                     log.warning("prefetch of %s failed: %s", name, exc)
                     missing[name] = now
+            # Finished downloads first, then what is spooled, then what is wanted: a
+            # download renames its file in before it counts as finished, and a call
+            # writes `.wanted` before it moves its file out, so a file found missing
+            # here is never one that is done (read in another order, a call landing
+            # in between made the prefetcher download its file again).
+            present = _spooled(folder)
+            wanted = spool.read_text(str(folder / spool.WANTED)) or start
+            if not naming.is_valid(wanted) or not naming.parse(wanted).is_segment:
+                wanted = start
+            if wanted != last_wanted:
+                last_wanted, last_activity = wanted, now
+            window = [
+                naming.next_segment(wanted, segment_size, step)
+                for step in range(settings.window + 1)
+            ]
+            _clear(folder, keep=set(window) | {f".{name}.{os.getpid()}.tmp" for name in inflight})
             for name in window[1:]:
                 if len(inflight) >= settings.parallel:
                     break
-                if name in inflight or (folder / name).exists():
+                if name in inflight or name in present:
                     continue
                 if name in missing and now - missing[name] < MISSING_RETRY:
                     break  # the end of the archive (for now): nothing beyond it either
