@@ -5,7 +5,11 @@ only the operator can judge (Ready=False with a reason, recovering by itself).""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -98,6 +102,78 @@ def test_update_suspend_and_delete(
     assert len(backups_list(f"{s3_repo_url}/p")) == 1
     assert op.running
     wait_for(lambda: op.metric("tonebridge_dr_catalog_reads_total", namespace, "p") is None, 30)
+
+
+class _HeldS3:
+    """An S3 endpoint on 127.0.0.1 that holds every request until `release()`, then
+    answers 503: a repository read that is still running when the test says so."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self.released = threading.Event()
+        held = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _hold(self) -> None:
+                held.arrived.set()
+                held.released.wait(120)
+                body = b"<Error><Code>SlowDown</Code><Message>held</Message></Error>"
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_HEAD = do_PUT = do_POST = _hold
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def held_s3() -> Iterator[_HeldS3]:
+    endpoint = _HeldS3()
+    yield endpoint
+    endpoint.close()
+
+
+def test_delete_during_a_repository_read_finishes_soon_after_the_read(
+    sandbox: Sandbox, namespace: str, held_s3: _HeldS3, operator_factory: Any
+) -> None:
+    """kopf waits for a running timer before it drops the finalizer; by default it looks
+    again only after 60 s, so a delete that met a monitor tick hung for a minute."""
+    apply_docs(sandbox, namespace,
+               secret_doc("db-dsn", {"dsn": "host=127.0.0.1 dbname=x"}),
+               *s3_secrets(f"w-{uuid.uuid4().hex}", f"r-{uuid.uuid4().hex}"),
+               policy_doc("held", repo_url="s3://held/repo", endpoint=held_s3.url))
+    op = operator_factory(namespace)
+    assert held_s3.arrived.wait(60), op.log_tail()  # the monitor tick is in its read
+    sandbox.kubectl("delete", "-n", namespace, "backuppolicy/held", "--wait=false")
+    wait_for(lambda: get_policy(sandbox, namespace, "held")["metadata"].get("deletionTimestamp"),
+             30)
+    time.sleep(3)  # kopf has seen the deletion and found the timer still running
+    assert _policy_names(sandbox, namespace) == ["held"]
+    held_s3.release()
+    wait_for(lambda: _policy_names(sandbox, namespace) == [], 30,
+             message=lambda: f"the policy to go; operator log:\n{op.log_tail()}")
+    assert op.running
+
+
+def _policy_names(sandbox: Sandbox, namespace: str) -> list[str]:
+    return [p["metadata"]["name"] for p in get_json(sandbox, namespace, "backuppolicies")["items"]]
 
 
 def test_missing_secret_is_reported_and_recovers(

@@ -43,6 +43,10 @@ JOB_SELECTOR = f"{names.LABEL_POLICY},{names.LABEL_COMPONENT}={names.COMPONENT_B
 TRANSIENT_DELAY = 5.0
 PERSISTENT_DELAY = 60.0
 RECORD_ATTEMPTS = 5
+#: A deleted policy keeps its finalizer until a monitor tick that is still running ends;
+#: kopf looks again after this many seconds (its default, 60, made deletes that met a
+#: tick hang for a minute).
+TIMER_EXIT_POLL = 1.0
 
 
 def _retry_later(exc: ApiError) -> kopf.TemporaryError:
@@ -165,4 +169,5 @@ def configure(settings: kopf.OperatorSettings, ctx: Context) -> None:
     settings.posting.reporting_component = "tonebridge-dr"
     settings.posting.event_name_prefix = "tonebridge-dr-"
     settings.execution.max_workers = ctx.settings.workers
+    settings.background.cancellation_polling = TIMER_EXIT_POLL
     settings.networking.request_timeout = 60
