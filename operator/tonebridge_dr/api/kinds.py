@@ -82,15 +82,15 @@ class _Resource(BaseModel):
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Self:
         """Parse a kopf body (or any mapping) into the typed object."""
-        return cls.model_validate(_plain(body))
+        return cls.model_validate(plain_value(body))
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """kopf bodies are read-only Mapping views; pydantic wants dicts and lists."""
     if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain_value(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
+        return [plain_value(item) for item in value]
     return value
 
 

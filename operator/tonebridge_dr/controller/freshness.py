@@ -24,7 +24,7 @@ from typing import Any
 from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.kinds import BackupPolicy
-from tonebridge_dr.controller import notify, policies
+from tonebridge_dr.controller import notify, objects, policies
 from tonebridge_dr.controller.context import Context
 from tonebridge_dr.status import conditions
 from tonebridge_dr.status.freshness import CatalogSummary, FreshnessChange, assess_freshness
@@ -68,7 +68,7 @@ def significant(refresh: float) -> Callable[[Json, Json], bool]:
 def tick(ctx: Context, body: Mapping[str, Any]) -> FreshnessChange | None:
     """One monitoring round for one policy; returns the RPOMet change, if any."""
     metadata = body.get("metadata") or {}
-    namespace, name = policies.ident(body)
+    namespace, name = objects.ident(body)
     if metadata.get("deletionTimestamp"):
         return None
     try:
@@ -128,7 +128,7 @@ def _report(
     change: FreshnessChange,
     status: BackupPolicyStatus | None,
 ) -> None:
-    namespace, name = policies.ident(body)
+    namespace, name = objects.ident(body)
     log.info("%s/%s: RPOMet %s -> %s: %s", namespace, name, change.old_state,
              change.new_state, change.message)
     if change.new_state == "False":

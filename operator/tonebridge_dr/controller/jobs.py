@@ -30,7 +30,7 @@ from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.conditions import Condition, ConditionStatus, Reason
 from tonebridge_dr.builders import names
 from tonebridge_dr.controller import kube as kubemod
-from tonebridge_dr.controller import policies
+from tonebridge_dr.controller import objects, policies
 from tonebridge_dr.controller.context import Context
 from tonebridge_dr.status import backuppolicy as policy_status
 from tonebridge_dr.status.jobs import JobOutcome, job_outcome
@@ -104,7 +104,7 @@ def record(ctx: Context, job: Mapping[str, Any]) -> JobOutcome | None:
     Raises kube.ApiError on API trouble (nothing is marked, so it is retried)."""
     if not finished(job) or recorded(job):
         return None
-    namespace, job_name = policies.ident(job)
+    namespace, job_name = objects.ident(job)
     owner = policy_name(ctx, job)
     if owner is None:
         return None
@@ -112,7 +112,7 @@ def record(ctx: Context, job: Mapping[str, Any]) -> JobOutcome | None:
     if policy_body is None or (policy_body.get("metadata") or {}).get("deletionTimestamp"):
         return None
     pods = ctx.kube.list(kubemod.POD, namespace, label_selector=f"{LABEL_JOB_NAME}={job_name}")
-    outcome = job_outcome(policies.plain(job), pods)
+    outcome = job_outcome(objects.plain(job), pods)
     if outcome.state == "running":
         return None
     now = ctx.clock()
@@ -139,7 +139,7 @@ def record(ctx: Context, job: Mapping[str, Any]) -> JobOutcome | None:
 
 
 def _report(ctx: Context, policy_body: Json, outcome: JobOutcome, message: str) -> None:
-    namespace, name = policies.ident(policy_body)
+    namespace, name = objects.ident(policy_body)
     succeeded = outcome.state == "succeeded"
     if succeeded:
         result = outcome.result or {}
@@ -176,7 +176,7 @@ def _report_aof(ctx: Context, policy_body: Json, change: Condition | None) -> No
     status write that changed nothing (the Job recorded again) sees no change: no repeat."""
     if change is None:
         return
-    namespace, name = policies.ident(policy_body)
+    namespace, name = objects.ident(policy_body)
     disabled = change.status == ConditionStatus.FALSE
     if disabled:
         log.warning("%s/%s: %s", namespace, name, change.message)

@@ -14,7 +14,7 @@ from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.kinds import BACKUP_POLICY, GROUP, VERSION, BackupPolicy
 from tonebridge_dr.controller import kube as kubemod
-from tonebridge_dr.controller import notify
+from tonebridge_dr.controller import notify, objects
 from tonebridge_dr.controller.context import Context
 
 log = logging.getLogger(__name__)
@@ -31,55 +31,16 @@ class InvalidPolicy(ValueError):
     """The body does not parse into a BackupPolicy (what the schema could not catch)."""
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
-
-
-def plain(body: Mapping[str, Any]) -> Json:
-    """A kopf body (read-only views) as plain dicts and lists."""
-    return {key: _plain(value) for key, value in body.items()}
-
-
-def ident(body: Mapping[str, Any]) -> tuple[str, str]:
-    """(namespace, name) of an object."""
-    metadata = body.get("metadata") or {}
-    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
-
-
 def parse(body: Mapping[str, Any]) -> BackupPolicy:
     """The typed policy; InvalidPolicy with one readable sentence (field: problem)."""
     try:
         return BackupPolicy.from_body(body)
     except pydantic.ValidationError as exc:
-        problems = []
-        for error in exc.errors()[:3]:
-            where = ".".join(str(part) for part in error.get("loc", ()))
-            problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else error["msg"])
-        raise InvalidPolicy("; ".join(problems)) from None
+        raise InvalidPolicy(objects.validation_message(exc)) from None
 
 
 def status_of(body: Mapping[str, Any]) -> BackupPolicyStatus | None:
-    raw = body.get("status")
-    if not raw:
-        return None
-    try:
-        return BackupPolicyStatus.model_validate(plain(raw))
-    except pydantic.ValidationError:
-        log.warning("ignoring an unreadable status of %s", _where(body))
-        return None
-
-
-def _where(body: Mapping[str, Any]) -> str:
-    metadata = body.get("metadata") or {}
-    return f"{metadata.get('namespace')}/{metadata.get('name')}"
-
-
-def _dump(status: BackupPolicyStatus | None) -> Json:
-    return status.model_dump(mode="json", exclude_none=True) if status is not None else {}
+    return objects.status_of(body, BackupPolicyStatus)
 
 
 def update_status(
@@ -91,29 +52,11 @@ def update_status(
     body: Mapping[str, Any] | None = None,
     significant: Callable[[Json, Json], bool] | None = None,
 ) -> Json | None:
-    """Read-modify-write of the status with the resourceVersion as precondition.
-
-    `mutate(body, status)` returns the new status (None: leave it). It may run several
-    times: on a conflict the object is read again and `mutate` sees the newer status.
-    Nothing is written when the result equals the stored status (or when
-    `significant(old, new)` says the difference does not matter). Returns the body
-    that is current after the call, or None when the policy is gone.
-    """
-
-    def compute(current: Json) -> Json | None:
-        old = status_of(current)
-        new = mutate(current, old)
-        if new is None:
-            return None
-        old_dump, new_dump = _dump(old), _dump(new)
-        if new_dump == old_dump:
-            return None
-        if significant is not None and not significant(old_dump, new_dump):
-            return None
-        return new_dump
-
-    first = plain(body) if body is not None else None
-    return ctx.kube.write_status(KIND, namespace, name, compute, body=first)
+    """`objects.update_status` of a BackupPolicy: the one way its status is written."""
+    return objects.update_status(
+        ctx, KIND, BackupPolicyStatus, namespace, name, mutate, body=body,
+        significant=significant,
+    )
 
 
 # --- referenced Secrets ----------------------------------------------------------------------
@@ -185,29 +128,10 @@ def describe_missing(missing: list[SecretUse]) -> str:
 # --- events and notifications -----------------------------------------------------------------
 
 
-def reference(policy_body: Mapping[str, Any]) -> Json:
-    """What an Event needs to point at the policy."""
-    metadata = policy_body.get("metadata") or {}
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": BACKUP_POLICY.kind,
-        "metadata": {
-            "name": metadata.get("name"),
-            "namespace": metadata.get("namespace"),
-            "uid": metadata.get("uid"),
-        },
-    }
-
-
 def event(
     ctx: Context, policy_body: Mapping[str, Any], *, warning: bool, reason: str, message: str
 ) -> None:
-    ctx.kube.post_event(
-        reference(policy_body),
-        type="Warning" if warning else "Normal",
-        reason=reason,
-        message=message,
-    )
+    objects.event(ctx, KIND, policy_body, warning=warning, reason=reason, message=message)
 
 
 def send_notification(

@@ -25,7 +25,7 @@ from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.builders import backup as builders
 from tonebridge_dr.builders import names
 from tonebridge_dr.controller import kube as kubemod
-from tonebridge_dr.controller import policies
+from tonebridge_dr.controller import objects, policies
 from tonebridge_dr.controller.context import Context
 from tonebridge_dr.status import backuppolicy as policy_status
 from tonebridge_dr.status import conditions
@@ -105,7 +105,7 @@ def _not_ready(ctx: Context, body: Mapping[str, Any], *, reason: str, message: s
     """Ready=False with `reason`; a Warning Event only when Ready changes (not on every
     re-check)."""
     metadata = body.get("metadata") or {}
-    namespace, name = policies.ident(body)
+    namespace, name = objects.ident(body)
     generation = metadata.get("generation")
     now = ctx.clock()
     changed: list[bool] = []
@@ -147,7 +147,7 @@ def reconcile(ctx: Context, body: Mapping[str, Any], *, prune: bool = True) -> b
     just created (it owns nothing but what this call applies), and it saves two LISTs
     per new policy."""
     metadata = body.get("metadata") or {}
-    namespace, name = policies.ident(body)
+    namespace, name = objects.ident(body)
     if metadata.get("deletionTimestamp"):
         return False
     # observe

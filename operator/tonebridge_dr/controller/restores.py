@@ -39,6 +39,7 @@ from tonebridge_dr.api.restorerequest import RestorePhase, RestoreRequestStatus
 from tonebridge_dr.builders import names
 from tonebridge_dr.builders import restore as builders
 from tonebridge_dr.controller import kube as kubemod
+from tonebridge_dr.controller import objects
 from tonebridge_dr.controller.context import Context
 from tonebridge_dr.controller.kube import ApiError
 from tonebridge_dr.status import restorerequest as rr_status
@@ -58,13 +59,13 @@ def reconcile(ctx: Context, body: Mapping[str, Any]) -> str | None:
     """Bring one request forward. Returns why it waits (Pending), or None.
 
     Raises kube.ApiError on API trouble (the caller retries)."""
-    current = plain(body)
-    namespace, name = _ident(current)
-    generation = _generation(current)
+    current = objects.plain(body)
+    namespace, name = objects.ident(current)
+    generation = objects.generation(current)
     try:
         rr = RestoreRequest.from_body(current)
     except pydantic.ValidationError as exc:
-        problem = _validation_message(exc)
+        problem = objects.validation_message(exc)
         _write(ctx, current, lambda _b, s: rr_status.refused(
             s, reason="InvalidSpec", message=problem, source=None,
             generation=generation, now=ctx.clock(),
@@ -99,7 +100,7 @@ def reconcile(ctx: Context, body: Mapping[str, Any]) -> str | None:
         except pydantic.ValidationError as exc:
             return _refuse(ctx, current, "InvalidPolicy",
                            f'BackupPolicy "{policy_ref.name}" cannot be read: '
-                           f"{_validation_message(exc)}", source_text)
+                           f"{objects.validation_message(exc)}", source_text)
 
     try:
         source = builders.resolve_source(rr, policy)
@@ -153,7 +154,7 @@ def reconcile(ctx: Context, body: Mapping[str, Any]) -> str | None:
 
 def _wait(ctx: Context, current: Json, reason: str, message: str, source: str) -> str:
     _write(ctx, current, lambda b, s: rr_status.waiting(
-        s, reason=reason, message=message, source=source, generation=_generation(b),
+        s, reason=reason, message=message, source=source, generation=objects.generation(b),
         now=ctx.clock(),
     ))
     return message
@@ -162,10 +163,10 @@ def _wait(ctx: Context, current: Json, reason: str, message: str, source: str) -
 def _refuse(ctx: Context, current: Json, reason: str, message: str, source: str) -> str | None:
     """Fail the request for good (returns None: nothing to wait for)."""
     written = _write(ctx, current, lambda b, s: rr_status.refused(
-        s, reason=reason, message=message, source=source, generation=_generation(b),
+        s, reason=reason, message=message, source=source, generation=objects.generation(b),
         now=ctx.clock(),
     ))
-    status = _status_of(written) if written is not None else None
+    status = objects.status_of(written, RestoreRequestStatus) if written is not None else None
     _event(ctx, current, warning=True, reason=reason,
            message=(status.message if status and status.message else message))
     return None
@@ -288,7 +289,7 @@ def observe_job(ctx: Context, job: Json, *, deleted: bool = False) -> None:
     if deleted:
         job_name = (job.get("metadata") or {}).get("name") or ""
         _write(ctx, body, lambda b, s: rr_status.job_vanished(
-            s, job_name=job_name, target=_target_info(rr, None), generation=_generation(b),
+            s, job_name=job_name, target=_target_info(rr, None), generation=objects.generation(b),
             now=ctx.clock(),
         ))
         _event(ctx, body, warning=True, reason="JobDeleted",
@@ -310,12 +311,12 @@ def _observe(ctx: Context, rr: RestoreRequest, body: Json, job: Json) -> None:
     counts = job.get("status") or {}
     attempts = int(counts.get("failed") or 0) + int(counts.get("succeeded") or 0)
     written = _write(ctx, body, lambda b, s: rr_status.job_observed(
-        s, outcome, target=target, generation=_generation(b), now=ctx.clock(),
+        s, outcome, target=target, generation=objects.generation(b), now=ctx.clock(),
         attempts=attempts,
     ))
     if written is None:
         return
-    after = _status_of(written)
+    after = objects.status_of(written, RestoreRequestStatus)
     phase = after.phase if after else None
     if phase == before or phase not in (RestorePhase.SUCCEEDED, RestorePhase.FAILED):
         return
@@ -399,91 +400,16 @@ def _target_info(rr: RestoreRequest, policy: BackupPolicy | None) -> rr_status.T
 # --- status and events --------------------------------------------------------------------------
 
 
-def plain(body: Mapping[str, Any]) -> Json:
-    """A kopf body (read-only views) as plain dicts and lists."""
-    return _plain(body)  # type: ignore[no-any-return]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
-
-
-def _ident(body: Mapping[str, Any]) -> tuple[str, str]:
-    metadata = body.get("metadata") or {}
-    return str(metadata.get("namespace") or "default"), str(metadata.get("name") or "")
-
-
-def _generation(body: Mapping[str, Any]) -> int | None:
-    value = (body.get("metadata") or {}).get("generation")
-    return value if isinstance(value, int) else None
-
-
-def _status_of(body: Mapping[str, Any]) -> RestoreRequestStatus | None:
-    raw = body.get("status")
-    if not raw:
-        return None
-    try:
-        return RestoreRequestStatus.model_validate(_plain(raw))
-    except pydantic.ValidationError:
-        log.warning("ignoring an unreadable status of %s/%s", *_ident(body))
-        return None
-
-
-def _dump(status: RestoreRequestStatus | None) -> Json:
-    return status.model_dump(mode="json", exclude_none=True) if status is not None else {}
-
-
 def _write(ctx: Context, body: Mapping[str, Any], mutate: Mutation) -> Json | None:
-    """Read-modify-write of the status with the resourceVersion as precondition; `mutate`
-    may run again on the newer status after a conflict. Keeps `status.kopf` as it is.
-    Returns the current body, or None when the request is gone."""
-    namespace, name = _ident(body)
-
-    def compute(current: Json) -> Json | None:
-        old = _status_of(current)
-        new = mutate(current, old)
-        if new is None:
-            return None
-        new_dump = _dump(new)
-        if new_dump == _dump(old):
-            return None
-        kopf_state = (current.get("status") or {}).get("kopf")
-        if kopf_state is not None:
-            new_dump["kopf"] = kopf_state
-        return new_dump
-
-    return ctx.kube.write_status(KIND, namespace, name, compute, body=plain(body))
+    """`objects.update_status` of this request: the one way its status is written."""
+    return objects.update_status(
+        ctx, KIND, RestoreRequestStatus, *objects.ident(body), mutate, body=body
+    )
 
 
 def _event(ctx: Context, body: Mapping[str, Any], *, warning: bool, reason: str,
            message: str) -> None:
-    metadata = body.get("metadata") or {}
-    ctx.kube.post_event(
-        {
-            "apiVersion": API_VERSION,
-            "kind": RESTORE_REQUEST.kind,
-            "metadata": {
-                "name": metadata.get("name"),
-                "namespace": metadata.get("namespace"),
-                "uid": metadata.get("uid"),
-            },
-        },
-        type="Warning" if warning else "Normal",
-        reason=reason,
-        message=message,
-    )
-
-
-def _validation_message(exc: pydantic.ValidationError) -> str:
-    problems = []
-    for error in exc.errors()[:3]:
-        where = ".".join(str(part) for part in error.get("loc", ()))
-        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else error["msg"])
-    return "; ".join(problems)
+    objects.event(ctx, KIND, body, warning=warning, reason=reason, message=message)
 
 
 # --- API kinds ------------------------------------------------------------------------------------

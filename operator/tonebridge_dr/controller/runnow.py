@@ -28,7 +28,7 @@ from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.builders import backup as builders
 from tonebridge_dr.builders import names
 from tonebridge_dr.controller import kube as kubemod
-from tonebridge_dr.controller import policies
+from tonebridge_dr.controller import objects, policies
 from tonebridge_dr.controller.context import Context
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def pick_schedule(policy: BackupPolicy, token: str) -> str:
 
 
 def _mark_handled(ctx: Context, body: Mapping[str, Any], token: str) -> None:
-    namespace, name = policies.ident(body)
+    namespace, name = objects.ident(body)
     ctx.kube.merge_patch(
         policies.KIND,
         namespace,
@@ -73,7 +73,7 @@ def handle(ctx: Context, body: Mapping[str, Any]) -> str | None:
     metadata = body.get("metadata") or {}
     if token is None or metadata.get("deletionTimestamp"):
         return None
-    namespace, name = policies.ident(body)
+    namespace, name = objects.ident(body)
     try:
         policy = policies.parse(body)
         schedule = pick_schedule(policy, token)
