@@ -68,7 +68,7 @@ from typing import cast
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.codecs import compression as codecs
 from tonebridge_dr.runner.codecs import pipeline
-from tonebridge_dr.runner.engines.postgres.wal import catalog, naming, spool
+from tonebridge_dr.runner.engines.postgres.wal import catalog, envvars, naming, spool
 from tonebridge_dr.runner.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class PushSettings:
         env = os.environ if env is None else env
         encrypt = env.get(ENCRYPT_ENV, "").strip()
         compression = env.get(COMPRESSION_ENV, "").strip() or codecs.DEFAULT
-        level = _int_env(env, LEVEL_ENV, None, minimum=None)
+        level = envvars.number(env, LEVEL_ENV, None, parse=int, what="an integer")
         if level is None and compression == "zstd":
             level = DEFAULT_ZSTD_LEVEL
         settings = cls(
@@ -123,8 +123,12 @@ class PushSettings:
             compression=compression,
             level=level,
             encrypt_to=Path(encrypt) if encrypt else None,
-            parallel=_int_env(env, PARALLEL_ENV, DEFAULT_PARALLEL, minimum=1) or 1,
-            push_ahead=_int_env(env, PUSH_AHEAD_ENV, DEFAULT_PUSH_AHEAD, minimum=1) or 1,
+            parallel=envvars.number(
+                env, PARALLEL_ENV, DEFAULT_PARALLEL, parse=int, what="an integer", minimum=1
+            ),
+            push_ahead=envvars.number(
+                env, PUSH_AHEAD_ENV, DEFAULT_PUSH_AHEAD, parse=int, what="an integer", minimum=1
+            ),
         )
         settings.check()
         return settings
@@ -140,21 +144,6 @@ class PushSettings:
     @property
     def extension(self) -> str:
         return pipeline.object_extension(self.compression, self.encrypt_to is not None)
-
-
-def _int_env(
-    env: Mapping[str, str], name: str, default: int | None, *, minimum: int | None
-) -> int | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise errors.UsageError(f"{name} must be an integer, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise errors.UsageError(f"{name} must be at least {minimum}, got {value}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -556,17 +545,10 @@ def _start_background(wal_dir: Path, done: str, settings: PushSettings) -> bool:
 
 def linger_from_env(env: Mapping[str, str] | None = None) -> float:
     """`TONEBRIDGE_DR_WAL_PUSHER_LINGER`: idle seconds before the background pusher exits."""
-    env = os.environ if env is None else env
-    raw = env.get(LINGER_ENV, "").strip()
-    if not raw:
-        return DEFAULT_LINGER
-    try:
-        value = float(raw)
-    except ValueError:
-        raise errors.UsageError(f"{LINGER_ENV} must be a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise errors.UsageError(f"{LINGER_ENV} must not be negative, got {raw!r}")
-    return value
+    return envvars.number(
+        os.environ if env is None else env, LINGER_ENV, DEFAULT_LINGER,
+        parse=float, what="a number of seconds", minimum=0.0,
+    )
 
 
 def run_background(wal_dir: Path, settings: PushSettings, *, linger: float) -> int:

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tonebridge_dr.runner import errors
-from tonebridge_dr.runner.engines.postgres.wal import catalog, naming, spool
+from tonebridge_dr.runner.engines.postgres.wal import catalog, envvars, naming, spool
 from tonebridge_dr.runner.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -79,22 +79,20 @@ class FetchSettings:
             repo_url=repo_url,
             decrypt_key=decrypt_key,
             allow_partial=allow_partial,
-            window=_int(env, PREFETCH_ENV, DEFAULT_WINDOW),
-            parallel=max(1, _int(env, PARALLEL_ENV, DEFAULT_PARALLEL)),
+            window=envvars.number(
+                env, PREFETCH_ENV, DEFAULT_WINDOW, parse=int, what="an integer", minimum=0
+            ),
+            parallel=max(
+                1,
+                envvars.number(
+                    env, PARALLEL_ENV, DEFAULT_PARALLEL, parse=int, what="an integer", minimum=0
+                ),
+            ),
         )
 
     @property
     def passphrase(self) -> str | None:
         return os.environ.get(PASSPHRASE_ENV) or None
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit():
-        raise errors.UsageError(f"{name} must be a non-negative integer, got {raw!r}")
-    return int(raw)
 
 
 def download(
