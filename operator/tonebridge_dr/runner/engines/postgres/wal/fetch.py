@@ -182,14 +182,15 @@ def _recovering(data_dir: Path) -> bool:
     return (data_dir / "recovery.signal").exists() or (data_dir / "standby.signal").exists()
 
 
-def _clear(folder: Path, keep: set[str] | None = None) -> None:
-    for entry in folder.iterdir():
-        if entry.name.startswith(".") and not entry.name.endswith(".tmp"):
+def _clear(folder: Path, keep: set[str] | None = None, names: set[str] | None = None) -> None:
+    """Remove spooled files but `keep` (of `names`, when the caller listed them already)."""
+    for name in _spooled(folder) if names is None else names:
+        if name.startswith(".") and not name.endswith(".tmp"):
             continue  # .wanted/.repo/.lock
-        if entry.name == spool.LOG or (keep is not None and entry.name in keep):
+        if name == spool.LOG or (keep is not None and name in keep):
             continue
         with contextlib.suppress(OSError):
-            entry.unlink()
+            (folder / name).unlink()
 
 
 def _spooled(folder: Path) -> set[str]:
@@ -277,7 +278,11 @@ def _prefetch_loop(
                 naming.next_segment(wanted, segment_size, step)
                 for step in range(settings.window + 1)
             ]
-            _clear(folder, keep=set(window) | {f".{name}.{os.getpid()}.tmp" for name in inflight})
+            _clear(
+                folder,
+                keep=set(window) | {f".{name}.{os.getpid()}.tmp" for name in inflight},
+                names=present,
+            )
             for name in window[1:]:
                 if len(inflight) >= settings.parallel:
                     break
