@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import itertools
 import os
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.postgres import PgServer, clean_env
+from tests.fixtures.procs import children
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres import dump, process, tools
 from tonebridge_dr.runner.repository.catalog import Repository
@@ -246,18 +246,7 @@ def test_backup_parser_loads_no_repository_restore_or_wal_code() -> None:
 
 
 def _pg_dump_children() -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            comm = stat.split("(", 1)[1].rsplit(")", 1)[0]
-            state = stat.rsplit(")", 1)[1].split()[0]
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == os.getpid() and comm == "pg_dump" and state != "Z":
-                found.append(int(entry.name))
-    return found
+    return children(os.getpid(), name="pg_dump", live=True)
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from tests.fixtures.postgres import (
     table_checksums,
     user_table_names,
 )
+from tests.fixtures.procs import children
 from tonebridge_dr.runner.engines.postgres import basebackup
 from tonebridge_dr.runner.repository.catalog import Repository
 
@@ -465,18 +466,6 @@ def test_s3_endpoint_dying_mid_upload_leaves_no_backup(
     assert [b["id"] for b in listed.json] == [later["id"]]
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def _wait_for(predicate: Any, what: str) -> Any:
     for _ in range(600):  # a wait-until with a generous bound, not a timing assertion
         value = predicate()
@@ -520,7 +509,7 @@ def test_sigterm_stops_pg_dump_and_leaves_no_backup(
                 ),
                 "pg_dump to wait for its lock",
             )
-            tools = _children(proc.pid)
+            tools = children(proc.pid)
             assert tools, "pg_dump should be a child of the runner"
             proc.send_signal(signal.SIGTERM)
             _out, err = proc.communicate(timeout=120)
