@@ -21,14 +21,17 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures import procs
 from tests.fixtures.pg_wal import (
     WAL_COMMAND,
+    attach_restored,
     batches,
     commit_batch,
     restore_started,
     start_archiving,
     switch_wal,
     wait_archived,
+    wait_for,
 )
 from tests.fixtures.postgres import ADMIN_PASSWORD, PgFactory, PgServer, _free_port, chown_postgres
 from tonebridge_dr.builders import restore as restore_builders
@@ -373,3 +376,77 @@ def test_prune_keeps_what_the_retained_backups_need(
         assert _batches(server) == _expect(1, 2, 3, 4, 5)
     finally:
         server.stop()
+
+
+def _restore_latest_from_first_backup(
+    world: World, pg_factory: PgFactory, repo: Repository, name: str, **options: Any
+) -> tuple[Path, dict[str, Any]]:
+    root = pg_factory.new_root(name)
+    port = _free_port()
+    # Timeline 1 explicitly: the timeline test may have added timeline 2 to the archive.
+    options = {
+        "backup_id": world.backups[0].id, "target_timeline": 1, "start": True, "timeout": 300,
+        "settings": {"port": str(port), "unix_socket_directories": str(root)}, **options,
+    }
+    return root / "data", options
+
+
+def test_an_unreadable_segment_aborts_recovery_instead_of_promoting_early(
+    world: World, pg_factory: PgFactory
+) -> None:
+    """The silent data loss of the old wal-fetch: a segment restore_command could not read
+    (EACCES) was answered with exit 1, taken for the end of the archive, and the restore
+    promoted and reported success with the later batches missing."""
+    repo = _copy_repo(world, pg_factory, "pitr-eacces")
+    bad = _segment_after_backup(repo, world.backups[0])
+    stored = Path(repo.url.removeprefix("file://")) / bad.key
+    stored.chmod(0)  # user postgres, who runs restore_command, cannot read it
+    data_dir, options = _restore_latest_from_first_backup(world, pg_factory, repo, "pitr-eacces-d")
+    with pytest.raises(errors.ToolError, match="exited with exit code 255"):
+        pitr.restore_physical(repo, pitr.RestoreOptions(data_dir, pitr.Target("latest"),
+                                                        **options))
+    log = (data_dir / "log" / "tonebridge-dr-restore.log").read_text()
+    assert "exit code 255" in log and "Permission denied" in log
+    assert "recovery stops here" in log and "database system is ready" not in log
+    assert (data_dir / "recovery.signal").exists()  # never promoted
+    assert procs.mentioning(str(data_dir)) == []  # no prefetcher, no server left behind
+    # The cause fixed, the same data directory recovers everything: nothing was lost.
+    stored.chmod(0o644)
+    chown_postgres(data_dir)
+    (data_dir / "postmaster.pid").unlink(missing_ok=True)
+    server = attach_restored(pg_factory, "pitr-eacces-d", data_dir,
+                             int(options["settings"]["port"]))
+    server.start()
+    try:
+        wait_for(lambda: not (data_dir / "recovery.signal").exists(), "promotion")
+        wait_for(lambda: _batches(server) == _expect(1, 2, 3, 4, 5), "all batches")
+    finally:
+        server.stop()
+
+
+def test_a_restore_that_promotes_before_the_planned_end_fails_and_is_marked(
+    world: World, pg_factory: PgFactory
+) -> None:
+    """Any restore_command that answers "not found" for WAL the archive holds (here one
+    that lies for one segment, like the old wal-fetch on an error) ends recovery early:
+    restore_physical compares where recovery ended with its plan and fails loudly."""
+    repo = _copy_repo(world, pg_factory, "pitr-early")
+    skipped = _segment_after_backup(repo, world.backups[0])
+    root = pg_factory.new_root("pitr-early-cmd")
+    lying = root / "lying-restore-command"
+    lying.write_text(
+        "#!/bin/sh\n"
+        f'[ "$5" = "{skipped.name}" ] && exit 1\n'
+        f'exec {WAL_COMMAND} "$@"\n'
+    )
+    lying.chmod(0o755)
+    chown_postgres(root)
+    data_dir, options = _restore_latest_from_first_backup(world, pg_factory, repo, "pitr-early-d")
+    with pytest.raises(errors.RecoveryEndedEarly, match="archive holds WAL up to") as caught:
+        pitr.restore_physical(repo, pitr.RestoreOptions(
+            data_dir, pitr.Target("latest"), wal_command=str(lying), **options))
+    assert caught.value.exit_code == 14 and caught.value.reason == "RecoveryEndedEarly"
+    assert world.last_segment in str(caught.value)
+    marker = data_dir / pitr.ENDED_EARLY_MARKER
+    assert "misses committed transactions" in marker.read_text()
+    assert procs.mentioning(str(data_dir)) == []  # server stopped, prefetcher gone

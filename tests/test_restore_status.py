@@ -150,6 +150,8 @@ def test_a_refused_target_says_nothing_changed_and_how_to_overwrite() -> None:
         ("IntegrityCheckFailed", VOLUME, "may hold an INCOMPLETE data directory"),
         ("DeadlineExceeded", DATABASE, "activeDeadlineSeconds"),
         ("EncryptionError", DATABASE, "spec.source.privateKeySecretRef"),
+        ("RecoveryEndedEarly", VOLUME, "TONEBRIDGE_DR_RECOVERY_ENDED_EARLY"),
+        ("RecoveryEndedEarly", VOLUME, "may hold an INCOMPLETE data directory"),
     ],
 )
 def test_failure_messages_say_what_state_the_target_is_in(

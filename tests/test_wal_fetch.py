@@ -44,6 +44,8 @@ def data_dir(tmp_path: Path) -> Path:
     data = tmp_path / "data"
     (data / "pg_wal").mkdir(parents=True)
     (data / "recovery.signal").write_bytes(b"")
+    # The prefetcher serves a live postmaster only: this test process stands in for it.
+    (data / "postmaster.pid").write_text(f"{os.getpid()}\n{data}\n")
     return data
 
 
@@ -177,3 +179,46 @@ def test_a_file_taken_while_the_prefetcher_reads_wanted_is_not_downloaded_again(
         (data_dir / "recovery.signal").unlink()
         runner.join(30)
     assert not runner.is_alive()
+
+
+def _prefetcher_pid(data_dir: Path) -> int:
+    folder = spool.prefetch_dir(str(data_dir / "pg_wal"))
+    wait_for(lambda: spool.prefetcher_running(folder), "the prefetcher to start")
+    return int(spool.read_text(os.path.join(folder, spool.LOCK)) or "0")
+
+
+def test_the_prefetcher_of_a_server_that_is_gone_exits(
+    file_repo_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """A failed start leaves recovery.signal: the prefetcher must not poll the archive
+    forever for a PostgreSQL that no longer runs (it was seen alive 13+ minutes)."""
+    names = _names(3)
+    _archive(file_repo_url, tmp_path / "src", names)
+    env = _env(file_repo_url)
+    assert run_wal("wal-fetch", names[0], "pg_wal/R", env=env, cwd=data_dir).returncode == 0
+    pid = _prefetcher_pid(data_dir)
+    (data_dir / "postmaster.pid").write_text("999999999\n")  # stale: no such process
+    began = time.monotonic()
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the prefetcher to exit", timeout=30)
+    assert time.monotonic() - began < fetch.ORPHAN_EXIT + 10
+    assert (data_dir / "recovery.signal").exists()  # it did not need the signal file gone
+
+
+def test_idle_is_measured_from_postgresql_requests_not_from_retries(
+    file_repo_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """At the end of the archive the prefetcher retries the missing segment every
+    MISSING_RETRY seconds; those retries must not keep it alive when nobody asks."""
+    names = _names(3)
+    _archive(file_repo_url, tmp_path / "src", names)
+    env = _env(file_repo_url, TONEBRIDGE_DR_WAL_PREFETCH_IDLE="3")
+    assert run_wal("wal-fetch", names[0], "pg_wal/R", env=env, cwd=data_dir).returncode == 0
+    pid = _prefetcher_pid(data_dir)
+    wait_for(lambda: _prefetched(data_dir) == set(names[1:]), "the rest prefetched")
+    # Several MISSING_RETRY rounds pass; a request from PostgreSQL keeps it alive.
+    time.sleep(2)
+    assert run_wal("wal-fetch", names[1], "pg_wal/R", env=env, cwd=data_dir).returncode == 0
+    time.sleep(2)
+    assert Path(f"/proc/{pid}").exists()
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the idle prefetcher to exit", timeout=20)
+    assert (data_dir / "recovery.signal").exists()

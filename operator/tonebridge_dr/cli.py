@@ -14,7 +14,9 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     verb = args[0] if args else ""
-    if verb in ("wal-push", "wal-fetch"):
+    if verb == "wal-fetch":
+        return _wal_fetch(args)
+    if verb == "wal-push":
         # PostgreSQL runs these once per WAL file: answer from the spool (files already
         # pushed ahead / prefetched) before importing anything heavy.
         from tonebridge_dr.runner.engines.postgres.wal import spool
@@ -33,6 +35,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tonebridge_dr.runner import cli as runner_cli
 
     return runner_cli.main(args)
+
+
+def _wal_fetch(args: list[str]) -> int:
+    """restore_command: even an import that fails must exit 255, never 1 ("not found")."""
+    try:
+        from tonebridge_dr.runner.engines.postgres.wal import spool
+    except BaseException as exc:  # see spool.fetch_main
+        sys.stderr.write(f"wal-fetch: cannot load the runner: {exc} (recovery stops here)\n")
+        return 255
+    return spool.fetch_main(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -129,9 +129,11 @@ _TMP_VOLUME = "tmp"
 _KEY_VOLUME = "restore-key"
 _DATA_VOLUME = "data"
 
-NON_RETRIABLE_RESTORE_EXIT_CODES: tuple[int, ...] = (6, 7, 11)
+NON_RETRIABLE_RESTORE_EXIT_CODES: tuple[int, ...] = (6, 7, 11, 14)
 """Besides the settings' codes: backup not found / target unreachable (6), corrupt backup
-(7), target not empty (11). Retrying cannot fix them: the Job fails at once."""
+(7), target not empty (11), recovery ended before its planned end (14: the volume holds a
+promoted, marked data directory; a person decides). Retrying cannot fix them: the Job
+fails at once."""
 
 _JOB_SUFFIX = "-restore"
 _INSTANCE_LIMIT = 52  # StatefulSet pods get labels `<name>-<10-char revision hash>`

@@ -19,7 +19,8 @@ $TONEBRIDGE_DR_REPO. Success prints the result (JSON with `--json`, else a
 readable table) and exits 0. A failure prints exactly one line `error: <message>`
 on stderr and exits with the DRError's code (2 usage, 3 repository config, 4
 storage, 5 object missing, 6 backup missing, 7 integrity, 8 encryption, 9
-source, 10 authentication, 11 target not empty, 12 tool, 13 conflict; 1 for an
+source, 10 authentication, 11 target not empty, 12 tool, 13 conflict, 14 recovery
+ended before its planned end; 1 for an
 unexpected error, 130/143 when interrupted/terminated). In a pod the result or
 the error also goes to /dev/termination-log (or $TONEBRIDGE_DR_TERMINATION_LOG)
 for the operator. Logs go to stderr with UTC timestamps, level from -v/-q or
@@ -387,9 +388,9 @@ def _add_wal_verbs(verbs: Any, argv: Sequence[str]) -> None:
         name = verb.replace("-", "_")
         getattr(wal, f"add_{name}_arguments")(sub)
         run = getattr(wal, f"run_{name}")
-        if verb in ("wal-push", "wal-fetch", "wal-prefetch"):
-            # PostgreSQL reads only their exit codes (wal-fetch: 1 = not found, 255 = abort
-            # recovery); they print their own one-line errors.
+        if verb in ("wal-push", "wal-prefetch"):
+            # PostgreSQL reads only wal-push's exit code; it prints its own one-line errors.
+            # (wal-fetch never gets here: main() hands it to spool.fetch_main.)
             sub.set_defaults(handler=run, raw_exit=True)
         else:
             if not any(o == "--json" for a in sub._actions for o in a.option_strings):
@@ -449,6 +450,12 @@ def _fail(exc_code: int, reason: str, message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (never raises, never calls sys.exit)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verb_at = next((pos for pos, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if verb_at is not None and argv[verb_at] == "wal-fetch":
+        # restore_command: its exit codes are PostgreSQL's contract, decided in one place.
+        from tonebridge_dr.runner.engines.postgres.wal import spool
+
+        return spool.fetch_main(argv[verb_at:])
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     handler: logging.Handler | None = None

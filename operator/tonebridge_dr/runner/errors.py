@@ -98,3 +98,14 @@ class ConflictError(DRError):
 
     exit_code = 13
     reason = "Conflict"
+
+
+class RecoveryEndedEarly(DRError):
+    """Point-in-time recovery promoted before it reached the WAL its plan said it would.
+
+    The data directory is stopped and marked; it misses transactions that are in the
+    archive and must not be used as the recovered database.
+    """
+
+    exit_code = 14
+    reason = "RecoveryEndedEarly"

@@ -95,6 +95,13 @@ _HINTS: dict[str, str] = {
         "(activeDeadlineSeconds)."
     ),
     "Cancelled": "The restore process was stopped before it finished.",
+    "RecoveryEndedEarly": (
+        "PostgreSQL promoted before replaying all the WAL the archive holds: the restored "
+        "data directory misses committed transactions, was shut down and carries the file "
+        "TONEBRIDGE_DR_RECOVERY_ENDED_EARLY. Do not start applications on it; find why a "
+        "WAL file could not be fetched (`kubectl logs`), then restore again with "
+        "spec.overwrite: true."
+    ),
 }
 _REDIS_HINTS: dict[str, str] = {
     "AuthenticationFailed": (

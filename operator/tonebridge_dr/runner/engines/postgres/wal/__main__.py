@@ -6,6 +6,8 @@ import sys
 def _main() -> int:
     from tonebridge_dr.runner.engines.postgres.wal import spool
 
+    if sys.argv[1:2] == ["wal-fetch"]:
+        return spool.fetch_main(sys.argv[1:])
     fast = spool.fast_main(sys.argv[1:])
     if fast is not None:
         return fast

@@ -6,7 +6,7 @@ For the runner CLI: each verb has `add_<verb>_arguments(parser)` and
 | verb                      | run returns     | errors                                      |
 |---------------------------|-----------------|---------------------------------------------|
 | `wal-push PATH`           | exit code (int) | handled inside: stderr line, DRError's code |
-| `wal-fetch NAME DEST`     | exit code (int) | handled inside: 0 / 1 not found / 255 fatal |
+| `wal-fetch NAME DEST`     | see below       | `fetch_slow` 0 / 1 not found, raises the rest |
 | `wal-stream --dsn --repo` | result dict     | raises DRError                              |
 | `wal-status --repo`       | result dict     | raises DRError                              |
 | `wal-prune --repo`        | result dict     | raises DRError                              |
@@ -14,16 +14,18 @@ For the runner CLI: each verb has `add_<verb>_arguments(parser)` and
 | `wal-prefetch ...` (internal, started by wal-fetch) | exit code | logged |
 | `wal-pusher ...` (internal, started by wal-push) | exit code | logged |
 
-wal-push and wal-fetch keep their exit codes to themselves because PostgreSQL
-reads them (see fetch.py: an ordinary error code would look like "not found"
-to recovery). Call `spool.fast_main(argv)` before importing anything heavy to
-keep their fast paths fast. `main(argv)` runs all verbs (`python -m
-tonebridge_dr.runner.engines.postgres.wal ...`).
+wal-fetch's one front door is `spool.fetch_main` (every entry point calls it): it
+maps whatever `fetch_slow` raises to 255. wal-push and wal-fetch keep their exit
+codes to themselves because PostgreSQL reads them (see fetch.py: an ordinary
+error code would look like "not found" to recovery). Call `spool.fast_main(argv)`
+before importing anything heavy to keep their fast paths fast. `main(argv)` runs
+all verbs (`python -m tonebridge_dr.runner.engines.postgres.wal ...`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -141,33 +143,41 @@ def add_wal_fetch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dest", metavar="DEST", help="where to write it (restore_command's %%p)")
 
 
-def run_wal_fetch(args: argparse.Namespace) -> int:
-    """restore_command: 0 delivered, 1 not in the archive, 255 any other failure."""
-    from tonebridge_dr.runner.engines.postgres.wal import catalog, fetch
+def fetch_slow(argv: Sequence[str]) -> int:
+    """wal-fetch once the spool had nothing: 0 delivered, 1 not in the archive; raises the rest.
 
+    Only `spool.fetch_main` calls this: it turns whatever is raised here into 255.
+    """
+    from tonebridge_dr.runner.engines.postgres.wal import catalog
+
+    parser = _Parser(prog="tonebridge-dr wal-fetch")
+    add_wal_fetch_arguments(parser)
+    args = parser.parse_args(list(argv))
+    _configure_logging()
     try:
-        repo = _repo(args.repo)
-        settings = fetch.FetchSettings.from_env(
-            repo, decrypt_key=args.decrypt_key, allow_partial=args.allow_partial
-        )
-        if args.no_prefetch:
-            settings = fetch.FetchSettings(
-                repo, args.decrypt_key, args.allow_partial, window=0, parallel=1
-            )
-        elif settings.window > 0:
-            folder = spool.prefetch_dir(os.path.dirname(os.path.abspath(args.dest)))
-            if os.path.isdir(folder):
-                spool.note_wanted(folder, args.name)
-                if spool.take_prefetched(folder, args.name, os.path.abspath(args.dest), repo):
-                    return 0
-        fetch.fetch(args.name, args.dest, settings)
+        _deliver(args)
     except catalog.WalNotFound as exc:
         _fail("wal-fetch", str(exc))
-        return fetch.EXIT_NOT_FOUND
-    except errors.DRError as exc:
-        _fail("wal-fetch", f"{args.name}: {exc} (recovery stops here; fix and restart)")
-        return fetch.EXIT_FATAL
-    return 0
+        return spool.FETCH_NOT_FOUND
+    return spool.FETCH_DELIVERED
+
+
+def _deliver(args: argparse.Namespace) -> None:
+    from tonebridge_dr.runner.engines.postgres.wal import fetch
+
+    repo = _repo(args.repo)
+    settings = fetch.FetchSettings.from_env(
+        repo, decrypt_key=args.decrypt_key, allow_partial=args.allow_partial
+    )
+    if args.no_prefetch:
+        settings = dataclasses.replace(settings, window=0, parallel=1)
+    elif settings.window > 0:
+        folder = spool.prefetch_dir(os.path.dirname(os.path.abspath(args.dest)))
+        if os.path.isdir(folder):
+            spool.note_wanted(folder, args.name)
+            if spool.take_prefetched(folder, args.name, os.path.abspath(args.dest), repo):
+                return
+    fetch.fetch(args.name, args.dest, settings)
 
 
 # -- wal-prefetch (internal) -----------------------------------------------------------
@@ -201,6 +211,7 @@ def run_wal_prefetch(args: argparse.Namespace) -> int:
         start=args.start,
         segment_size=args.segment_size,
         data_dir=args.data_dir,
+        idle_exit=fetch.idle_exit_from_env(),
     )
 
 
@@ -415,7 +426,6 @@ class _Parser(argparse.ArgumentParser):
 
 _VERBS = {
     "wal-push": (add_wal_push_arguments, run_wal_push),
-    "wal-fetch": (add_wal_fetch_arguments, run_wal_fetch),
     "wal-prefetch": (add_wal_prefetch_arguments, run_wal_prefetch),
     "wal-pusher": (add_wal_pusher_arguments, run_wal_pusher),
     "wal-stream": (add_wal_stream_arguments, run_wal_stream),
@@ -430,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, (add, run) in _VERBS.items():
         sub = verbs.add_parser(verb)
         add(sub)
-        if verb not in ("wal-push", "wal-fetch", "wal-prefetch", "wal-pusher"):
+        if verb not in ("wal-push", "wal-prefetch", "wal-pusher"):
             sub.add_argument("--json", action="store_true")
         sub.set_defaults(run=run)
     restore = verbs.add_parser("restore")
@@ -464,6 +474,8 @@ def _configure_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one verb; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["wal-fetch"]:
+        return spool.fetch_main(args_list)
     fast = spool.fast_main(args_list)
     if fast is not None:
         return fast

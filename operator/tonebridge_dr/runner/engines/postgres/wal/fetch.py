@@ -2,13 +2,15 @@
 
 `wal-fetch NAME DEST` writes the archived file NAME to DEST (PostgreSQL passes
 `%f %p`; DEST is relative to the data directory, e.g. `pg_wal/RECOVERYXLOG`).
-Exit status, as PostgreSQL reads it:
+Exit status, as PostgreSQL reads it (decided in one place, `spool.fetch_main`,
+which every entry point calls):
 
-- 0: DEST holds the file, complete and verified (SHA-256 of the raw content
-  equals the digest in its key; it is written to a temp file and renamed).
+- 0: DEST holds the file, complete, verified (SHA-256 of the raw content
+  equals the digest in its key) and fsynced (written to a temp file, renamed).
 - 1: the archive has no such file. A normal answer: PostgreSQL asks for history
   files and for the segment after the last one, which need not exist.
-- 255: anything else (repository unreachable, corrupt object, wrong key). An
+- 255: anything else (repository unreachable, corrupt object, wrong key, an
+  OS error writing DEST such as EACCES, ENOSPC or EIO, bad arguments). An
   exit status above 125 makes PostgreSQL abort recovery ("child process exited
   with exit code 255") instead of taking the failure for the end of the
   archive and promoting a database that silently misses WAL. Fix the cause and
@@ -23,8 +25,12 @@ downloaded (`parallel` at a time) into `pg_wal/tonebridge-dr/prefetch/`, each
 verified, fsynced and renamed into place, and removes files that fell out of
 the window. Later calls move their file from there (one rename, no download,
 no boto3 import). The prefetcher stops when recovery is over (no
-recovery.signal / standby.signal), when the data directory is gone, or after
-`IDLE_EXIT` seconds without a new request; a later miss starts another one.
+recovery.signal / standby.signal), when the data directory is gone, when no live
+postmaster has the data directory for `ORPHAN_EXIT` seconds (a failed start
+leaves recovery.signal behind: without this the prefetcher would poll the archive
+forever), or after `IDLE_EXIT` seconds (`$TONEBRIDGE_DR_WAL_PREFETCH_IDLE`)
+without a new request from PostgreSQL (downloads and retries of a missing
+segment do not count); a later miss starts another one.
 """
 
 from __future__ import annotations
@@ -38,7 +44,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres.wal import catalog, envvars, naming, spool
 from tonebridge_dr.runner.storage import open_storage
 
@@ -49,12 +54,13 @@ PARALLEL_ENV = "TONEBRIDGE_DR_WAL_PARALLEL"
 PASSPHRASE_ENV = "TONEBRIDGE_DR_DECRYPT_PASSPHRASE"
 DEFAULT_WINDOW = 16
 DEFAULT_PARALLEL = 8
-#: A prefetcher with nothing to do for this long exits.
+IDLE_ENV = "TONEBRIDGE_DR_WAL_PREFETCH_IDLE"
+#: A prefetcher that PostgreSQL asked nothing new of for this long exits.
 IDLE_EXIT = 60.0
+#: A prefetcher whose data directory has no live postmaster for this long exits.
+ORPHAN_EXIT = 5.0
 #: How long a "not in the archive" answer is believed before asking again.
 MISSING_RETRY = 2.0
-EXIT_NOT_FOUND = 1
-EXIT_FATAL = 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,14 +139,13 @@ def download(
 
 
 def fetch(name: str, dest_arg: str, settings: FetchSettings, *, cwd: str | None = None) -> str:
-    """The restore_command's slow path: download `name` to `dest_arg`, start prefetching.
-
-    Returns "archive". The caller tried the spool (fast path) first.
+    """The restore_command's slow path: download `name` to `dest_arg` (verified, fsynced),
+    start prefetching. Returns "archive". The caller tried the spool (fast path) first.
     """
     wal = naming.parse(name)
     dest = Path(os.path.abspath(dest_arg))
     archive = catalog.WalArchive(open_storage(settings.repo_url, create=False))
-    download(archive, wal.name, dest, settings)
+    download(archive, wal.name, dest, settings, durable=True)
     if wal.is_segment and settings.window > 0:
         ensure_prefetcher(wal.name, dest, settings, cwd=cwd)
     return "archive"
@@ -182,6 +187,35 @@ def _recovering(data_dir: Path) -> bool:
     return (data_dir / "recovery.signal").exists() or (data_dir / "standby.signal").exists()
 
 
+def _postmaster_alive(data_dir: Path) -> bool:
+    """True while postmaster.pid names a live process (the one PostgreSQL that may ask)."""
+    text = spool.read_text(str(data_dir / "postmaster.pid")) or ""
+    first = text.split("\n", 1)[0].strip()
+    if not first.isdigit():
+        return False
+    try:
+        os.kill(int(first), 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def idle_exit_from_env(env: Mapping[str, str] | None = None) -> float:
+    return envvars.number(
+        os.environ if env is None else env, IDLE_ENV, IDLE_EXIT,
+        parse=float, what="a number of seconds", minimum=0.0,
+    )
+
+
 def _clear(folder: Path, keep: set[str] | None = None, names: set[str] | None = None) -> None:
     """Remove spooled files but `keep` (of `names`, when the caller listed them already)."""
     for name in _spooled(folder) if names is None else names:
@@ -207,6 +241,7 @@ def run_prefetcher(
     start: str,
     segment_size: int,
     data_dir: Path,
+    idle_exit: float = IDLE_EXIT,
 ) -> int:
     """Keep the window after the wanted segment filled; returns when not needed any more."""
     import fcntl
@@ -225,7 +260,7 @@ def run_prefetcher(
             _clear(folder)
             (folder / spool.REPO).write_text(settings.repo_url)
         archive = catalog.WalArchive(open_storage(settings.repo_url, create=False))
-        _prefetch_loop(archive, folder, settings, start, segment_size, data_dir)
+        _prefetch_loop(archive, folder, settings, start, segment_size, data_dir, idle_exit)
         if not _recovering(data_dir):
             with contextlib.suppress(OSError):
                 _clear(folder)
@@ -241,26 +276,32 @@ def _prefetch_loop(
     start: str,
     segment_size: int,
     data_dir: Path,
+    idle_exit: float = IDLE_EXIT,
 ) -> None:
     inflight: dict[str, concurrent.futures.Future[catalog.ArchivedObject]] = {}
     missing: dict[str, float] = {}
-    last_wanted = ""
-    last_activity = time.monotonic()
+    last_wanted: tuple[str, int] = ("", 0)
+    last_request = time.monotonic()  # idle is PostgreSQL's idleness, not ours
+    server_seen = time.monotonic()
     pool = concurrent.futures.ThreadPoolExecutor(settings.parallel, thread_name_prefix="prefetch")
     try:
         while data_dir.is_dir() and _recovering(data_dir):
             now = time.monotonic()
+            if _postmaster_alive(data_dir):
+                server_seen = now
+            elif now - server_seen > ORPHAN_EXIT:
+                log.info("no PostgreSQL runs on %s any more, exiting", data_dir)
+                return
             for name, future in list(inflight.items()):
                 if not future.done():
                     continue
                 del inflight[name]
-                last_activity = now
                 try:
                     future.result()
                     missing.pop(name, None)
                 except catalog.WalNotFound:
                     missing[name] = now
-                except errors.DRError as exc:
+                except Exception as exc:  # restore_command reports it properly
                     log.warning("prefetch of %s failed: %s", name, exc)
                     missing[name] = now
             # Finished downloads first, then what is spooled, then what is wanted: a
@@ -272,8 +313,9 @@ def _prefetch_loop(
             wanted = spool.read_text(str(folder / spool.WANTED)) or start
             if not naming.is_valid(wanted) or not naming.parse(wanted).is_segment:
                 wanted = start
-            if wanted != last_wanted:
-                last_wanted, last_activity = wanted, now
+            asked = (wanted, _mtime_ns(folder / spool.WANTED))  # asking again counts too
+            if asked != last_wanted:
+                last_wanted, last_request = asked, now
             window = [
                 naming.next_segment(wanted, segment_size, step)
                 for step in range(settings.window + 1)
@@ -293,8 +335,8 @@ def _prefetch_loop(
                 inflight[name] = pool.submit(
                     download, archive, name, folder / name, settings, durable=True
                 )
-            if not inflight and now - last_activity > IDLE_EXIT:
-                log.info("prefetch idle for %.0f s, exiting", IDLE_EXIT)
+            if not inflight and now - last_request > idle_exit:
+                log.info("no request from PostgreSQL for %.0f s, exiting", idle_exit)
                 return
             time.sleep(0.02 if inflight else 0.1)
     finally:

@@ -984,6 +984,59 @@ class _Server:
         (self.data_dir / "postmaster.opts").unlink(missing_ok=True)
 
 
+ENDED_EARLY_MARKER = "TONEBRIDGE_DR_RECOVERY_ENDED_EARLY"
+
+
+def recovery_shortfall(plan: Plan, target: Target, recovered_to_lsn: str | None) -> str | None:
+    """Why recovery stopped short of its plan, or None when it reached it.
+
+    PostgreSQL itself refuses to promote before a time or LSN target ("recovery ended
+    before configured recovery target was reached"), but for the latest point the end of
+    the archive is simply the first file restore_command did not deliver: a fetch error
+    taken for "not found" promotes early without a word. So: the last replayed record
+    must lie in (or end at) the plan's last segment, and at or past an LSN target. The
+    one blind spot is a record that fills the whole last segment and continues into WAL
+    nobody archived yet; its data is unrecoverable either way.
+    """
+    if recovered_to_lsn is None:
+        return "the restored server reports no end of recovery (no new timeline history)"
+    reached = naming.parse_lsn(recovered_to_lsn)
+    if target.kind == "lsn" and target.lsn is not None and reached < target.lsn:
+        return (
+            f"recovery ended at LSN {recovered_to_lsn}, before the target LSN "
+            f"{naming.format_lsn(target.lsn)}"
+        )
+    if target.kind != "latest" or plan.last_segment is None:
+        return None
+    size = plan.segment_size
+    planned = naming.parse(plan.last_segment).segno(size)
+    # An end exactly at a segment boundary belongs to the segment before it.
+    if naming.segno_of_lsn(max(reached - 1, 0), size) >= planned:
+        return None
+    return (
+        f"recovery ended at LSN {recovered_to_lsn}, in segment "
+        f"{naming.segment_name(plan.timeline, naming.segno_of_lsn(reached, size), size)}, "
+        f"but the archive holds WAL up to {plan.last_segment}: PostgreSQL promoted after "
+        "a WAL file was not delivered"
+    )
+
+
+def _mark_ended_early(server: _Server, data_dir: Path, why: str) -> None:
+    """Stop the server (nobody may write to a database that misses data), mark, raise."""
+    try:
+        server.stop()
+    except errors.DRError as exc:
+        log.warning("could not stop the restored server: %s", exc)
+    text = (
+        f"{why}.\nThis data directory misses committed transactions that are in the "
+        "archive. Do not use it; restore again (overwrite) once the cause is fixed.\n"
+    )
+    (data_dir / ENDED_EARLY_MARKER).write_text(text)
+    raise errors.RecoveryEndedEarly(
+        f"{why}; the data directory was shut down and marked with {ENDED_EARLY_MARKER}"
+    )
+
+
 def _verify_sql(dsn: str) -> dict[str, Any]:
     from tonebridge_dr.runner.engines.postgres import connection
 
@@ -1081,13 +1134,12 @@ def restore_physical(repo: Repository, options: RestoreOptions) -> dict[str, Any
     try:
         server.start(options.timeout)
         result["started"] = True
-        try:
-            server.await_promotion(options.timeout)
-        finally:
-            fetch.stop_prefetcher(data_dir / "pg_wal")
+        server.await_promotion(options.timeout)
     except BaseException:
         _remove_socket_dir(private_dir, data_dir)
         raise
+    finally:  # every way out: a failed start leaves recovery.signal, which keeps it alive
+        fetch.stop_prefetcher(data_dir / "pg_wal")
     result["recovery_seconds"] = round(time.monotonic() - recovery_began, 3)
     control = _controldata(data_dir, major)
     state = control.get("Database cluster state", "")
@@ -1096,6 +1148,9 @@ def restore_physical(repo: Repository, options: RestoreOptions) -> dict[str, Any
     result["in_recovery"] = False
     result["new_timeline"] = _newest_history(data_dir / "pg_wal")
     result["recovered_to_lsn"] = _switch_point(data_dir / "pg_wal", result["new_timeline"])
+    short = recovery_shortfall(plan, options.target, result["recovered_to_lsn"])
+    if short is not None:
+        _mark_ended_early(server, data_dir, short)
     replayed_at = _last_transaction_time(log_file, server.log_offset)
     if options.dsn:
         checked = _verify_sql(options.dsn)

@@ -503,10 +503,75 @@ def fast_main(argv: list[str]) -> int | None:
     return 0
 
 
+# -- the front door of restore_command -------------------------------------------------------
+
+#: wal-fetch's only exit codes. PostgreSQL takes any other status up to 125 for "not in
+#: the archive" too, ends recovery there and promotes: an error answered with 1 (Python's
+#: status for an uncaught exception) silently loses every transaction after that point.
+FETCH_DELIVERED = 0
+FETCH_NOT_FOUND = 1
+FETCH_ABORT = 255
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    try:  # the runner's scrubber, when the package can be imported at all
+        from tonebridge_dr.runner.result import scrub
+    except BaseException:  # a broken install must still get its one line out
+        return line
+    return scrub(line)
+
+
+def fetch_main(argv: list[str]) -> int:
+    """`wal-fetch NAME DEST`, whatever started it: exit status 0, 1 or 255, by construction.
+
+    0: DEST holds the file (verified; fsynced when downloaded here, a prefetched file
+    was fsynced before it was spooled). 1: the archive answered that NAME does not exist
+    (`commands.fetch_slow` returns 1 from its WalNotFound clause and nowhere else). 255:
+    everything else: a DRError, an OSError while writing DEST (EACCES, ENOSPC, EIO), bad
+    arguments, a failed import, SIGINT, a bug. PostgreSQL then aborts recovery instead of
+    promoting; recovery resumes where it stopped when the server is started again.
+    """
+    name = argv[-2] if len(argv) >= 3 else "?"  # restore_command ends with `%f %p`
+    try:
+        code = fast_main(argv)
+        if code is None:
+            from tonebridge_dr.runner.engines.postgres.wal import commands
+
+            code = commands.fetch_slow(argv[1:])
+    except SystemExit as exc:  # argparse: --help printed (0), or bad arguments
+        if exc.code == 0 and any(arg in ("-h", "--help") for arg in argv[1:]):
+            return FETCH_DELIVERED
+        code = FETCH_ABORT
+        detail = f"invalid arguments {argv[1:]!r}"
+    except BaseException as exc:  # the contract: nothing unexplained is "not found"
+        code = FETCH_ABORT
+        detail = str(exc) or type(exc).__name__
+        if not _is_runner_error(exc):
+            detail = f"{type(exc).__name__}: {detail}"
+    else:
+        if code in (FETCH_DELIVERED, FETCH_NOT_FOUND):
+            return code
+        detail = f"unexpected status {code}"
+    sys.stderr.write(
+        _one_line(f"wal-fetch: {name}: {detail} (recovery stops here; fix the cause and "
+                  "start the server again)") + "\n"
+    )
+    sys.stderr.flush()
+    return FETCH_ABORT
+
+
+def _is_runner_error(exc: BaseException) -> bool:
+    """True for a DRError (its message is already one human sentence)."""
+    return any(cls.__name__ == "DRError" for cls in type(exc).__mro__)
+
+
 if __name__ == "__main__":
     # `python .../wal/spool.py wal-push %p`: the lightest entry point. A spool hit costs
     # an interpreter start and nothing else (not even the tonebridge_dr package); any
     # other call becomes the full command in place (exec keeps pid, env and cwd).
+    if sys.argv[1:2] == ["wal-fetch"]:
+        sys.exit(fetch_main(sys.argv[1:]))
     _code = fast_main(sys.argv[1:])
     if _code is not None:
         sys.exit(_code)
