@@ -1,0 +1,199 @@
+"""The contract between the operator and the runner inside its Jobs, in one place.
+
+The operator (builders write Jobs, status reads their results) and the runner
+(`tonebridge-dr <verb>` in the pod) are released together but run apart: what
+one writes the other reads. Everything they must agree on lives here and only
+here: environment variable names, exit codes and what they mean, the shape of
+the termination message, and the engines with their methods. Builders, status
+and the runner import this module (the runner may import `api`, nothing else of
+the operator); tests check that the runner's `errors.py` and the engine registry
+say the same as this module.
+
+Values here are shipped: monitoring, alert rules and old Jobs depend on them.
+Add, never rename or renumber.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, TypedDict
+
+__all__ = [
+    "ENGINES",
+    "ENGINE_NAMES",
+    "ENV_COMPRESSION",
+    "ENV_COMPRESSION_LEVEL",
+    "ENV_DECRYPT_PASSPHRASE",
+    "ENV_DSN",
+    "ENV_LOG_LEVEL",
+    "ENV_REDIS_TARGET_URL",
+    "ENV_REDIS_URL",
+    "ENV_REPO",
+    "ENV_S3_SSE",
+    "ENV_S3_SSE_KMS_KEY_ID",
+    "ENV_TARGET_DSN",
+    "ENV_TERMINATION_LOG",
+    "EXIT_CODES",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "TERMINATION_LIMIT",
+    "WAL_FETCH_ABORT",
+    "WAL_FETCH_DELIVERED",
+    "WAL_FETCH_NOT_FOUND",
+    "EngineSpec",
+    "ExitCode",
+    "TerminationError",
+    "exit_code",
+    "non_retriable_backup_codes",
+    "non_retriable_restore_codes",
+]
+
+# -- environment of runner pods ---------------------------------------------------------------
+
+ENV_REPO: Final = "TONEBRIDGE_DR_REPO"
+"""The repository folder of one policy: `<spec.repository.url>/<policy name>`."""
+ENV_DSN: Final = "TONEBRIDGE_DR_DSN"
+"""libpq DSN of the database a backup reads (from a Secret, never a literal value)."""
+ENV_TARGET_DSN: Final = "TONEBRIDGE_DR_TARGET_DSN"
+"""libpq DSN of the database a restore writes."""
+ENV_REDIS_URL: Final = "TONEBRIDGE_DR_REDIS_URL"
+"""redis:// URL of the server a backup reads."""
+ENV_REDIS_TARGET_URL: Final = "TONEBRIDGE_DR_REDIS_TARGET_URL"
+"""redis:// URL of the server a restore writes."""
+ENV_S3_SSE: Final = "TONEBRIDGE_DR_S3_SSE"
+"""S3 server-side encryption of stored objects (`AES256` or `aws:kms`)."""
+ENV_S3_SSE_KMS_KEY_ID: Final = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
+"""The KMS key of `aws:kms` server-side encryption."""
+ENV_DECRYPT_PASSPHRASE: Final = "TONEBRIDGE_DR_DECRYPT_PASSPHRASE"
+"""Passphrase of the OpenPGP private key a restore decrypts with."""
+ENV_COMPRESSION: Final = "TONEBRIDGE_DR_COMPRESSION"
+ENV_COMPRESSION_LEVEL: Final = "TONEBRIDGE_DR_COMPRESSION_LEVEL"
+ENV_LOG_LEVEL: Final = "TONEBRIDGE_DR_LOG_LEVEL"
+ENV_TERMINATION_LOG: Final = "TONEBRIDGE_DR_TERMINATION_LOG"
+"""Where the runner writes its termination message (default /dev/termination-log)."""
+
+# -- exit codes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    """One exit status of `tonebridge-dr`: the reason it reports and whether a retry helps.
+
+    `backup_retryable` / `restore_retryable`: False puts the code into the Job's
+    podFailurePolicy (FailJob) so the Job fails at once instead of spending its
+    backoffLimit on something a retry cannot fix.
+    """
+
+    code: int
+    reason: str
+    meaning: str
+    backup_retryable: bool = True
+    restore_retryable: bool = True
+
+
+EXIT_OK: Final = 0
+EXIT_INTERRUPTED: Final = 130
+EXIT_TERMINATED: Final = 143
+
+EXIT_CODES: Final[tuple[ExitCode, ...]] = (
+    ExitCode(1, "InternalError", "an unexpected error (a bug: the message names it)"),
+    ExitCode(2, "InvalidArguments", "bad command-line input, found before any work",
+             backup_retryable=False, restore_retryable=False),
+    ExitCode(3, "RepositoryUnavailable", "the repository URL is malformed or its bucket or "
+             "folder is missing", backup_retryable=False, restore_retryable=False),
+    ExitCode(4, "StorageError", "a storage call failed (network, permissions, endpoint down)"),
+    ExitCode(5, "ObjectNotFound", "an object that should exist does not"),
+    ExitCode(6, "BackupNotFound", "no complete backup matches (or no backup plus WAL reaches "
+             "the recovery target)", restore_retryable=False),
+    ExitCode(7, "IntegrityCheckFailed", "a stored object is corrupt or truncated",
+             restore_retryable=False),
+    ExitCode(8, "EncryptionError", "encryption or decryption failed (missing or wrong key)",
+             backup_retryable=False, restore_retryable=False),
+    ExitCode(9, "SourceUnavailable", "the database or Redis server is unreachable"),
+    ExitCode(10, "AuthenticationFailed", "the database or Redis server rejected the "
+             "credentials", backup_retryable=False, restore_retryable=False),
+    ExitCode(11, "TargetNotEmpty", "the restore target already holds data",
+             restore_retryable=False),
+    ExitCode(12, "ToolFailed", "an external tool (pg_dump, gpg, ...) failed"),
+    ExitCode(13, "Conflict", "a write would overwrite different existing content"),
+    ExitCode(14, "RecoveryEndedEarly", "point-in-time recovery promoted before the end of "
+             "its plan; the data directory is stopped and marked", restore_retryable=False),
+    ExitCode(EXIT_INTERRUPTED, "Cancelled", "interrupted (SIGINT)"),
+    ExitCode(EXIT_TERMINATED, "Cancelled", "terminated (SIGTERM: the Job was deleted or "
+             "ran past its deadline)"),
+)
+
+
+def exit_code(code: int) -> ExitCode | None:
+    """The contract entry of `code`, None for a status the runner never uses."""
+    return next((entry for entry in EXIT_CODES if entry.code == code), None)
+
+
+def non_retriable_backup_codes() -> tuple[int, ...]:
+    """Exit codes that fail a backup Job at once (podFailurePolicy FailJob)."""
+    return tuple(e.code for e in EXIT_CODES if not e.backup_retryable)
+
+
+def non_retriable_restore_codes() -> tuple[int, ...]:
+    """Exit codes that fail a restore Job at once (podFailurePolicy FailJob)."""
+    return tuple(e.code for e in EXIT_CODES if not e.restore_retryable)
+
+
+#: `wal-fetch` (restore_command) answers PostgreSQL with these three statuses only:
+#: PostgreSQL reads any status up to 125 as "not in the archive" and promotes.
+WAL_FETCH_DELIVERED: Final = 0
+WAL_FETCH_NOT_FOUND: Final = 1
+WAL_FETCH_ABORT: Final = 255
+
+# -- the termination message -------------------------------------------------------------------
+
+TERMINATION_LIMIT: Final = 4096
+"""The kubelet keeps at most this many bytes of a termination message."""
+
+
+class TerminationError(TypedDict):
+    """The termination message of a failed run; a succeeded run writes its result dict."""
+
+    error: str  # the ExitCode's reason (CamelCase: copied into a condition)
+    message: str  # one line, secrets scrubbed
+    exit_code: int
+
+
+# -- engines --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One kind of backup target as both sides see it.
+
+    `methods` are the API's BackupMethod values (the first is the default);
+    `result_methods` maps what the runner writes into a result's `method` when it
+    differs from the API name. `backup` / `restore`: the runner implements them.
+    """
+
+    name: str
+    title: str
+    methods: tuple[str, ...]
+    result_methods: tuple[tuple[str, str], ...] = ()
+    backup: bool = False
+    restore: bool = False
+
+    @property
+    def default_method(self) -> str:
+        return self.methods[0]
+
+
+ENGINES: Final[tuple[EngineSpec, ...]] = (
+    EngineSpec("postgres", "PostgreSQL", ("logical", "physical"), backup=True, restore=True),
+    EngineSpec("redis", "Redis", ("snapshot",), (("rdb", "snapshot"),), backup=True,
+               restore=True),
+    EngineSpec("kubernetes", "Kubernetes", ("export",)),
+    EngineSpec("bucket", "object storage bucket", ("sync",), (("copy", "sync"),)),
+)
+ENGINE_NAMES: Final[tuple[str, ...]] = tuple(engine.name for engine in ENGINES)
+
+
+def engine(name: str) -> EngineSpec | None:
+    """The contract entry of engine `name`, None when there is no such engine."""
+    return next((spec for spec in ENGINES if spec.name == name), None)

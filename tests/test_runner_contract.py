@@ -1,0 +1,44 @@
+"""The operator/runner contract (api/runner_contract.py) is what both sides really do."""
+
+from __future__ import annotations
+
+import inspect
+
+from tonebridge_dr.api import runner_contract as contract
+from tonebridge_dr.api.backuppolicy import _METHODS, TargetKind
+from tonebridge_dr.builders import restore as restore_builders
+from tonebridge_dr.builders import settings as builder_settings
+from tonebridge_dr.runner import errors
+
+
+def _runner_errors() -> list[type[errors.DRError]]:
+    return [cls for _, cls in inspect.getmembers(errors, inspect.isclass)
+            if issubclass(cls, errors.DRError) and cls is not errors.DRError]
+
+
+def test_every_runner_error_is_in_the_contract_with_its_reason() -> None:
+    for cls in _runner_errors():
+        entry = contract.exit_code(cls.exit_code)
+        assert entry is not None, f"{cls.__name__}: exit code {cls.exit_code} not in contract"
+        assert entry.reason == cls.reason, (cls.__name__, entry.reason, cls.reason)
+
+
+def test_exit_codes_and_reasons_are_unique_and_wal_fetch_codes_are_postgresql_safe() -> None:
+    codes = [entry.code for entry in contract.EXIT_CODES]
+    assert len(codes) == len(set(codes))
+    assert contract.WAL_FETCH_ABORT > 125  # PostgreSQL aborts recovery above 125
+    assert contract.WAL_FETCH_NOT_FOUND == 1 and contract.WAL_FETCH_DELIVERED == 0
+
+
+def test_job_failure_policies_come_from_the_contract() -> None:
+    assert set(builder_settings.DEFAULT_NON_RETRIABLE_EXIT_CODES) == set(
+        contract.non_retriable_backup_codes())
+    assert set(builder_settings.DEFAULT_NON_RETRIABLE_EXIT_CODES) | set(
+        restore_builders.NON_RETRIABLE_RESTORE_EXIT_CODES) == set(
+        contract.non_retriable_restore_codes())
+
+
+def test_api_targets_and_methods_are_the_contract_engines() -> None:
+    assert tuple(kind.value for kind in TargetKind) == contract.ENGINE_NAMES
+    for spec in contract.ENGINES:
+        assert tuple(m.value for m in _METHODS[TargetKind(spec.name)]) == spec.methods
