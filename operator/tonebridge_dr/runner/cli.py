@@ -220,6 +220,7 @@ def parse_duration(text: str) -> dt.timedelta:
 
 
 def _backups_prune(args: argparse.Namespace) -> Outcome:
+    from tonebridge_dr.runner.repository.catalog import DEFAULT_ORPHAN_GRACE
     from tonebridge_dr.runner.repository.retention import RetentionPolicy
 
     counts = {
@@ -236,12 +237,14 @@ def _backups_prune(args: argparse.Namespace) -> Outcome:
             "--keep-monthly/--keep-yearly (a policy without rules would keep everything)"
         )
     min_age = parse_duration(args.min_age) if args.min_age else None
+    grace = parse_duration(args.grace) if args.grace else DEFAULT_ORPHAN_GRACE
     policy = RetentionPolicy(**counts, min_age=min_age)
     repo = _open_repo(args)
     report = repo.prune(
         policy,
         now=dt.datetime.now(dt.UTC),
         dry_run=args.dry_run,
+        orphan_grace=grace,
         engine=args.engine,
         method=args.method,
     )
@@ -262,6 +265,8 @@ def _backups_prune(args: argparse.Namespace) -> Outcome:
             out.write(f"incomplete folders {verb}: {', '.join(report.orphans)}\n")
         if report.unreadable:
             out.write(f"unreadable manifests (left alone): {', '.join(report.unreadable)}\n")
+        if report.leftovers:
+            out.write(f"leftovers of interrupted writes {verb}: {', '.join(report.leftovers)}\n")
         if wal_report is not None:
             out.write(f"wal: {wal_report}\n")
 
@@ -351,6 +356,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         default=None,
         metavar="DUR",
         help="never delete backups younger than this (e.g. 7d, 12h)",
+    )
+    prune.add_argument(
+        "--grace",
+        default=None,
+        metavar="DUR",
+        help="a folder without manifest, or a leftover of an interrupted write, is removed "
+        "once untouched this long (default 15m; running backups renew their claim every "
+        "minute)",
     )
     prune.add_argument("--dry-run", action="store_true", help="report, delete nothing")
     prune.add_argument("--engine", choices=ENGINES, default=None)

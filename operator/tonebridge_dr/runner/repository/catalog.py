@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,11 @@ BASE_PREFIX = "base/"
 CLAIM_PREFIX = ".claim-"
 #: How many `-N` alternatives `begin` tries before giving up on a second.
 MAX_ID_SUFFIX = 1000
-DEFAULT_ORPHAN_GRACE = dt.timedelta(hours=24)
+#: A folder without manifest whose newest object (a running writer renews its claim every
+#: CLAIM_HEARTBEAT seconds) is older than this is a crashed write; so is a leftover.
+DEFAULT_ORPHAN_GRACE = dt.timedelta(minutes=15)
+CLAIM_HEARTBEAT = 60.0
+HEARTBEAT_ENV = "TONEBRIDGE_DR_CLAIM_HEARTBEAT"
 ENGINES: tuple[str, ...] = get_args(manifests.Manifest.model_fields["engine"].annotation)
 
 
@@ -51,6 +56,7 @@ class PruneReport:
     deleted: list[str]
     orphans: list[str]
     unreadable: list[str]
+    leftovers: list[str]  # keys of temp files / multipart uploads of crashed writes
     reasons: dict[str, list[str]]
     dry_run: bool
     policy: str
@@ -175,6 +181,7 @@ class Repository:
         level: int | None = None,
         storage_class: str | None = None,
         now: dt.datetime | None = None,
+        heartbeat: float | None = None,
     ) -> BackupWriter:
         """Claim a fresh id and return a writer (use it as a context manager).
 
@@ -183,6 +190,8 @@ class Repository:
         sees anything besides its own claim moves on to the next suffix, so two
         writers starting in the same second never share an id (S3 lists are
         strongly consistent). Bad arguments fail here, before anything is stored.
+        The writer renews its claim every `heartbeat` seconds (default
+        $TONEBRIDGE_DR_CLAIM_HEARTBEAT or CLAIM_HEARTBEAT; 0 turns it off).
         """
         if engine not in ENGINES:
             raise errors.UsageError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
@@ -207,6 +216,7 @@ class Repository:
             level=level,
             storage_class=storage_class,
             started_at=started_at,
+            heartbeat=_heartbeat() if heartbeat is None else heartbeat,
         )
 
     def _claim(self, base_id: str) -> tuple[str, str]:
@@ -303,6 +313,27 @@ class Repository:
         return report
 
     # Deleting -----------------------------------------------------------------
+    def _prune_leftovers(
+        self, cut: dt.datetime, alive: set[str], *, dry_run: bool
+    ) -> list[str]:
+        """Remove (unless `dry_run`) what crashed writes left that is older than `cut`.
+
+        An S3 upload only tells when it began, and one object of a backup may upload
+        for hours: a leftover in the folder of a backup whose claim is alive stays.
+        """
+        removed = []
+        for leftover in self.storage.list_leftovers():
+            folder = leftover.key[len(BASE_PREFIX):].partition("/")[0]
+            if leftover.started > cut or (
+                leftover.key.startswith(BASE_PREFIX) and folder in alive
+            ):
+                continue  # a write in progress
+            if not dry_run:
+                self.storage.discard_leftover(leftover)
+                log.info("removed leftover of an interrupted write to %s", leftover.key)
+            removed.append(leftover.key)
+        return removed
+
     def _delete_folder(self, backup_id: str, keys: list[str]) -> None:
         """Manifest first (the backup stops existing), then everything else in the folder."""
         manifest_key = manifests.manifest_key(backup_id)
@@ -342,7 +373,12 @@ class Repository:
         missing objects. Folders without a manifest (crashed or aborted writes)
         whose newest object is older than `orphan_grace` are removed too and
         reported as `orphans`; the grace must exceed the longest backup run.
-        Unreadable manifests are reported and left alone. Idempotent.
+        Unreadable manifests are reported and left alone. A running writer renews its
+        claim every CLAIM_HEARTBEAT seconds, so the grace only has to exceed the longest
+        stall of a writer, not its run; each orphan folder is listed again right before
+        it is deleted and spared when anything in it became younger than the grace.
+        Leftovers of crashed writes (local temp files, incomplete multipart uploads)
+        older than the grace are removed and reported as `leftovers`. Idempotent.
         """
         scan = self._scan()
         found, unreadable = self._manifests(scan)
@@ -362,18 +398,47 @@ class Repository:
             for backup_id in deleted:
                 self._delete_folder(backup_id, [info.key for info in scan.folders[backup_id]])
                 log.info("pruned backup %s", backup_id)
+            spared = set()
             for backup_id in orphans:
-                self._delete_folder(backup_id, [info.key for info in scan.folders[backup_id]])
+                infos = list(self.storage.list(manifests.backup_prefix(backup_id)))
+                if any(info.last_modified > now - orphan_grace for info in infos) or any(
+                    info.key == manifests.manifest_key(backup_id) for info in infos
+                ):
+                    spared.add(backup_id)  # its writer woke up (or committed) meanwhile
+                    continue
+                self._delete_folder(backup_id, [info.key for info in infos])
                 log.info("removed incomplete backup folder %s", backup_id)
+            orphans = [backup_id for backup_id in orphans if backup_id not in spared]
+        alive = {
+            backup_id for backup_id, infos in scan.folders.items()
+            if any(info.last_modified > now - orphan_grace for info in infos)
+        }
+        leftovers = self._prune_leftovers(now - orphan_grace, alive, dry_run=dry_run)
         return PruneReport(
             kept=kept,
             deleted=deleted,
             orphans=orphans,
             unreadable=unreadable,
+            leftovers=leftovers,
             reasons=reasons,
             dry_run=dry_run,
             policy=policy.describe(),
         )
+
+
+def _heartbeat() -> float:
+    raw = os.environ.get(HEARTBEAT_ENV, "").strip()
+    if not raw:
+        return CLAIM_HEARTBEAT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise errors.UsageError(
+            f"{HEARTBEAT_ENV} must be a number of seconds, got {raw!r}"
+        ) from None
+    if value < 0:
+        raise errors.UsageError(f"{HEARTBEAT_ENV} must be at least 0, got {raw!r}")
+    return value
 
 
 def _matches(manifest: manifests.Manifest, engine: str | None, method: str | None) -> bool:

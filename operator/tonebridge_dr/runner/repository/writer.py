@@ -12,6 +12,15 @@ Contracts:
   The SHA-256 and size recorded are those of the stored bytes.
 - `commit` writes `base/<id>/manifest.json` after every object; until then the
   backup does not exist for any reader.
+- While the writer is open it renews its claim (`base/<id>/.claim-<token>`) every
+  `heartbeat` seconds from a background thread, so `prune` can tell a running
+  backup from a crashed one: a folder without manifest is removed only once its
+  newest object (the claim included) is older than prune's grace.
+- `commit` checks, before and after writing the manifest, that its claim and every
+  object it lists are still stored with their sizes. When something is gone (a
+  prune whose grace was shorter than a stall of this process), no manifest
+  survives and `commit` raises StorageError (exit 4): a manifest never points at
+  deleted objects.
 - Leaving the `with` block with an exception, or without `commit`, deletes (best
   effort) the manifest key and every object written so far. Whatever a crash
   leaves behind has no manifest, is never listed, and `prune` removes it once it
@@ -24,6 +33,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -68,6 +78,7 @@ class BackupWriter:
         level: int | None,
         storage_class: str | None,
         started_at: dt.datetime,
+        heartbeat: float | None = None,
     ) -> None:
         self.storage = storage
         self.id = backup_id
@@ -85,6 +96,28 @@ class BackupWriter:
         self._extension = pipeline.object_extension(compression, encryption is not None)
         self._written: list[str] = []  # keys possibly stored, for cleanup
         self._closed = False
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        if claim_key is not None and heartbeat is not None and heartbeat > 0:
+            self._heartbeat = threading.Thread(
+                target=self._renew_claim, args=(claim_key, heartbeat),
+                name=f"claim-{backup_id}", daemon=True,
+            )
+            self._heartbeat.start()
+
+    def _renew_claim(self, claim_key: str, interval: float) -> None:
+        """Rewrite the claim every `interval` seconds until stopped (its time is the pulse)."""
+        while not self._stop.wait(interval):
+            try:
+                self.storage.put_bytes(claim_key, dt.datetime.now(dt.UTC).isoformat().encode())
+            except Exception as exc:  # the next beat may work; commit checks the claim
+                log.warning("could not renew claim of backup %s: %s", self.id, exc)
+
+    def _stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+            self._heartbeat = None
 
     @property
     def prefix(self) -> str:
@@ -175,8 +208,15 @@ class BackupWriter:
             extra=dict(extra or {}),
         )
         data = manifest.to_json()
+        self._check_stored("before writing its manifest")
         self._written.append(manifest.key)
         self.storage.put_bytes(manifest.key, data)
+        try:
+            self._check_stored("after writing its manifest")
+        except errors.StorageError:
+            self.storage.delete(manifest.key)  # never leave a manifest of deleted objects
+            raise
+        self._stop_heartbeat()
         self.manifest = manifest
         self._release_claim()
         log.info(
@@ -186,6 +226,22 @@ class BackupWriter:
             manifest.size_bytes,
         )
         return manifest
+
+    def _check_stored(self, when: str) -> None:
+        """StorageError when the claim or an object of this backup is gone or changed."""
+        missing = []
+        if self._claim_key is not None and self.storage.head(self._claim_key) is None:
+            missing.append(self._claim_key)
+        for entry in self.objects:
+            info = self.storage.head(entry.key)
+            if info is None or info.size != entry.size:
+                missing.append(entry.key)
+        if missing:
+            raise errors.StorageError(
+                f"backup {self.id} lost {', '.join(missing)} {when} (deleted while the backup "
+                "ran: a prune whose grace was shorter than a stall of this process?); "
+                "no manifest was kept, run the backup again"
+            )
 
     def _release_claim(self) -> None:
         if self._claim_key is None:
@@ -201,17 +257,26 @@ class BackupWriter:
         if self.manifest is not None or self._closed:
             return
         self._closed = True
+        self._stop_heartbeat()
         keys = [manifests.manifest_key(self.id)]
         keys += [key for key in self._written if key not in keys]
         if self._claim_key is not None:
             keys.append(self._claim_key)
             self._claim_key = None
+        failed = []
         for key in keys:
             try:
                 self.storage.delete(key)
             except Exception as exc:
+                failed.append(key)
                 log.warning("could not remove %s of aborted backup %s: %s", key, self.id, exc)
-        log.warning("backup %s aborted; its objects were removed", self.id)
+        if failed:
+            log.warning(
+                "backup %s aborted; %d of its %d keys could not be removed (it has no "
+                "manifest: prune removes them after its grace)", self.id, len(failed), len(keys),
+            )
+        else:
+            log.warning("backup %s aborted; its objects were removed", self.id)
 
     def __enter__(self) -> BackupWriter:
         return self

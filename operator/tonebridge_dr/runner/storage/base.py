@@ -17,6 +17,11 @@ Optional operations with a default built on the primitives (backends override
 them when they can do better): `list_after` (a bounded, resumable listing: S3's
 StartAfter/MaxKeys, so a caller can find the newest of millions of keys with a
 few small requests) and `delete_many` (S3 DeleteObjects, 1000 keys a request).
+
+Leftovers: a writer killed with SIGKILL cannot clean up after itself. What it
+leaves outside the key space (a local temp file, an S3 multipart upload that was
+never completed or aborted) is listed by `list_leftovers` and removed by
+`discard_leftover`; `prune` removes those older than its grace.
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ class ObjectInfo:
     size: int
     last_modified: dt.datetime  # timezone-aware UTC
     storage_class: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Leftover:
+    """Something an interrupted write left behind, never visible as an object."""
+
+    key: str  # the key the write was for
+    started: dt.datetime  # timezone-aware UTC: when the write began (S3) or last wrote (file)
+    handle: str  # the backend's name for it (temp file path, multipart upload id)
 
 
 class Storage(abc.ABC):
@@ -93,6 +107,14 @@ class Storage(abc.ABC):
             self.delete(key)
             count += 1
         return count
+
+    def list_leftovers(self, prefix: str = "") -> Iterator[Leftover]:
+        """What interrupted writes under `prefix` left behind (nothing, by default)."""
+        return iter(())
+
+    def discard_leftover(self, leftover: Leftover) -> None:
+        """Remove one leftover (missing is fine)."""
+        raise NotImplementedError(f"{type(self).__name__} lists no leftovers")
 
     # Shared helpers built on the primitives.
     def put_bytes(self, key: str, data: bytes, *, storage_class: str | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +20,9 @@ def _check_key(key: str) -> None:
     if not key or key.startswith("/") or ".." in key.split("/"):
         raise errors.UsageError(f"invalid object key {key!r}")
 
+
+#: A write's temp file: `tempfile.mkstemp(prefix=".<name>.", suffix=".part")`.
+_PART_RE = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.part")
 
 _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range: Callable[[int, int, int, int], int] | None = None
@@ -184,6 +188,39 @@ class LocalStorage(base.Storage):
                 yield from self._walk_sorted(key, prefix, start_after)
             elif key.startswith(prefix) and key > start_after:
                 yield key
+
+    def list_leftovers(self, prefix: str = "") -> Iterator[base.Leftover]:
+        """Temp files (`.<name>.<random>.part`) of writes that never finished."""
+        top = self.root / prefix.rpartition("/")[0] if prefix else self.root
+        for folder, _dirs, files in os.walk(top):
+            for name in files:
+                match = _PART_RE.fullmatch(name)
+                if match is None:
+                    continue
+                path = Path(folder) / name
+                rel_dir = path.parent.relative_to(self.root).as_posix()
+                key = match.group(1) if rel_dir == "." else f"{rel_dir}/{match.group(1)}"
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    modified = path.stat().st_mtime
+                except FileNotFoundError:
+                    continue  # finished or removed meanwhile
+                started = dt.datetime.fromtimestamp(modified, tz=dt.UTC)
+                yield base.Leftover(key=key, started=started, handle=str(path))
+
+    def discard_leftover(self, leftover: base.Leftover) -> None:
+        path = Path(leftover.handle)
+        if self.root not in path.parents or _PART_RE.fullmatch(path.name) is None:
+            raise errors.UsageError(f"not a leftover of {self.url}: {leftover.handle}")
+        path.unlink(missing_ok=True)
+        parent = path.parent
+        while parent != self.root and parent.is_dir():
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
 
     def head(self, key: str) -> base.ObjectInfo | None:
         try:

@@ -314,6 +314,35 @@ class S3Storage(base.Storage):
         with contextlib.suppress(Exception):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
 
+    def list_leftovers(self, prefix: str = "") -> Iterator[base.Leftover]:
+        """Multipart uploads under `prefix` that were never completed or aborted."""
+        full_prefix = self._full(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        marker: dict[str, str] = {}
+        while True:
+            page = self._call(
+                "list incomplete uploads", prefix or "/", "list_multipart_uploads",
+                Prefix=full_prefix, **marker,
+            )
+            for upload in page.get("Uploads", []):
+                yield base.Leftover(
+                    key=self._relative(upload["Key"]),
+                    started=_utc(_as_datetime(upload["Initiated"])),
+                    handle=upload["UploadId"],
+                )
+            if not page.get("IsTruncated"):
+                return
+            marker = {
+                "KeyMarker": page.get("NextKeyMarker", ""),
+                "UploadIdMarker": page.get("NextUploadIdMarker", ""),
+            }
+
+    def discard_leftover(self, leftover: base.Leftover) -> None:
+        _check_key(leftover.key)
+        self._call(
+            "abort the upload of", leftover.key, "abort_multipart_upload",
+            Key=self._full(leftover.key), UploadId=leftover.handle,
+        )
+
     def get_stream(self, key: str) -> Iterator[bytes]:
         _check_key(key)
         answer = self._call("download", key, "get_object", Key=self._full(key))
@@ -460,6 +489,10 @@ def _parse_timestamp(value: Any) -> dt.datetime:
         except ValueError:
             pass
     return botocore.utils.parse_timestamp(value)
+
+
+def _as_datetime(value: Any) -> dt.datetime:
+    return value if isinstance(value, dt.datetime) else _parse_timestamp(value)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
