@@ -113,8 +113,15 @@ class Manifest(_Model):
             raise ValueError("manifest lists an object name twice")
         prefix = f"base/{self.id}/"
         for entry in self.objects:
-            if not entry.key.startswith(prefix):
-                raise ValueError(f"object key {entry.key!r} is outside {prefix}")
+            rest = entry.key[len(prefix):]
+            parts = rest.split("/")
+            if (
+                not entry.key.startswith(prefix)
+                or len(parts) != 1  # objects sit directly in the backup's folder
+                or parts[0] in ("", ".", "..")
+                or any(ord(c) < 0x20 or c == "\x7f" for c in rest)
+            ):
+                raise ValueError(f"object key {entry.key!r} is not a file directly in {prefix}")
         if self.finished_at < self.started_at:
             raise ValueError("finished_at is before started_at")
         return self

@@ -39,6 +39,21 @@ def repo_from_env(value: str | None) -> str:
     return url
 
 
+def _check_path(path: str, url: str) -> None:
+    """Refuse what would put a repository somewhere other than where the URL seems to say."""
+    if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        raise errors.RepositoryConfigError(
+            f"repository path has a control character (e.g. %00): {url!r}"
+        )
+    if ".." in path.split("/"):
+        raise errors.RepositoryConfigError(f"repository path must not contain '..': {url!r}")
+    if path.startswith("/") and not path.strip("/"):
+        raise errors.RepositoryConfigError(
+            f"a repository at the filesystem root would write into /base and /wal: {url!r}; "
+            "name a folder, e.g. file:///var/backups/tonebridge"
+        )
+
+
 def open_storage(url: str, *, create: bool = True, s3: S3Config | None = None) -> Storage:
     """Open the repository at `url` (`file:///path` or `s3://bucket/prefix`).
 
@@ -54,6 +69,7 @@ def open_storage(url: str, *, create: bool = True, s3: S3Config | None = None) -
         path = urllib.parse.unquote(parsed.path)
         if not path.startswith("/"):
             raise errors.RepositoryConfigError(f"file repository path must be absolute: {url!r}")
+        _check_path(path, url)
         from tonebridge_dr.runner.storage.local import LocalStorage
 
         return LocalStorage(url, Path(path), create=create)
@@ -62,7 +78,10 @@ def open_storage(url: str, *, create: bool = True, s3: S3Config | None = None) -
             raise errors.RepositoryConfigError(f"S3 repository URL needs a bucket: {url!r}")
         from tonebridge_dr.runner.storage.s3 import S3Storage
 
-        return S3Storage(url, bucket=parsed.netloc, prefix=parsed.path.strip("/"), config=s3)
+        prefix = urllib.parse.unquote(parsed.path).strip("/")
+        if prefix:
+            _check_path(prefix, url)
+        return S3Storage(url, bucket=parsed.netloc, prefix=prefix, config=s3)
     raise errors.RepositoryConfigError(
         f"unknown repository scheme {parsed.scheme or '(none)'!r} in {url!r}: "
         "use s3://bucket/prefix or file:///path"

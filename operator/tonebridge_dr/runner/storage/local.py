@@ -16,6 +16,18 @@ from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.storage import base
 
 
+@contextlib.contextmanager
+def _os_errors(action: str, key: str, url: str) -> Iterator[None]:
+    """OS errors of the repository's own files (EACCES, ENOSPC, EIO, ...) as StorageError
+    (exit 4) with one sentence; errors of the data being written pass through."""
+    try:
+        yield
+    except OSError as exc:
+        raise errors.StorageError(
+            f"cannot {action} {key} in {url}: {exc.strerror or exc}"
+        ) from exc
+
+
 def _check_key(key: str) -> None:
     if not key or key.startswith("/") or ".." in key.split("/"):
         raise errors.UsageError(f"invalid object key {key!r}")
@@ -84,7 +96,9 @@ class LocalStorage(base.Storage):
                 raise errors.RepositoryConfigError(
                     f"cannot create repository folder {root}: {exc.strerror}"
                 ) from exc
-        elif not root.is_dir():
+        with _os_errors("open", "the repository folder", url):
+            exists = root.is_dir()
+        if not exists:
             raise errors.RepositoryConfigError(f"repository folder {root} does not exist")
 
     def _path(self, key: str) -> Path:
@@ -95,27 +109,35 @@ class LocalStorage(base.Storage):
         self, key: str, chunks: Iterable[bytes], *, storage_class: str | None = None
     ) -> int:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        with _os_errors("store", key, self.url):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         size = 0
         try:
-            with os.fdopen(fd, "wb") as out:
-                flushed = 0  # bytes handed to writeback already
-                for chunk in chunks:
-                    out.write(chunk)
-                    size += len(chunk)
-                    if size - flushed >= self.writeback_step:
-                        out.flush()
-                        _start_writeback(out.fileno(), flushed, size - flushed)
-                        flushed = size
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
+            out = os.fdopen(fd, "wb")
             try:
-                os.fsync(dir_fd)
+                flushed = 0  # bytes handed to writeback already
+                for chunk in chunks:  # the data's own errors pass through unchanged
+                    with _os_errors("store", key, self.url):
+                        out.write(chunk)
+                        size += len(chunk)
+                        if size - flushed >= self.writeback_step:
+                            out.flush()
+                            _start_writeback(out.fileno(), flushed, size - flushed)
+                            flushed = size
+                with _os_errors("store", key, self.url):
+                    out.flush()
+                    os.fsync(out.fileno())
             finally:
-                os.close(dir_fd)
+                with contextlib.suppress(OSError):  # a failed flush already raised above
+                    out.close()
+            with _os_errors("store", key, self.url):
+                os.replace(tmp, path)
+                dir_fd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -127,11 +149,19 @@ class LocalStorage(base.Storage):
             handle = path.open("rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise errors.ObjectNotFound(f"object {key} not found in {self.url}") from None
-        return self._read(handle)
+        except OSError as exc:
+            raise errors.StorageError(
+                f"cannot read {key} in {self.url}: {exc.strerror or exc}"
+            ) from exc
+        return self._read(key, handle)
 
-    def _read(self, handle: BinaryIO) -> Iterator[bytes]:
+    def _read(self, key: str, handle: BinaryIO) -> Iterator[bytes]:
         with handle:
-            while chunk := handle.read(self.read_chunk_size):
+            while True:
+                with _os_errors("read", key, self.url):
+                    chunk = handle.read(self.read_chunk_size)
+                if not chunk:
+                    return
                 yield chunk
 
     def list(self, prefix: str = "") -> Iterator[base.ObjectInfo]:
@@ -169,6 +199,10 @@ class LocalStorage(base.Storage):
                 entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in it]
         except (FileNotFoundError, NotADirectoryError):
             return
+        except OSError as exc:
+            raise errors.StorageError(
+                f"cannot list {rel_dir or '/'} in {self.url}: {exc.strerror or exc}"
+            ) from exc
         items: list[tuple[str, str, bool]] = []
         for name, is_dir in entries:
             key = f"{rel_dir}/{name}" if rel_dir else name
@@ -227,6 +261,10 @@ class LocalStorage(base.Storage):
             st = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            raise errors.StorageError(
+                f"cannot look at {key} in {self.url}: {exc.strerror or exc}"
+            ) from exc
         if not stat.S_ISREG(st.st_mode):
             return None  # a folder is a key prefix, not an object
         modified = dt.datetime.fromtimestamp(st.st_mtime, tz=dt.UTC)
@@ -234,7 +272,8 @@ class LocalStorage(base.Storage):
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        path.unlink(missing_ok=True)
+        with _os_errors("delete", key, self.url):
+            path.unlink(missing_ok=True)
         # Drop now-empty folders so listings stay small; never the root.
         parent = path.parent
         while parent != self.root and parent.is_dir():
