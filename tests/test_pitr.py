@@ -167,7 +167,7 @@ def test_a_restore_pod_run_leaves_a_clean_promoted_volume(
     last = [line for line in history.read_text().splitlines() if line.strip()][-1]
     assert naming.parse_lsn(last.split()[1]) == lsn  # where the new timeline branched off
     # Shut down cleanly, promoted, and nothing of the run or of recovery sticks.
-    assert pitr._controldata(data_dir, 15)["Database cluster state"] == "shut down"
+    assert pitr.controldata(data_dir, 15)["Database cluster state"] == "shut down"
     for leftover in ("recovery.signal", "standby.signal", "postmaster.pid", "postmaster.opts"):
         assert not (data_dir / leftover).exists()
     auto = (data_dir / "postgresql.auto.conf").read_text()
