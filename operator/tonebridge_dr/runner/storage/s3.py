@@ -3,8 +3,16 @@
 The client is configured only from the standard AWS environment: the endpoint from
 AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, the region from AWS_REGION /
 AWS_DEFAULT_REGION (default us-east-1), credentials from the usual chain (env,
-shared files, IRSA / instance roles). Timeouts are short and retries few, so a dead
-endpoint fails a Job within seconds instead of hanging it.
+shared files, IRSA / instance roles).
+
+Deadlines: a call may go without progress (no answer, no byte) for at most
+TONEBRIDGE_DR_STORAGE_TIMEOUT seconds (default 120) over all its attempts: each of
+MAX_ATTEMPTS attempts gets a third of it as read timeout. A connection refused
+fails within seconds. Once a call failed because the endpoint stopped answering,
+clean-up calls (aborting the multipart upload, deleting what the failed backup
+wrote) are not sent to it for the next deadline: they would hang just as long, and
+`prune` removes what they would have (a folder without manifest, an unfinished
+upload). So a hung endpoint fails a Job in about the deadline, with exit 4.
 
 Server-side encryption comes from TONEBRIDGE_DR_S3_SSE (`AES256` or `aws:kms`) and
 TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID; it applies to every object written.
@@ -19,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -32,6 +41,8 @@ import urllib3.exceptions
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.storage import S3Config, base
 
+TIMEOUT_ENV = "TONEBRIDGE_DR_STORAGE_TIMEOUT"
+DEFAULT_TIMEOUT = 120.0
 SSE_ENV = "TONEBRIDGE_DR_S3_SSE"
 SSE_KMS_KEY_ENV = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
 SSE_MODES = ("AES256", "aws:kms")
@@ -57,6 +68,13 @@ _DENIED_CODES = frozenset(
     {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 )
 # Failures of the connection itself rather than answers from S3.
+#: The endpoint accepted the connection (or nothing at all) but stopped answering.
+_TIMEOUT_ERRORS = (
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectTimeoutError,
+    urllib3.exceptions.TimeoutError,
+    TimeoutError,
+)
 _NETWORK_ERRORS = (
     botocore.exceptions.ConnectionError,
     botocore.exceptions.HTTPClientError,
@@ -102,7 +120,6 @@ class S3Storage(base.Storage):
     list_page_size: int = 1000
 
     CONNECT_TIMEOUT = 5.0
-    READ_TIMEOUT = 30.0
     MAX_ATTEMPTS = 3
 
     def __init__(
@@ -116,12 +133,15 @@ class S3Storage(base.Storage):
         self._extra = self._sse_args()
         explicit = config or S3Config()
         self.region = explicit.region or _region()
+        self.timeout = _timeout()
+        attempt = max(1.0, self.timeout / self.MAX_ATTEMPTS)
         client_config = botocore.config.Config(
             region_name=self.region,
-            connect_timeout=self.CONNECT_TIMEOUT,
-            read_timeout=self.READ_TIMEOUT,
+            connect_timeout=min(self.CONNECT_TIMEOUT, attempt),
+            read_timeout=attempt,
             retries={"mode": "standard", "max_attempts": self.MAX_ATTEMPTS},
         )
+        self._stalled_at: float | None = None  # monotonic time the endpoint last hung
         self.endpoint = explicit.endpoint_url or _endpoint()
         core = botocore.session.get_session()
         core.get_component("response_parser_factory").set_parser_defaults(
@@ -202,13 +222,31 @@ class S3Storage(base.Storage):
             )
         return errors.StorageError(f"S3 {what} in {self._where()} failed: {exc}")
 
+    def _cleanup_call(self, operation: str, key: str, method: str, **kwargs: Any) -> Any:
+        """`_call` for clean-up (abort, delete): not sent to an endpoint that just hung."""
+        if self._recently_stalled():
+            raise errors.StorageError(
+                f"S3 endpoint {self.endpoint or self.region} stopped answering: did not "
+                f"{operation} {key}; prune removes it later"
+            )
+        return self._call(operation, key, method, **kwargs)
+
     def _call(self, operation: str, key: str | None, method: str, **kwargs: Any) -> Any:
         try:
             return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            self._note_stall(exc)
             raise self._error(exc, operation, key) from None
         except _NETWORK_ERRORS as exc:
+            self._note_stall(exc)
             raise self._error(exc, operation, key) from None
+
+    def _note_stall(self, exc: BaseException) -> None:
+        if isinstance(exc, _TIMEOUT_ERRORS):
+            self._stalled_at = time.monotonic()
+
+    def _recently_stalled(self) -> bool:
+        return self._stalled_at is not None and time.monotonic() - self._stalled_at < self.timeout
 
     # -- primitives ----------------------------------------------------------------------
 
@@ -309,10 +347,11 @@ class S3Storage(base.Storage):
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
     def _abort(self, full: str, upload_id: str) -> None:
-        # Best effort: when the endpoint is gone this fails too, and the bucket's
-        # lifecycle rule for incomplete uploads is the backstop.
+        # Best effort: when the endpoint is gone this fails too; prune (and the bucket's
+        # lifecycle rule for incomplete uploads) are the backstop.
         with contextlib.suppress(Exception):
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            self._cleanup_call("abort the upload of", full, "abort_multipart_upload",
+                               Key=full, UploadId=upload_id)
 
     def list_leftovers(self, prefix: str = "") -> Iterator[base.Leftover]:
         """Multipart uploads under `prefix` that were never completed or aborted."""
@@ -462,7 +501,7 @@ class S3Storage(base.Storage):
 
     def delete(self, key: str) -> None:
         _check_key(key)
-        self._call("delete", key, "delete_object", Key=self._full(key))
+        self._cleanup_call("delete", key, "delete_object", Key=self._full(key))
 
     def check(self) -> None:
         """The bucket exists and its prefix can be listed; else a one-sentence error."""
@@ -477,6 +516,19 @@ class S3Storage(base.Storage):
             raise self._error(exc, "open the bucket", None) from None
         prefix = f"{self.prefix}/" if self.prefix else ""
         self._call("list", prefix or "/", "list_objects_v2", Prefix=prefix, MaxKeys=1)
+
+
+def _timeout() -> float:
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value < 1:
+        raise errors.UsageError(f"{TIMEOUT_ENV} must be a number of seconds >= 1, got {raw!r}")
+    return value
 
 
 def _parse_timestamp(value: Any) -> dt.datetime:
