@@ -31,6 +31,7 @@ from tonebridge_dr.api.common import BackupMethod, Repository, SecretKeyRef
 from tonebridge_dr.api.kinds import API_VERSION, BACKUP_POLICY, BackupPolicy
 from tonebridge_dr.builders import env as env_entries
 from tonebridge_dr.builders import names
+from tonebridge_dr.builders.names import CONTAINER_BACKUP, CONTAINER_WAL_STREAM
 from tonebridge_dr.builders.settings import RunnerSettings
 
 __all__ = [
@@ -75,8 +76,6 @@ _AWS_CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
     ("AWS_SESSION_TOKEN", True),  # optional: only temporary credentials have one
 )
 
-CONTAINER_BACKUP = "backup"
-CONTAINER_WAL_STREAM = "wal-stream"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TMP_MOUNT_PATH = "/tmp"
 ENCRYPTION_MOUNT_PATH = "/etc/tonebridge-dr/encryption"
@@ -371,7 +370,7 @@ def build_backup_cronjob(
     job_spec["template"] = {
         "metadata": {
             "labels": dict(labels),
-            "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER_BACKUP},
+            "annotations": {names.ANNOTATION_DEFAULT_CONTAINER: CONTAINER_BACKUP},
         },
         "spec": pod,
     }
@@ -521,9 +520,7 @@ def build_wal_stream_deployment(
             "template": {
                 "metadata": {
                     "labels": dict(labels),
-                    "annotations": {
-                        "kubectl.kubernetes.io/default-container": CONTAINER_WAL_STREAM
-                    },
+                    "annotations": {names.ANNOTATION_DEFAULT_CONTAINER: CONTAINER_WAL_STREAM},
                 },
                 "spec": pod,
             },

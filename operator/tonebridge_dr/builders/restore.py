@@ -42,7 +42,6 @@ How a restore runs (the runner, `tonebridge-dr restore postgres|redis`):
 from __future__ import annotations
 
 import copy
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,7 +59,16 @@ from tonebridge_dr.api.restorerequest import (
 )
 from tonebridge_dr.builders import env as env_entries
 from tonebridge_dr.builders import names
-from tonebridge_dr.builders.names import policy_repository_url
+from tonebridge_dr.builders.names import (
+    COMPONENT_DATABASE,
+    CONTAINER_POSTGRES,
+    CONTAINER_RESTORE,
+    LABEL_RESTORE_REQUEST,
+    instance_name,
+    policy_repository_url,
+    restore_job_name,
+    selector_for_request,
+)
 from tonebridge_dr.builders.settings import RunnerSettings
 
 __all__ = [
@@ -107,12 +115,6 @@ _AWS_CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
     ("AWS_SESSION_TOKEN", True),  # only temporary credentials have one
 )
 
-LABEL_RESTORE_REQUEST = "dr.tonebridge.io/restore-request"
-"""Name of the RestoreRequest a Job, claim or instance belongs to (hash-shortened)."""
-COMPONENT_DATABASE = "restored-database"
-
-CONTAINER_RESTORE = "restore"
-CONTAINER_POSTGRES = "postgres"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TMP_MOUNT_PATH = "/tmp"
 KEY_MOUNT_PATH = "/etc/tonebridge-dr/restore-key"
@@ -135,10 +137,6 @@ NON_RETRIABLE_RESTORE_EXIT_CODES: tuple[int, ...] = (6, 7, 11, 14)
 promoted, marked data directory; a person decides). Retrying cannot fix them: the Job
 fails at once."""
 
-_JOB_SUFFIX = "-restore"
-_INSTANCE_LIMIT = 52  # StatefulSet pods get labels `<name>-<10-char revision hash>`
-_HASH_LENGTH = 8
-
 _REFUSED_BY_PLATFORM = (
     "RestoreRequest restores PostgreSQL (a database or a data volume) and Redis in this "
     "version; restore Kubernetes exports with the tonebridge-dr CLI "
@@ -159,28 +157,11 @@ class RestoreSpecError(ValueError):
 # --- names ----------------------------------------------------------------------------------
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:_HASH_LENGTH]
-
-
-def _fit(base: str, limit: int, suffix: str = "") -> str:
-    if len(base) + len(suffix) <= limit:
-        return base + suffix
-    keep = limit - len(suffix) - _HASH_LENGTH - 1
-    return f"{base[:keep].rstrip('-.')}-{_digest(base)}{suffix}"
-
-
 def _request_name(rr: RestoreRequest) -> str:
     name = rr.metadata.name
     if not name:
         raise ValueError("the RestoreRequest has no metadata.name")
     return name
-
-
-def restore_job_name(request_name: str) -> str:
-    """`<request>-restore`, at most 63 characters; deterministic, so a handler that runs
-    twice meets its own Job (409 AlreadyExists) instead of starting a second restore."""
-    return _fit(request_name, names.JOB_NAME_LIMIT, _JOB_SUFFIX)
 
 
 def claim_name(rr: RestoreRequest) -> str | None:
@@ -189,24 +170,7 @@ def claim_name(rr: RestoreRequest) -> str | None:
     volume = rr.spec.target.volume
     if volume is None:
         return None
-    return volume.claim_name or _request_name(rr)
-
-
-def instance_name(request_name: str) -> str:
-    """Name of the StatefulSet and Service of the optional instance: a DNS label (Service
-    names must start with a letter) of at most 52 characters."""
-    base = request_name.replace(".", "-")
-    if not base[:1].isalpha():
-        base = f"pg-{base}"
-    return _fit(base, _INSTANCE_LIMIT)
-
-
-def selector_for_request(request_name: str) -> str:
-    """Label selector of everything made for one RestoreRequest (Jobs, claim, instance)."""
-    return (
-        f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY},"
-        f"{LABEL_RESTORE_REQUEST}={names.label_value(request_name)}"
-    )
+    return volume.claim_name or names.restore_claim_name(_request_name(rr))
 
 
 # --- the source -----------------------------------------------------------------------------
@@ -475,10 +439,7 @@ def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
 
 
 def _labels(rr: RestoreRequest, source: ResolvedSource, component: str) -> dict[str, str]:
-    labels = names.standard_labels(source.policy_name, component)
-    labels[names.LABEL_INSTANCE] = names.label_value(_request_name(rr))
-    labels[LABEL_RESTORE_REQUEST] = names.label_value(_request_name(rr))
-    return labels
+    return names.restore_labels(source.policy_name, _request_name(rr), component)
 
 
 def owner_reference(rr: RestoreRequest) -> Manifest:
@@ -649,7 +610,7 @@ def build_restore_job(
             "template": {
                 "metadata": {
                     "labels": dict(labels),
-                    "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER_RESTORE},
+                    "annotations": {names.ANNOTATION_DEFAULT_CONTAINER: CONTAINER_RESTORE},
                 },
                 "spec": pod,
             },
@@ -680,7 +641,9 @@ def build_restore_claim(rr: RestoreRequest, policy: BackupPolicy | None) -> Mani
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(rr, _request_name(rr), labels, owned=False),
+        "metadata": _metadata(
+            rr, names.restore_claim_name(_request_name(rr)), labels, owned=False
+        ),
         "spec": spec,
     }
 
