@@ -41,7 +41,6 @@ How a restore runs (the runner, `tonebridge-dr restore postgres|redis`):
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,15 +49,14 @@ from typing import Any
 
 from tonebridge_dr.api.backuppolicy import TargetKind
 from tonebridge_dr.api.common import Repository, SecretKeyRef, SecretRef
-from tonebridge_dr.api.kinds import API_VERSION, RESTORE_REQUEST, BackupPolicy, RestoreRequest
+from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.api.restorerequest import (
     AccessMode,
     DatabaseTarget,
     RedisRestoreTarget,
     RestoreRequestSpec,
 )
-from tonebridge_dr.builders import env as env_entries
-from tonebridge_dr.builders import names
+from tonebridge_dr.builders import metadata, names, pods
 from tonebridge_dr.builders.names import (
     COMPONENT_DATABASE,
     CONTAINER_POSTGRES,
@@ -69,6 +67,7 @@ from tonebridge_dr.builders.names import (
     restore_job_name,
     selector_for_request,
 )
+from tonebridge_dr.builders.pods import TERMINATION_MESSAGE_PATH, TMP_MOUNT_PATH
 from tonebridge_dr.builders.settings import RunnerSettings
 
 __all__ = [
@@ -84,6 +83,8 @@ __all__ = [
     "KEY_MOUNT_PATH",
     "LABEL_RESTORE_REQUEST",
     "NON_RETRIABLE_RESTORE_EXIT_CODES",
+    "TERMINATION_MESSAGE_PATH",
+    "TMP_MOUNT_PATH",
     "ResolvedSource",
     "RestoreSpecError",
     "SecretRequirement",
@@ -109,14 +110,7 @@ Manifest = dict[str, Any]
 ENV_REPO = "TONEBRIDGE_DR_REPO"
 ENV_TARGET_DSN = "TONEBRIDGE_DR_TARGET_DSN"
 ENV_REDIS_TARGET_URL = "TONEBRIDGE_DR_REDIS_TARGET_URL"
-_AWS_CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
-    ("AWS_ACCESS_KEY_ID", False),
-    ("AWS_SECRET_ACCESS_KEY", False),
-    ("AWS_SESSION_TOKEN", True),  # only temporary credentials have one
-)
 
-TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-TMP_MOUNT_PATH = "/tmp"
 KEY_MOUNT_PATH = "/etc/tonebridge-dr/restore-key"
 DECRYPT_KEY_FILE = "private.asc"
 DECRYPT_KEY_PATH = f"{KEY_MOUNT_PATH}/{DECRYPT_KEY_FILE}"
@@ -127,7 +121,6 @@ DATA_DIR = f"{DATA_MOUNT_PATH}/pgdata"
 """The data directory inside the volume (a subfolder: a volume's root may hold
 lost+found, which PostgreSQL refuses). PGDATA of the instance."""
 POSTGRES_PORT = 5432
-_TMP_VOLUME = "tmp"
 _KEY_VOLUME = "restore-key"
 _DATA_VOLUME = "data"
 
@@ -157,20 +150,13 @@ class RestoreSpecError(ValueError):
 # --- names ----------------------------------------------------------------------------------
 
 
-def _request_name(rr: RestoreRequest) -> str:
-    name = rr.metadata.name
-    if not name:
-        raise ValueError("the RestoreRequest has no metadata.name")
-    return name
-
-
 def claim_name(rr: RestoreRequest) -> str | None:
     """The PersistentVolumeClaim a physical restore fills: `claimName`, or the request's
     name for a `claimTemplate`; None for database targets."""
     volume = rr.spec.target.volume
     if volume is None:
         return None
-    return volume.claim_name or names.restore_claim_name(_request_name(rr))
+    return volume.claim_name or names.restore_claim_name(metadata.owner_name(rr))
 
 
 # --- the source -----------------------------------------------------------------------------
@@ -307,7 +293,7 @@ def secret_requirements(rr: RestoreRequest, source: ResolvedSource) -> list[Secr
         ref, purpose = target
         wanted.append(SecretRequirement(ref.name, (ref.key,), purpose))
     if source.credentials is not None:
-        keys = tuple(key for key, optional in _AWS_CREDENTIAL_KEYS if not optional)
+        keys = tuple(key for key, optional in pods.AWS_CREDENTIAL_KEYS if not optional)
         wanted.append(
             SecretRequirement(source.credentials.name, keys, "repository read credentials")
         )
@@ -439,65 +425,32 @@ def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
 
 
 def _labels(rr: RestoreRequest, source: ResolvedSource, component: str) -> dict[str, str]:
-    return names.restore_labels(source.policy_name, _request_name(rr), component)
+    return names.restore_labels(source.policy_name, metadata.owner_name(rr), component)
 
 
 def owner_reference(rr: RestoreRequest) -> Manifest:
     """The controller owner reference to `rr`: deleting the request deletes its Job (and
     so stops the restore)."""
-    if not rr.metadata.uid:
-        raise ValueError(
-            f"RestoreRequest {rr.metadata.name!r} has no metadata.uid; "
-            "owner references need the object as stored by the API server"
-        )
-    return {
-        "apiVersion": API_VERSION,
-        "kind": RESTORE_REQUEST.kind,
-        "name": _request_name(rr),
-        "uid": rr.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _metadata(
-    rr: RestoreRequest, name: str, labels: Mapping[str, str], *, owned: bool
-) -> Manifest:
-    meta: Manifest = {"name": name}
-    if rr.metadata.namespace:
-        meta["namespace"] = rr.metadata.namespace
-    meta["labels"] = dict(labels)
-    if owned:
-        meta["ownerReferences"] = [owner_reference(rr)]
-    return meta
+    return metadata.owner_reference(rr)
 
 
 def restore_env(rr: RestoreRequest, source: ResolvedSource) -> list[Manifest]:
     """Environment of the restore container: repository folder, read credentials (by
     secretKeyRef), region, endpoint, the target DSN or Redis URL (by secretKeyRef), HOME."""
-    env = [env_entries.value_env(ENV_REPO, source.repository_url)]
-    if source.credentials is not None:
-        env.extend(
-            env_entries.secret_env(key, source.credentials.name, key, optional=optional)
-            for key, optional in _AWS_CREDENTIAL_KEYS
-        )
-    repository = source.repository
-    if repository.region is not None:
-        env.append(env_entries.value_env("AWS_REGION", repository.region))
-    if repository.endpoint is not None:
-        env.append(env_entries.value_env("AWS_ENDPOINT_URL_S3", repository.endpoint))
+    env = pods.repository_env(
+        source.repository, source.repository_url, source.credentials, writes=False
+    )
     target = _target_secret(rr)
     if target is not None:
-        ref = target[0]
         name = ENV_REDIS_TARGET_URL if rr.spec.target.redis is not None else ENV_TARGET_DSN
-        env.append(env_entries.secret_env(name, ref.name, ref.key))
-    env.append(env_entries.value_env("HOME", TMP_MOUNT_PATH))  # gpg and libpq want a writable home
-    return env
+        env.append(pods.secret_key_env(name, target[0]))
+    return pods.runner_env(env)
 
 
 def _volumes(rr: RestoreRequest, source: ResolvedSource) -> tuple[list[Manifest], list[Manifest]]:
-    volumes: list[Manifest] = [{"name": _TMP_VOLUME, "emptyDir": {}}]
-    mounts: list[Manifest] = [{"name": _TMP_VOLUME, "mountPath": TMP_MOUNT_PATH}]
+    """(volumes, volumeMounts) besides /tmp: the private key, the volume a restore fills."""
+    volumes: list[Manifest] = []
+    mounts: list[Manifest] = []
     if source.private_key is not None:
         ref = source.private_key
         volumes.append(
@@ -519,40 +472,6 @@ def _volumes(rr: RestoreRequest, source: ResolvedSource) -> tuple[list[Manifest]
     return volumes, mounts
 
 
-def _resources(rr: RestoreRequest, settings: RunnerSettings) -> Manifest:
-    if rr.spec.resources is not None:
-        dumped: Manifest = rr.spec.resources.model_dump(mode="json", exclude_none=True)
-        if dumped:
-            return dumped
-    return copy.deepcopy(settings.default_resources)
-
-
-def _pod_security_context(settings: RunnerSettings) -> Manifest:
-    context: Manifest = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-    if settings.run_as_user is not None:
-        context["runAsUser"] = settings.run_as_user
-        context["runAsGroup"] = settings.run_as_user
-        context["fsGroup"] = settings.run_as_user  # the volume and the key become readable
-    return context
-
-
-def _pod_failure_policy(settings: RunnerSettings) -> Manifest:
-    codes = sorted(set(settings.non_retriable_exit_codes) | set(NON_RETRIABLE_RESTORE_EXIT_CODES))
-    return {
-        "rules": [
-            {
-                "action": "FailJob",
-                "onExitCodes": {
-                    "containerName": CONTAINER_RESTORE,
-                    "operator": "In",
-                    "values": codes,
-                },
-            },
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-        ]
-    }
-
-
 def build_restore_job(
     rr: RestoreRequest, policy: BackupPolicy | None, settings: RunnerSettings
 ) -> Manifest:
@@ -566,55 +485,33 @@ def build_restore_job(
     a physical restore gets none (a failed recovery leaves its files for diagnosis).
     """
     source = resolve_source(rr, policy)
-    request = _request_name(rr)
+    request = metadata.owner_name(rr)
     labels = _labels(rr, source, names.COMPONENT_RESTORE)
     volumes, mounts = _volumes(rr, source)
-    container: Manifest = {
-        "name": CONTAINER_RESTORE,
-        "image": settings.image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": list(settings.command),
-        "args": runner_args(rr, source),
-        "env": restore_env(rr, source),
-        "resources": _resources(rr, settings),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": mounts,
-    }
-    pod: Manifest = {
-        "serviceAccountName": settings.restore_service_account,
+    pod = pods.RunnerPod(
+        container=CONTAINER_RESTORE,
+        args=runner_args(rr, source),
+        env=restore_env(rr, source),
         # Restores talk to the repository and the database, never to the Kubernetes API.
-        "automountServiceAccountToken": False,
-        "restartPolicy": "Never",
-        "securityContext": _pod_security_context(settings),
-        "containers": [container],
-        "volumes": volumes,
-    }
+        service_account=settings.restore_service_account,
+        requested_resources=rr.spec.resources,
+        volumes=volumes,
+        mounts=mounts,
+    )
+    non_retriable = set(settings.non_retriable_exit_codes) | set(NON_RETRIABLE_RESTORE_EXIT_CODES)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(rr, restore_job_name(request), labels, owned=True),
-        "spec": {
+        "metadata": metadata.object_metadata(rr, restore_job_name(request), labels),
+        "spec": pods.runner_job_spec(
+            pod,
+            labels,
+            settings,
+            non_retriable_exit_codes=non_retriable,
             # A failed physical attempt may leave files in the data directory, which a
             # retry would only refuse (TargetNotEmpty), hiding the first error: no retry.
-            "backoffLimit": 0 if rr.spec.target.volume is not None else settings.backoff_limit,
-            "activeDeadlineSeconds": settings.active_deadline_seconds,
-            "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
-            "podFailurePolicy": _pod_failure_policy(settings),
-            "template": {
-                "metadata": {
-                    "labels": dict(labels),
-                    "annotations": {names.ANNOTATION_DEFAULT_CONTAINER: CONTAINER_RESTORE},
-                },
-                "spec": pod,
-            },
-        },
+            backoff_limit=0 if rr.spec.target.volume is not None else None,
+        ),
     }
 
 
@@ -641,8 +538,8 @@ def build_restore_claim(rr: RestoreRequest, policy: BackupPolicy | None) -> Mani
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(
-            rr, names.restore_claim_name(_request_name(rr)), labels, owned=False
+        "metadata": metadata.object_metadata(
+            rr, names.restore_claim_name(metadata.owner_name(rr)), labels, owned=False
         ),
         "spec": spec,
     }
@@ -683,7 +580,7 @@ def build_instance(
     if instance is None or claim is None:
         return []
     source = resolve_source(rr, policy)
-    name = instance_name(_request_name(rr))
+    name = instance_name(metadata.owner_name(rr))
     labels = _labels(rr, source, COMPONENT_DATABASE)
     selector = {
         LABEL_RESTORE_REQUEST: labels[LABEL_RESTORE_REQUEST],
@@ -694,7 +591,7 @@ def build_instance(
         "name": CONTAINER_POSTGRES,
         "image": image,
         "ports": [{"name": "postgres", "containerPort": POSTGRES_PORT, "protocol": "TCP"}],
-        "env": [env_entries.value_env("PGDATA", DATA_DIR)],
+        "env": [pods.value_env("PGDATA", DATA_DIR)],
         "volumeMounts": [{"name": _DATA_VOLUME, "mountPath": DATA_MOUNT_PATH}],
         "readinessProbe": {
             "exec": {"command": ["pg_isready", "--host=127.0.0.1", f"--port={POSTGRES_PORT}"]},
@@ -708,7 +605,7 @@ def build_instance(
     statefulset: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _metadata(rr, name, labels, owned=False),
+        "metadata": metadata.object_metadata(rr, name, labels, owned=False),
         "spec": {
             "replicas": 1,
             "serviceName": name,
@@ -727,7 +624,7 @@ def build_instance(
     service: Manifest = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(rr, name, labels, owned=False),
+        "metadata": metadata.object_metadata(rr, name, labels, owned=False),
         "spec": {
             "selector": dict(selector),
             "ports": [
