@@ -5,7 +5,7 @@ Each function maps a validated policy (plus operator settings) to plain Kubernet
 manifests (dicts); nothing here talks to the API server, so the same input always gives
 the same output and the controller can apply the result as often as it likes.
 
-Security contract (tested):
+Security contract (tested; the pod parts are builders/pods.py):
 * credentials reach pods only as `secretKeyRef` env vars or mounted `secret` volumes,
   never as literal values;
 * backup pods get the encryption PUBLIC key only; the private key is never referenced;
@@ -26,9 +26,17 @@ import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import Schedule, TargetKind, WalArchiveMode
 from tonebridge_dr.api.common import BackupMethod
 from tonebridge_dr.api.kinds import BackupPolicy
+from tonebridge_dr.api.runner_contract import (  # re-exported: the runner environment
+    ENV_DSN,
+    ENV_REDIS_URL,
+    ENV_REPO,
+    ENV_S3_SSE,
+    ENV_S3_SSE_KMS_KEY_ID,
+)
 from tonebridge_dr.builders import metadata, names, pods
 from tonebridge_dr.builders.names import CONTAINER_BACKUP, CONTAINER_WAL_STREAM
 from tonebridge_dr.builders.pods import TERMINATION_MESSAGE_PATH, TMP_MOUNT_PATH
@@ -63,19 +71,13 @@ __all__ = [
 
 Manifest = dict[str, Any]
 
-# Environment contract with the runner (runner/storage, engines/*/connection, storage/s3).
-# Spelled again here because builders must not import the runner; a test checks they match.
-ENV_REPO = "TONEBRIDGE_DR_REPO"
-ENV_DSN = "TONEBRIDGE_DR_DSN"
-ENV_REDIS_URL = "TONEBRIDGE_DR_REDIS_URL"
-ENV_S3_SSE = "TONEBRIDGE_DR_S3_SSE"
-ENV_S3_SSE_KMS_KEY_ID = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
-
 ENCRYPTION_MOUNT_PATH = "/etc/tonebridge-dr/encryption"
 _ENCRYPTION_VOLUME = "encryption-public-key"
 
-SUPPORTED_TARGETS: frozenset[TargetKind] = frozenset({TargetKind.POSTGRES, TargetKind.REDIS})
-"""Targets that have a runner; kubernetes and bucket targets come later."""
+SUPPORTED_TARGETS: frozenset[TargetKind] = frozenset(
+    TargetKind(engine.name) for engine in contract.ENGINES if engine.backup
+)
+"""Targets the runner backs up (the contract's engines with `backup`)."""
 
 
 class UnsupportedTarget(ValueError):

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import TargetKind
 from tonebridge_dr.api.common import Repository, SecretKeyRef, SecretRef
 from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
@@ -55,6 +56,11 @@ from tonebridge_dr.api.restorerequest import (
     DatabaseTarget,
     RedisRestoreTarget,
     RestoreRequestSpec,
+)
+from tonebridge_dr.api.runner_contract import (  # re-exported: the runner environment
+    ENV_REDIS_TARGET_URL,
+    ENV_REPO,
+    ENV_TARGET_DSN,
 )
 from tonebridge_dr.builders import metadata, names, pods
 from tonebridge_dr.builders.names import (
@@ -105,12 +111,6 @@ __all__ = [
 
 Manifest = dict[str, Any]
 
-# Environment contract with the runner (runner/storage, engines/postgres/connection.py,
-# engines/redis/endpoints.py); spelled again because builders must not import the runner.
-ENV_REPO = "TONEBRIDGE_DR_REPO"
-ENV_TARGET_DSN = "TONEBRIDGE_DR_TARGET_DSN"
-ENV_REDIS_TARGET_URL = "TONEBRIDGE_DR_REDIS_TARGET_URL"
-
 KEY_MOUNT_PATH = "/etc/tonebridge-dr/restore-key"
 DECRYPT_KEY_FILE = "private.asc"
 DECRYPT_KEY_PATH = f"{KEY_MOUNT_PATH}/{DECRYPT_KEY_FILE}"
@@ -124,18 +124,25 @@ POSTGRES_PORT = 5432
 _KEY_VOLUME = "restore-key"
 _DATA_VOLUME = "data"
 
-NON_RETRIABLE_RESTORE_EXIT_CODES: tuple[int, ...] = (6, 7, 11, 14)
-"""Besides the settings' codes: backup not found / target unreachable (6), corrupt backup
-(7), target not empty (11), recovery ended before its planned end (14: the volume holds a
-promoted, marked data directory; a person decides). Retrying cannot fix them: the Job
-fails at once."""
+NON_RETRIABLE_RESTORE_EXIT_CODES: tuple[int, ...] = tuple(
+    code
+    for code in contract.non_retriable_restore_codes()
+    if code not in contract.non_retriable_backup_codes()
+)
+"""Besides the settings' (backup) codes, what a retry of a restore cannot fix
+(api/runner_contract.py): backup not found / target unreachable (6), corrupt backup (7),
+target not empty (11), recovery ended before its planned end (14: the volume holds a
+promoted, marked data directory; a person decides). The Job fails at once."""
 
 _REFUSED_BY_PLATFORM = (
     "RestoreRequest restores PostgreSQL (a database or a data volume) and Redis in this "
     "version; restore Kubernetes exports with the tonebridge-dr CLI "
     "(`tonebridge-dr restore kubernetes ...`)"
 )
-_ENGINE_NAMES = {TargetKind.POSTGRES: "PostgreSQL", TargetKind.REDIS: "Redis"}
+_ENGINE_NAMES: dict[TargetKind, str] = {
+    TargetKind(engine.name): engine.title for engine in contract.ENGINES if engine.restore
+}
+"""Engines the runner restores, by their titles (the contract's engines with `restore`)."""
 
 
 class RestoreSpecError(ValueError):
