@@ -20,9 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tonebridge_dr.api import formats
+from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import TargetKind
+from tonebridge_dr.api.common import Repository, ResourceRequirements, SecretRef
 from tonebridge_dr.api.kinds import BackupPolicy
-from tonebridge_dr.builders import backup, names
+from tonebridge_dr.builders import backup, names, pods
 from tonebridge_dr.builders.settings import RunnerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -417,6 +419,71 @@ def test_env_names_match_the_runner() -> None:
     assert backup.ENV_S3_SSE == s3.SSE_ENV
     assert backup.ENV_S3_SSE_KMS_KEY_ID == s3.SSE_KMS_KEY_ENV
     assert backup.TERMINATION_MESSAGE_PATH == DEFAULT_TERMINATION_LOG
+
+
+# --- the runner pod skeleton (builders/pods.py) -------------------------------------------------
+
+
+def test_the_pod_skeleton_serves_a_job_of_a_new_kind() -> None:
+    """A Job nobody builds yet (a failover step calling the Kubernetes API) gets the same
+    restricted pod as backups and restores from `pods` alone."""
+    step = pods.RunnerPod(
+        container="failover-step",
+        args=["failover", "promote"],
+        env=[pods.secret_env("TONEBRIDGE_DR_DSN", "primary", "dsn")],
+        service_account="tonebridge-dr-failover",
+        kube_api=True,
+    )
+    labels = {names.LABEL_COMPONENT: "failover"}
+    spec = pods.runner_job_spec(step, labels, SETTINGS, non_retriable_exit_codes=[10, 2])
+    template = spec["template"]
+    assert template["metadata"] == {
+        "labels": labels, "annotations": {names.ANNOTATION_DEFAULT_CONTAINER: "failover-step"}}
+    pod = template["spec"]
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["serviceAccountName"] == "tonebridge-dr-failover"
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+    (container,) = pod["containers"]
+    assert container["command"] == list(SETTINGS.command)
+    assert container["args"] == ["failover", "promote"]
+    assert container["env"][-1] == {"name": "HOME", "value": pods.TMP_MOUNT_PATH}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": pods.TMP_MOUNT_PATH}]
+    assert container["terminationMessagePath"] == pods.TERMINATION_MESSAGE_PATH
+    assert container["resources"] == SETTINGS.default_resources
+    assert container["resources"] is not SETTINGS.default_resources  # callers may edit it
+    (fail, ignore) = spec["podFailurePolicy"]["rules"]
+    assert fail["onExitCodes"] == {
+        "containerName": "failover-step", "operator": "In", "values": [2, 10]}
+    assert ignore == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert spec["backoffLimit"] == SETTINGS.backoff_limit
+    again = pods.runner_job_spec(step, labels, SETTINGS, non_retriable_exit_codes=(),
+                                 backoff_limit=0)
+    assert "podFailurePolicy" not in again and again["backoffLimit"] == 0
+
+
+def test_the_pod_skeleton_keeps_an_explicit_home_and_takes_spec_resources() -> None:
+    env = pods.runner_env([pods.value_env("HOME", "/data")])
+    assert env == [{"name": "HOME", "value": "/data"}] == pods.runner_env(env)
+    requested = ResourceRequirements.model_validate({"limits": {"memory": "1Gi"}})
+    assert pods.resources(requested, SETTINGS) == {"limits": {"memory": "1Gi"}}
+    assert pods.resources(ResourceRequirements(), SETTINGS) == SETTINGS.default_resources
+
+
+def test_only_writers_get_the_repository_encryption_settings() -> None:
+    repository = Repository.model_validate(
+        {"url": "s3://bucket/prefix", "region": "eu-west-1", "sse": "aws:kms",
+         "kmsKeyId": "alias/backups"})
+    reader = pods.repository_env(repository, "s3://bucket/prefix/p", SecretRef(name="ro"),
+                                 writes=False)
+    writer = pods.repository_env(repository, "s3://bucket/prefix/p", None, writes=True)
+    assert [v["name"] for v in reader] == [
+        contract.ENV_REPO, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+        "AWS_REGION"]
+    assert [v["name"] for v in writer] == [
+        contract.ENV_REPO, "AWS_REGION", contract.ENV_S3_SSE, contract.ENV_S3_SSE_KMS_KEY_ID]
 
 
 # --- runner arguments ---------------------------------------------------------------------------

@@ -556,6 +556,15 @@ def test_long_names_are_cut_with_a_stable_hash() -> None:
     assert len(instance) <= 52 and instance[0].isalpha() and "." not in instance
 
 
+def test_restore_names_are_spelled_in_names_and_still_importable_here() -> None:
+    for name in ("LABEL_RESTORE_REQUEST", "COMPONENT_DATABASE", "CONTAINER_RESTORE",
+                 "CONTAINER_POSTGRES", "restore_job_name", "instance_name",
+                 "selector_for_request", "policy_repository_url"):
+        assert getattr(builders, name) is getattr(names, name), name
+    assert builders.selector_for_request("r") == (
+        "app.kubernetes.io/managed-by=tonebridge-dr,dr.tonebridge.io/restore-request=r")
+
+
 def test_environment_names_match_the_runner() -> None:
     from tonebridge_dr.runner import result, storage
     from tonebridge_dr.runner.engines.postgres import connection

@@ -6,9 +6,13 @@ import inspect
 
 from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import _METHODS, TargetKind
+from tonebridge_dr.api.common import BackupMethod
+from tonebridge_dr.builders import backup as backup_builders
+from tonebridge_dr.builders import pods
 from tonebridge_dr.builders import restore as restore_builders
 from tonebridge_dr.builders import settings as builder_settings
 from tonebridge_dr.runner import errors
+from tonebridge_dr.status import backuppolicy as policy_status
 
 
 def _runner_errors() -> list[type[errors.DRError]]:
@@ -36,6 +40,39 @@ def test_job_failure_policies_come_from_the_contract() -> None:
     assert set(builder_settings.DEFAULT_NON_RETRIABLE_EXIT_CODES) | set(
         restore_builders.NON_RETRIABLE_RESTORE_EXIT_CODES) == set(
         contract.non_retriable_restore_codes())
+
+
+def test_the_default_failure_policies_are_the_contract_sets() -> None:
+    settings = builder_settings.RunnerSettings()
+    backup = pods.pod_failure_policy("backup", settings.non_retriable_exit_codes)
+    restore = pods.pod_failure_policy("restore", set(settings.non_retriable_exit_codes) | set(
+        restore_builders.NON_RETRIABLE_RESTORE_EXIT_CODES))
+    assert backup is not None and restore is not None
+    assert backup["rules"][0]["onExitCodes"]["values"] == sorted(
+        contract.non_retriable_backup_codes())
+    assert restore["rules"][0]["onExitCodes"]["values"] == sorted(
+        contract.non_retriable_restore_codes())
+
+
+def test_builders_spell_no_runner_environment_of_their_own() -> None:
+    for name in ("ENV_REPO", "ENV_DSN", "ENV_REDIS_URL", "ENV_S3_SSE", "ENV_S3_SSE_KMS_KEY_ID"):
+        assert getattr(backup_builders, name) is getattr(contract, name), name
+    for name in ("ENV_REPO", "ENV_TARGET_DSN", "ENV_REDIS_TARGET_URL"):
+        assert getattr(restore_builders, name) is getattr(contract, name), name
+
+
+def test_builders_serve_the_engines_the_runner_implements() -> None:
+    backed_up = {TargetKind(spec.name) for spec in contract.ENGINES if spec.backup}
+    restorable = {TargetKind(spec.name): spec.title for spec in contract.ENGINES if spec.restore}
+    assert backed_up == backup_builders.SUPPORTED_TARGETS
+    assert restorable == restore_builders._ENGINE_NAMES
+
+
+def test_status_reads_result_methods_and_defaults_from_the_contract() -> None:
+    for spec in contract.ENGINES:
+        assert policy_status.backup_method(None, spec.name) == BackupMethod(spec.default_method)
+        for written, method in spec.result_methods:
+            assert policy_status.backup_method(written, spec.name) == BackupMethod(method)
 
 
 def test_api_targets_and_methods_are_the_contract_engines() -> None:

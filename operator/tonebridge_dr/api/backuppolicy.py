@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, StrictBool
 
-from tonebridge_dr.api import formats
+from tonebridge_dr.api import formats, runner_contract
 from tonebridge_dr.api.base import (
     Cron,
     DnsLabel,
@@ -207,11 +207,10 @@ class TargetKind(StrEnum):
 
 
 _METHODS: dict[TargetKind, tuple[BackupMethod, ...]] = {
-    TargetKind.POSTGRES: (BackupMethod.LOGICAL, BackupMethod.PHYSICAL),
-    TargetKind.REDIS: (BackupMethod.SNAPSHOT,),
-    TargetKind.KUBERNETES: (BackupMethod.EXPORT,),
-    TargetKind.BUCKET: (BackupMethod.SYNC,),
+    TargetKind(engine.name): tuple(BackupMethod(method) for method in engine.methods)
+    for engine in runner_contract.ENGINES
 }
+"""The methods of each target (the first is the default): the runner contract's engines."""
 
 
 class Target(SpecModel):

@@ -5,7 +5,7 @@ Each function maps a validated policy (plus operator settings) to plain Kubernet
 manifests (dicts); nothing here talks to the API server, so the same input always gives
 the same output and the controller can apply the result as often as it likes.
 
-Security contract (tested):
+Security contract (tested; the pod parts are builders/pods.py):
 * credentials reach pods only as `secretKeyRef` env vars or mounted `secret` volumes,
   never as literal values;
 * backup pods get the encryption PUBLIC key only; the private key is never referenced;
@@ -26,11 +26,20 @@ import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import Schedule, TargetKind, WalArchiveMode
-from tonebridge_dr.api.common import BackupMethod, Repository, SecretKeyRef
-from tonebridge_dr.api.kinds import API_VERSION, BACKUP_POLICY, BackupPolicy
-from tonebridge_dr.builders import env as env_entries
-from tonebridge_dr.builders import names
+from tonebridge_dr.api.common import BackupMethod
+from tonebridge_dr.api.kinds import BackupPolicy
+from tonebridge_dr.api.runner_contract import (  # re-exported: the runner environment
+    ENV_DSN,
+    ENV_REDIS_URL,
+    ENV_REPO,
+    ENV_S3_SSE,
+    ENV_S3_SSE_KMS_KEY_ID,
+)
+from tonebridge_dr.builders import metadata, names, pods
+from tonebridge_dr.builders.names import CONTAINER_BACKUP, CONTAINER_WAL_STREAM
+from tonebridge_dr.builders.pods import TERMINATION_MESSAGE_PATH, TMP_MOUNT_PATH
 from tonebridge_dr.builders.settings import RunnerSettings
 
 __all__ = [
@@ -62,29 +71,13 @@ __all__ = [
 
 Manifest = dict[str, Any]
 
-# Environment contract with the runner (runner/storage, engines/*/connection, storage/s3).
-# Spelled again here because builders must not import the runner; a test checks they match.
-ENV_REPO = "TONEBRIDGE_DR_REPO"
-ENV_DSN = "TONEBRIDGE_DR_DSN"
-ENV_REDIS_URL = "TONEBRIDGE_DR_REDIS_URL"
-ENV_S3_SSE = "TONEBRIDGE_DR_S3_SSE"
-ENV_S3_SSE_KMS_KEY_ID = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
-_AWS_CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
-    ("AWS_ACCESS_KEY_ID", False),
-    ("AWS_SECRET_ACCESS_KEY", False),
-    ("AWS_SESSION_TOKEN", True),  # optional: only temporary credentials have one
-)
-
-CONTAINER_BACKUP = "backup"
-CONTAINER_WAL_STREAM = "wal-stream"
-TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-TMP_MOUNT_PATH = "/tmp"
 ENCRYPTION_MOUNT_PATH = "/etc/tonebridge-dr/encryption"
-_TMP_VOLUME = "tmp"
 _ENCRYPTION_VOLUME = "encryption-public-key"
 
-SUPPORTED_TARGETS: frozenset[TargetKind] = frozenset({TargetKind.POSTGRES, TargetKind.REDIS})
-"""Targets that have a runner; kubernetes and bucket targets come later."""
+SUPPORTED_TARGETS: frozenset[TargetKind] = frozenset(
+    TargetKind(engine.name) for engine in contract.ENGINES if engine.backup
+)
+"""Targets the runner backs up (the contract's engines with `backup`)."""
 
 
 class UnsupportedTarget(ValueError):
@@ -115,69 +108,12 @@ def _require_supported(policy: BackupPolicy) -> TargetKind:
 # --- metadata ------------------------------------------------------------------------------------
 
 
-def _policy_name(policy: BackupPolicy) -> str:
-    name = policy.metadata.name
-    if not name:
-        raise ValueError("the BackupPolicy has no metadata.name")
-    return name
-
-
 def owner_reference(policy: BackupPolicy) -> Manifest:
     """The controller owner reference to `policy` (garbage collection deletes what it owns)."""
-    if not policy.metadata.uid:
-        raise ValueError(
-            f"BackupPolicy {policy.metadata.name!r} has no metadata.uid; "
-            "owner references need the object as stored by the API server"
-        )
-    return {
-        "apiVersion": API_VERSION,
-        "kind": BACKUP_POLICY.kind,
-        "name": _policy_name(policy),
-        "uid": policy.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _metadata(policy: BackupPolicy, name: str, labels: Mapping[str, str]) -> Manifest:
-    meta: Manifest = {"name": name}
-    if policy.metadata.namespace:
-        meta["namespace"] = policy.metadata.namespace
-    meta["labels"] = dict(labels)
-    meta["ownerReferences"] = [owner_reference(policy)]
-    return meta
+    return metadata.owner_reference(policy)
 
 
 # --- container parts ----------------------------------------------------------------------------
-
-
-def _secret_env(name: str, ref: SecretKeyRef | tuple[str, str], *, optional: bool = False) -> (
-    Manifest
-):
-    secret, key = (ref.name, ref.key) if isinstance(ref, SecretKeyRef) else ref
-    return env_entries.secret_env(name, secret, key, optional=optional)
-
-
-_value_env = env_entries.value_env
-
-
-def _repository_env(repository: Repository, policy_name: str) -> list[Manifest]:
-    env = [_value_env(ENV_REPO, names.policy_repository_url(repository.url, policy_name))]
-    if repository.credentials_secret_ref is not None:
-        secret = repository.credentials_secret_ref.name
-        env.extend(
-            _secret_env(key, (secret, key), optional=optional)
-            for key, optional in _AWS_CREDENTIAL_KEYS
-        )
-    if repository.region is not None:
-        env.append(_value_env("AWS_REGION", repository.region))
-    if repository.endpoint is not None:
-        env.append(_value_env("AWS_ENDPOINT_URL_S3", repository.endpoint))
-    if repository.sse is not None:
-        env.append(_value_env(ENV_S3_SSE, repository.sse.value))
-    if repository.kms_key_id is not None:
-        env.append(_value_env(ENV_S3_SSE_KMS_KEY_ID, repository.kms_key_id))
-    return env
 
 
 def pod_env(policy: BackupPolicy) -> list[Manifest]:
@@ -187,15 +123,17 @@ def pod_env(policy: BackupPolicy) -> list[Manifest]:
     target = policy.spec.target
     env: list[Manifest] = []
     if target.postgres is not None:
-        env.append(_secret_env(ENV_DSN, target.postgres.dsn_secret_ref))
+        env.append(pods.secret_key_env(ENV_DSN, target.postgres.dsn_secret_ref))
     elif target.redis is not None:
-        env.append(_secret_env(ENV_REDIS_URL, target.redis.url_secret_ref))
+        env.append(pods.secret_key_env(ENV_REDIS_URL, target.redis.url_secret_ref))
     else:
         raise UnsupportedTarget(target.kind)
-    env.extend(_repository_env(policy.spec.repository, _policy_name(policy)))
-    # Tools that want a writable home (gpg, libpq's ~/.pgpass lookup) get the emptyDir.
-    env.append(_value_env("HOME", TMP_MOUNT_PATH))
-    return env
+    repository = policy.spec.repository
+    url = names.policy_repository_url(repository.url, metadata.owner_name(policy))
+    env.extend(
+        pods.repository_env(repository, url, repository.credentials_secret_ref, writes=True)
+    )
+    return pods.runner_env(env)
 
 
 def encrypt_to_path(policy: BackupPolicy) -> str | None:
@@ -239,106 +177,48 @@ def runner_args(policy: BackupPolicy, schedule: Schedule) -> list[str]:
     return args
 
 
-def _resources(policy: BackupPolicy, settings: RunnerSettings) -> Manifest:
-    if policy.spec.resources is not None:
-        dumped: Manifest = policy.spec.resources.model_dump(mode="json", exclude_none=True)
-        if dumped:
-            return dumped
-    return copy.deepcopy(settings.default_resources)
-
-
-def _container_security_context() -> Manifest:
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
-
-
-def _pod_security_context(settings: RunnerSettings) -> Manifest:
-    context: Manifest = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-    if settings.run_as_user is not None:
-        context["runAsUser"] = settings.run_as_user
-        context["runAsGroup"] = settings.run_as_user
-        context["fsGroup"] = settings.run_as_user
-    return context
-
-
-def _volumes(policy: BackupPolicy) -> tuple[list[Manifest], list[Manifest]]:
-    """(volumes, volumeMounts): /tmp always, the public key when encrypting."""
-    volumes: list[Manifest] = [{"name": _TMP_VOLUME, "emptyDir": {}}]
-    mounts: list[Manifest] = [{"name": _TMP_VOLUME, "mountPath": TMP_MOUNT_PATH}]
+def _key_volume(policy: BackupPolicy) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, volumeMounts) of the public key when encrypting (besides /tmp)."""
     encryption = policy.spec.encryption
-    if encryption is not None:
-        ref = encryption.public_key_secret_ref
-        volumes.append(
-            {
-                "name": _ENCRYPTION_VOLUME,
-                "secret": {
-                    "secretName": ref.name,
-                    "items": [{"key": ref.key, "path": ref.key}],
-                    # A public key is not secret; readable whatever uid the image runs as.
-                    "defaultMode": 0o444,
-                },
-            }
-        )
-        mounts.append(
-            {"name": _ENCRYPTION_VOLUME, "mountPath": ENCRYPTION_MOUNT_PATH, "readOnly": True}
-        )
-    return volumes, mounts
+    if encryption is None:
+        return [], []
+    ref = encryption.public_key_secret_ref
+    volume: Manifest = {
+        "name": _ENCRYPTION_VOLUME,
+        "secret": {
+            "secretName": ref.name,
+            "items": [{"key": ref.key, "path": ref.key}],
+            # A public key is not secret; readable whatever uid the image runs as.
+            "defaultMode": 0o444,
+        },
+    }
+    mount = {"name": _ENCRYPTION_VOLUME, "mountPath": ENCRYPTION_MOUNT_PATH, "readOnly": True}
+    return [volume], [mount]
 
 
-def _pod_spec(
+def _runner_pod(
     policy: BackupPolicy,
     settings: RunnerSettings,
-    *,
-    container_name: str,
+    container: str,
     args: list[str],
-    restart_policy: str,
-) -> Manifest:
-    volumes, mounts = _volumes(policy)
-    container: Manifest = {
-        "name": container_name,
-        "image": settings.image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": list(settings.command),
-        "args": args,
-        "env": pod_env(policy),
-        "resources": _resources(policy, settings),
-        "securityContext": _container_security_context(),
-        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": mounts,
-    }
-    return {
-        "serviceAccountName": settings.backup_service_account,
-        # Backups talk to the database and the bucket, never to the Kubernetes API.
-        "automountServiceAccountToken": False,
-        "restartPolicy": restart_policy,
-        "securityContext": _pod_security_context(settings),
-        "containers": [container],
-        "volumes": volumes,
-    }
-
-
-def _pod_failure_policy(settings: RunnerSettings) -> Manifest | None:
-    if not settings.non_retriable_exit_codes:
-        return None
-    return {
-        "rules": [
-            {
-                "action": "FailJob",
-                "onExitCodes": {
-                    "containerName": CONTAINER_BACKUP,
-                    "operator": "In",
-                    "values": sorted(settings.non_retriable_exit_codes),
-                },
-            },
-            # A pod evicted or preempted is not the backup's fault: do not count it.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-        ]
-    }
+    *,
+    restart_policy: str = "Never",
+    termination_grace_seconds: int | None = None,
+) -> pods.RunnerPod:
+    """A backup or WAL streamer pod. Backups talk to the database and the bucket, never to
+    the Kubernetes API: no token."""
+    volumes, mounts = _key_volume(policy)
+    return pods.RunnerPod(
+        container=container,
+        args=args,
+        env=pod_env(policy),
+        service_account=settings.backup_service_account,
+        requested_resources=policy.spec.resources,
+        volumes=volumes,
+        mounts=mounts,
+        restart_policy=restart_policy,
+        termination_grace_seconds=termination_grace_seconds,
+    )
 
 
 # --- backup CronJobs and Jobs -------------------------------------------------------------------
@@ -349,32 +229,14 @@ def build_backup_cronjob(
 ) -> Manifest:
     """The CronJob of one schedule (see `build_backup_cronjobs`)."""
     _require_supported(policy)
-    policy_name = _policy_name(policy)
+    policy_name = metadata.owner_name(policy)
     labels = names.standard_labels(policy_name, names.COMPONENT_BACKUP, schedule.name)
-    pod = _pod_spec(
-        policy,
-        settings,
-        container_name=CONTAINER_BACKUP,
-        args=runner_args(policy, schedule),
-        restart_policy="Never",
+    pod = _runner_pod(policy, settings, CONTAINER_BACKUP, runner_args(policy, schedule))
+    # The deadline makes a hung backup a failed one (reason DeadlineExceeded) instead of
+    # blocking every later run through concurrencyPolicy: Forbid.
+    job_spec = pods.runner_job_spec(
+        pod, labels, settings, non_retriable_exit_codes=settings.non_retriable_exit_codes
     )
-    job_spec: Manifest = {
-        "backoffLimit": settings.backoff_limit,
-        # A hung backup becomes a failed one (reason DeadlineExceeded) instead of blocking
-        # every later run through concurrencyPolicy: Forbid.
-        "activeDeadlineSeconds": settings.active_deadline_seconds,
-        "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
-    }
-    failure_policy = _pod_failure_policy(settings)
-    if failure_policy is not None:
-        job_spec["podFailurePolicy"] = failure_policy
-    job_spec["template"] = {
-        "metadata": {
-            "labels": dict(labels),
-            "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER_BACKUP},
-        },
-        "spec": pod,
-    }
     spec: Manifest = {
         "schedule": schedule.cron,
         "concurrencyPolicy": "Forbid",
@@ -389,7 +251,9 @@ def build_backup_cronjob(
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
-        "metadata": _metadata(policy, names.cronjob_name(policy_name, schedule.name), labels),
+        "metadata": metadata.object_metadata(
+            policy, names.cronjob_name(policy_name, schedule.name), labels
+        ),
         "spec": spec,
     }
 
@@ -425,20 +289,20 @@ def build_run_now_job(
     owners = owner_references if owner_references is not None else (
         cronjob_meta.get("ownerReferences") or []
     )
-    metadata: Manifest = {"name": name}
+    meta: Manifest = {"name": name}
     if cronjob_meta.get("namespace"):
-        metadata["namespace"] = cronjob_meta["namespace"]
-    metadata["labels"] = dict(template_meta.get("labels") or cronjob_meta.get("labels") or {})
-    metadata["annotations"] = {
+        meta["namespace"] = cronjob_meta["namespace"]
+    meta["labels"] = dict(template_meta.get("labels") or cronjob_meta.get("labels") or {})
+    meta["annotations"] = {
         **dict(template_meta.get("annotations") or {}),
         names.ANNOTATION_INSTANTIATE: "manual",
         names.ANNOTATION_RUN_NOW: token,
     }
-    metadata["ownerReferences"] = [dict(o) for o in owners]
+    meta["ownerReferences"] = [dict(o) for o in owners]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": metadata,
+        "metadata": meta,
         "spec": copy.deepcopy(dict(template["spec"])),
     }
 
@@ -452,7 +316,7 @@ def build_run_now_jobs(
     """Run-now Jobs for `schedules` (default: every schedule), named deterministically
     from `token` with `names.run_now_job_name`."""
     wanted = None if schedules is None else set(schedules)
-    policy_name = _policy_name(policy)
+    policy_name = metadata.owner_name(policy)
     jobs = []
     for schedule in policy.spec.schedules:
         if wanted is not None and schedule.name not in wanted:
@@ -474,7 +338,7 @@ def wal_slot(policy: BackupPolicy) -> str | None:
         return None
     if postgres.wal_archive.mode is not WalArchiveMode.STREAM:
         return None
-    return postgres.wal_archive.slot or names.wal_slot_name(_policy_name(policy))
+    return postgres.wal_archive.slot or names.wal_slot_name(metadata.owner_name(policy))
 
 
 def wal_stream_args(policy: BackupPolicy) -> list[str]:
@@ -495,38 +359,30 @@ def build_wal_stream_deployment(
     """
     if wal_slot(policy) is None:
         return None
-    policy_name = _policy_name(policy)
+    policy_name = metadata.owner_name(policy)
     labels = names.standard_labels(policy_name, names.COMPONENT_WAL_STREAM)
     selector = {
         names.LABEL_POLICY: labels[names.LABEL_POLICY],
         names.LABEL_COMPONENT: names.COMPONENT_WAL_STREAM,
         names.LABEL_MANAGED_BY: names.MANAGED_BY,
     }
-    pod = _pod_spec(
+    pod = _runner_pod(
         policy,
         settings,
-        container_name=CONTAINER_WAL_STREAM,
-        args=wal_stream_args(policy),
+        CONTAINER_WAL_STREAM,
+        wal_stream_args(policy),
         restart_policy="Always",
+        termination_grace_seconds=settings.wal_stream_termination_grace_seconds,
     )
-    pod["terminationGracePeriodSeconds"] = settings.wal_stream_termination_grace_seconds
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(policy, names.wal_stream_name(policy_name), labels),
+        "metadata": metadata.object_metadata(policy, names.wal_stream_name(policy_name), labels),
         "spec": {
             "replicas": 1,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {
-                    "labels": dict(labels),
-                    "annotations": {
-                        "kubectl.kubernetes.io/default-container": CONTAINER_WAL_STREAM
-                    },
-                },
-                "spec": pod,
-            },
+            "template": pods.pod_template(labels, pods.runner_pod_spec(pod, settings)),
         },
     }
 

@@ -1,4 +1,5 @@
-"""Names, labels and annotations of every object a policy owns: the one place they are spelled.
+"""Names, labels and annotations of every object the operator creates: the one place they are
+spelled (what a BackupPolicy owns, what a RestoreRequest runs, the containers inside).
 
 Every name is a pure function of its inputs, so a handler that runs twice computes the
 same names and can never create a second copy of an object. Names that would exceed a
@@ -10,6 +11,8 @@ Limits that matter:
   its Jobs, and a Job's name must fit a 63-character label value).
 * Job names: 63 characters (they become the `job-name` label of their pods).
 * Label values: 63 characters, alphanumeric at both ends.
+* StatefulSet names: 52 characters (its pods get a `<name>-<10-character revision hash>`
+  label).
 """
 
 from __future__ import annotations
@@ -18,13 +21,20 @@ import hashlib
 import re
 
 __all__ = [
+    "ANNOTATION_DEFAULT_CONTAINER",
     "ANNOTATION_INSTANTIATE",
     "ANNOTATION_RUN_NOW",
     "ANNOTATION_RUN_NOW_HANDLED",
     "COMPONENT_BACKUP",
+    "COMPONENT_DATABASE",
     "COMPONENT_RESTORE",
     "COMPONENT_WAL_STREAM",
+    "CONTAINER_BACKUP",
+    "CONTAINER_POSTGRES",
+    "CONTAINER_RESTORE",
+    "CONTAINER_WAL_STREAM",
     "CRONJOB_NAME_LIMIT",
+    "INSTANCE_NAME_LIMIT",
     "JOB_NAME_LIMIT",
     "LABEL_COMPONENT",
     "LABEL_INSTANCE",
@@ -32,13 +42,20 @@ __all__ = [
     "LABEL_NAME",
     "LABEL_PART_OF",
     "LABEL_POLICY",
+    "LABEL_RESTORE_REQUEST",
     "LABEL_SCHEDULE",
     "MANAGED_BY",
     "NAME_LIMIT",
     "cronjob_name",
+    "instance_name",
     "label_value",
+    "policy_repository_url",
+    "restore_claim_name",
+    "restore_job_name",
+    "restore_labels",
     "run_now_job_name",
     "selector_for_policy",
+    "selector_for_request",
     "standard_labels",
     "wal_slot_name",
     "wal_stream_name",
@@ -53,6 +70,8 @@ LABEL_POLICY = "dr.tonebridge.io/policy"
 """Name of the owning BackupPolicy (hash-shortened when longer than a label value allows)."""
 LABEL_SCHEDULE = "dr.tonebridge.io/schedule"
 """Name of the schedule (`spec.schedules[].name`) a CronJob / Job belongs to."""
+LABEL_RESTORE_REQUEST = "dr.tonebridge.io/restore-request"
+"""Name of the RestoreRequest a Job, claim or instance belongs to (hash-shortened)."""
 
 APP_NAME = "tonebridge-dr"
 MANAGED_BY = "tonebridge-dr"
@@ -61,6 +80,14 @@ PART_OF = "tonebridge"
 COMPONENT_BACKUP = "backup"
 COMPONENT_WAL_STREAM = "wal-stream"
 COMPONENT_RESTORE = "restore"
+COMPONENT_DATABASE = "restored-database"
+"""The restored volume and the PostgreSQL instance running on it."""
+
+CONTAINER_BACKUP = "backup"
+CONTAINER_WAL_STREAM = "wal-stream"
+CONTAINER_RESTORE = "restore"
+CONTAINER_POSTGRES = "postgres"
+"""The PostgreSQL container of a restored instance."""
 
 ANNOTATION_RUN_NOW = "dr.tonebridge.io/run-now"
 """Set on a BackupPolicy (any new value, e.g. a timestamp) to start its backups now; on a
@@ -69,10 +96,14 @@ ANNOTATION_RUN_NOW_HANDLED = "dr.tonebridge.io/run-now-handled"
 """Stored on the BackupPolicy: the run-now value that was last handled."""
 ANNOTATION_INSTANTIATE = "cronjob.kubernetes.io/instantiate"
 """What `kubectl create job --from=cronjob/x` sets (value `manual`)."""
+ANNOTATION_DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
+"""On pod templates: the container `kubectl logs` / `exec` pick without `-c`."""
 
 NAME_LIMIT = 63
 JOB_NAME_LIMIT = 63
 CRONJOB_NAME_LIMIT = 52
+INSTANCE_NAME_LIMIT = 52
+_RESTORE_JOB_SUFFIX = "-restore"
 _HASH_LENGTH = 8
 _SLOT_LIMIT = 63  # NAMEDATALEN - 1
 _LABEL_VALUE_RE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
@@ -133,6 +164,21 @@ def selector_for_policy(policy_name: str, component: str | None = None) -> str:
     return ",".join(parts)
 
 
+def restore_labels(policy_name: str, request_name: str, component: str) -> dict[str, str]:
+    """The labels of everything made for a RestoreRequest: the policy's standard labels
+    with the request as `instance`, plus `dr.tonebridge.io/restore-request`."""
+    labels = standard_labels(policy_name, component)
+    request = label_value(request_name)
+    labels[LABEL_INSTANCE] = request
+    labels[LABEL_RESTORE_REQUEST] = request
+    return labels
+
+
+def selector_for_request(request_name: str) -> str:
+    """Label selector of everything made for one RestoreRequest (Jobs, claim, instance)."""
+    return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_RESTORE_REQUEST}={label_value(request_name)}"
+
+
 def cronjob_name(policy_name: str, schedule_name: str) -> str:
     """`<policy>-<schedule>`, at most 52 characters."""
     return _fit(f"{policy_name}-{schedule_name}", CRONJOB_NAME_LIMIT)
@@ -170,3 +216,24 @@ def policy_repository_url(repository_url: str, policy_name: str) -> str:
     cluster finds a policy's backups from the bucket URL and the policy name alone.
     """
     return f"{repository_url.rstrip('/')}/{policy_name}"
+
+
+def restore_job_name(request_name: str) -> str:
+    """`<request>-restore`, at most 63 characters; deterministic, so a handler that runs
+    twice meets its own Job (409 AlreadyExists) instead of starting a second restore."""
+    return _fit(request_name, JOB_NAME_LIMIT, _RESTORE_JOB_SUFFIX)
+
+
+def restore_claim_name(request_name: str) -> str:
+    """The PersistentVolumeClaim made from a request's `target.volume.claimTemplate`: the
+    request's own name (the restored data outlives the request, so a person finds it)."""
+    return request_name
+
+
+def instance_name(request_name: str) -> str:
+    """Name of the StatefulSet and Service of a restored instance: a DNS label (Service
+    names must start with a letter) of at most 52 characters."""
+    base = request_name.replace(".", "-")
+    if not base[:1].isalpha():
+        base = f"pg-{base}"
+    return _fit(base, INSTANCE_NAME_LIMIT)

@@ -41,26 +41,39 @@ How a restore runs (the runner, `tonebridge-dr restore postgres|redis`):
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import TargetKind
 from tonebridge_dr.api.common import Repository, SecretKeyRef, SecretRef
-from tonebridge_dr.api.kinds import API_VERSION, RESTORE_REQUEST, BackupPolicy, RestoreRequest
+from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.api.restorerequest import (
     AccessMode,
     DatabaseTarget,
     RedisRestoreTarget,
     RestoreRequestSpec,
 )
-from tonebridge_dr.builders import env as env_entries
-from tonebridge_dr.builders import names
-from tonebridge_dr.builders.names import policy_repository_url
+from tonebridge_dr.api.runner_contract import (  # re-exported: the runner environment
+    ENV_REDIS_TARGET_URL,
+    ENV_REPO,
+    ENV_TARGET_DSN,
+)
+from tonebridge_dr.builders import metadata, names, pods
+from tonebridge_dr.builders.names import (
+    COMPONENT_DATABASE,
+    CONTAINER_POSTGRES,
+    CONTAINER_RESTORE,
+    LABEL_RESTORE_REQUEST,
+    instance_name,
+    policy_repository_url,
+    restore_job_name,
+    selector_for_request,
+)
+from tonebridge_dr.builders.pods import TERMINATION_MESSAGE_PATH, TMP_MOUNT_PATH
 from tonebridge_dr.builders.settings import RunnerSettings
 
 __all__ = [
@@ -76,6 +89,8 @@ __all__ = [
     "KEY_MOUNT_PATH",
     "LABEL_RESTORE_REQUEST",
     "NON_RETRIABLE_RESTORE_EXIT_CODES",
+    "TERMINATION_MESSAGE_PATH",
+    "TMP_MOUNT_PATH",
     "ResolvedSource",
     "RestoreSpecError",
     "SecretRequirement",
@@ -96,25 +111,6 @@ __all__ = [
 
 Manifest = dict[str, Any]
 
-# Environment contract with the runner (runner/storage, engines/postgres/connection.py,
-# engines/redis/endpoints.py); spelled again because builders must not import the runner.
-ENV_REPO = "TONEBRIDGE_DR_REPO"
-ENV_TARGET_DSN = "TONEBRIDGE_DR_TARGET_DSN"
-ENV_REDIS_TARGET_URL = "TONEBRIDGE_DR_REDIS_TARGET_URL"
-_AWS_CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
-    ("AWS_ACCESS_KEY_ID", False),
-    ("AWS_SECRET_ACCESS_KEY", False),
-    ("AWS_SESSION_TOKEN", True),  # only temporary credentials have one
-)
-
-LABEL_RESTORE_REQUEST = "dr.tonebridge.io/restore-request"
-"""Name of the RestoreRequest a Job, claim or instance belongs to (hash-shortened)."""
-COMPONENT_DATABASE = "restored-database"
-
-CONTAINER_RESTORE = "restore"
-CONTAINER_POSTGRES = "postgres"
-TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-TMP_MOUNT_PATH = "/tmp"
 KEY_MOUNT_PATH = "/etc/tonebridge-dr/restore-key"
 DECRYPT_KEY_FILE = "private.asc"
 DECRYPT_KEY_PATH = f"{KEY_MOUNT_PATH}/{DECRYPT_KEY_FILE}"
@@ -125,26 +121,28 @@ DATA_DIR = f"{DATA_MOUNT_PATH}/pgdata"
 """The data directory inside the volume (a subfolder: a volume's root may hold
 lost+found, which PostgreSQL refuses). PGDATA of the instance."""
 POSTGRES_PORT = 5432
-_TMP_VOLUME = "tmp"
 _KEY_VOLUME = "restore-key"
 _DATA_VOLUME = "data"
 
-NON_RETRIABLE_RESTORE_EXIT_CODES: tuple[int, ...] = (6, 7, 11, 14)
-"""Besides the settings' codes: backup not found / target unreachable (6), corrupt backup
-(7), target not empty (11), recovery ended before its planned end (14: the volume holds a
-promoted, marked data directory; a person decides). Retrying cannot fix them: the Job
-fails at once."""
-
-_JOB_SUFFIX = "-restore"
-_INSTANCE_LIMIT = 52  # StatefulSet pods get labels `<name>-<10-char revision hash>`
-_HASH_LENGTH = 8
+NON_RETRIABLE_RESTORE_EXIT_CODES: tuple[int, ...] = tuple(
+    code
+    for code in contract.non_retriable_restore_codes()
+    if code not in contract.non_retriable_backup_codes()
+)
+"""Besides the settings' (backup) codes, what a retry of a restore cannot fix
+(api/runner_contract.py): backup not found / target unreachable (6), corrupt backup (7),
+target not empty (11), recovery ended before its planned end (14: the volume holds a
+promoted, marked data directory; a person decides). The Job fails at once."""
 
 _REFUSED_BY_PLATFORM = (
     "RestoreRequest restores PostgreSQL (a database or a data volume) and Redis in this "
     "version; restore Kubernetes exports with the tonebridge-dr CLI "
     "(`tonebridge-dr restore kubernetes ...`)"
 )
-_ENGINE_NAMES = {TargetKind.POSTGRES: "PostgreSQL", TargetKind.REDIS: "Redis"}
+_ENGINE_NAMES: dict[TargetKind, str] = {
+    TargetKind(engine.name): engine.title for engine in contract.ENGINES if engine.restore
+}
+"""Engines the runner restores, by their titles (the contract's engines with `restore`)."""
 
 
 class RestoreSpecError(ValueError):
@@ -159,54 +157,13 @@ class RestoreSpecError(ValueError):
 # --- names ----------------------------------------------------------------------------------
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:_HASH_LENGTH]
-
-
-def _fit(base: str, limit: int, suffix: str = "") -> str:
-    if len(base) + len(suffix) <= limit:
-        return base + suffix
-    keep = limit - len(suffix) - _HASH_LENGTH - 1
-    return f"{base[:keep].rstrip('-.')}-{_digest(base)}{suffix}"
-
-
-def _request_name(rr: RestoreRequest) -> str:
-    name = rr.metadata.name
-    if not name:
-        raise ValueError("the RestoreRequest has no metadata.name")
-    return name
-
-
-def restore_job_name(request_name: str) -> str:
-    """`<request>-restore`, at most 63 characters; deterministic, so a handler that runs
-    twice meets its own Job (409 AlreadyExists) instead of starting a second restore."""
-    return _fit(request_name, names.JOB_NAME_LIMIT, _JOB_SUFFIX)
-
-
 def claim_name(rr: RestoreRequest) -> str | None:
     """The PersistentVolumeClaim a physical restore fills: `claimName`, or the request's
     name for a `claimTemplate`; None for database targets."""
     volume = rr.spec.target.volume
     if volume is None:
         return None
-    return volume.claim_name or _request_name(rr)
-
-
-def instance_name(request_name: str) -> str:
-    """Name of the StatefulSet and Service of the optional instance: a DNS label (Service
-    names must start with a letter) of at most 52 characters."""
-    base = request_name.replace(".", "-")
-    if not base[:1].isalpha():
-        base = f"pg-{base}"
-    return _fit(base, _INSTANCE_LIMIT)
-
-
-def selector_for_request(request_name: str) -> str:
-    """Label selector of everything made for one RestoreRequest (Jobs, claim, instance)."""
-    return (
-        f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY},"
-        f"{LABEL_RESTORE_REQUEST}={names.label_value(request_name)}"
-    )
+    return volume.claim_name or names.restore_claim_name(metadata.owner_name(rr))
 
 
 # --- the source -----------------------------------------------------------------------------
@@ -343,7 +300,7 @@ def secret_requirements(rr: RestoreRequest, source: ResolvedSource) -> list[Secr
         ref, purpose = target
         wanted.append(SecretRequirement(ref.name, (ref.key,), purpose))
     if source.credentials is not None:
-        keys = tuple(key for key, optional in _AWS_CREDENTIAL_KEYS if not optional)
+        keys = tuple(key for key, optional in pods.AWS_CREDENTIAL_KEYS if not optional)
         wanted.append(
             SecretRequirement(source.credentials.name, keys, "repository read credentials")
         )
@@ -475,68 +432,32 @@ def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
 
 
 def _labels(rr: RestoreRequest, source: ResolvedSource, component: str) -> dict[str, str]:
-    labels = names.standard_labels(source.policy_name, component)
-    labels[names.LABEL_INSTANCE] = names.label_value(_request_name(rr))
-    labels[LABEL_RESTORE_REQUEST] = names.label_value(_request_name(rr))
-    return labels
+    return names.restore_labels(source.policy_name, metadata.owner_name(rr), component)
 
 
 def owner_reference(rr: RestoreRequest) -> Manifest:
     """The controller owner reference to `rr`: deleting the request deletes its Job (and
     so stops the restore)."""
-    if not rr.metadata.uid:
-        raise ValueError(
-            f"RestoreRequest {rr.metadata.name!r} has no metadata.uid; "
-            "owner references need the object as stored by the API server"
-        )
-    return {
-        "apiVersion": API_VERSION,
-        "kind": RESTORE_REQUEST.kind,
-        "name": _request_name(rr),
-        "uid": rr.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _metadata(
-    rr: RestoreRequest, name: str, labels: Mapping[str, str], *, owned: bool
-) -> Manifest:
-    meta: Manifest = {"name": name}
-    if rr.metadata.namespace:
-        meta["namespace"] = rr.metadata.namespace
-    meta["labels"] = dict(labels)
-    if owned:
-        meta["ownerReferences"] = [owner_reference(rr)]
-    return meta
+    return metadata.owner_reference(rr)
 
 
 def restore_env(rr: RestoreRequest, source: ResolvedSource) -> list[Manifest]:
     """Environment of the restore container: repository folder, read credentials (by
     secretKeyRef), region, endpoint, the target DSN or Redis URL (by secretKeyRef), HOME."""
-    env = [env_entries.value_env(ENV_REPO, source.repository_url)]
-    if source.credentials is not None:
-        env.extend(
-            env_entries.secret_env(key, source.credentials.name, key, optional=optional)
-            for key, optional in _AWS_CREDENTIAL_KEYS
-        )
-    repository = source.repository
-    if repository.region is not None:
-        env.append(env_entries.value_env("AWS_REGION", repository.region))
-    if repository.endpoint is not None:
-        env.append(env_entries.value_env("AWS_ENDPOINT_URL_S3", repository.endpoint))
+    env = pods.repository_env(
+        source.repository, source.repository_url, source.credentials, writes=False
+    )
     target = _target_secret(rr)
     if target is not None:
-        ref = target[0]
         name = ENV_REDIS_TARGET_URL if rr.spec.target.redis is not None else ENV_TARGET_DSN
-        env.append(env_entries.secret_env(name, ref.name, ref.key))
-    env.append(env_entries.value_env("HOME", TMP_MOUNT_PATH))  # gpg and libpq want a writable home
-    return env
+        env.append(pods.secret_key_env(name, target[0]))
+    return pods.runner_env(env)
 
 
 def _volumes(rr: RestoreRequest, source: ResolvedSource) -> tuple[list[Manifest], list[Manifest]]:
-    volumes: list[Manifest] = [{"name": _TMP_VOLUME, "emptyDir": {}}]
-    mounts: list[Manifest] = [{"name": _TMP_VOLUME, "mountPath": TMP_MOUNT_PATH}]
+    """(volumes, volumeMounts) besides /tmp: the private key, the volume a restore fills."""
+    volumes: list[Manifest] = []
+    mounts: list[Manifest] = []
     if source.private_key is not None:
         ref = source.private_key
         volumes.append(
@@ -558,40 +479,6 @@ def _volumes(rr: RestoreRequest, source: ResolvedSource) -> tuple[list[Manifest]
     return volumes, mounts
 
 
-def _resources(rr: RestoreRequest, settings: RunnerSettings) -> Manifest:
-    if rr.spec.resources is not None:
-        dumped: Manifest = rr.spec.resources.model_dump(mode="json", exclude_none=True)
-        if dumped:
-            return dumped
-    return copy.deepcopy(settings.default_resources)
-
-
-def _pod_security_context(settings: RunnerSettings) -> Manifest:
-    context: Manifest = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-    if settings.run_as_user is not None:
-        context["runAsUser"] = settings.run_as_user
-        context["runAsGroup"] = settings.run_as_user
-        context["fsGroup"] = settings.run_as_user  # the volume and the key become readable
-    return context
-
-
-def _pod_failure_policy(settings: RunnerSettings) -> Manifest:
-    codes = sorted(set(settings.non_retriable_exit_codes) | set(NON_RETRIABLE_RESTORE_EXIT_CODES))
-    return {
-        "rules": [
-            {
-                "action": "FailJob",
-                "onExitCodes": {
-                    "containerName": CONTAINER_RESTORE,
-                    "operator": "In",
-                    "values": codes,
-                },
-            },
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-        ]
-    }
-
-
 def build_restore_job(
     rr: RestoreRequest, policy: BackupPolicy | None, settings: RunnerSettings
 ) -> Manifest:
@@ -605,55 +492,33 @@ def build_restore_job(
     a physical restore gets none (a failed recovery leaves its files for diagnosis).
     """
     source = resolve_source(rr, policy)
-    request = _request_name(rr)
+    request = metadata.owner_name(rr)
     labels = _labels(rr, source, names.COMPONENT_RESTORE)
     volumes, mounts = _volumes(rr, source)
-    container: Manifest = {
-        "name": CONTAINER_RESTORE,
-        "image": settings.image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": list(settings.command),
-        "args": runner_args(rr, source),
-        "env": restore_env(rr, source),
-        "resources": _resources(rr, settings),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": mounts,
-    }
-    pod: Manifest = {
-        "serviceAccountName": settings.restore_service_account,
+    pod = pods.RunnerPod(
+        container=CONTAINER_RESTORE,
+        args=runner_args(rr, source),
+        env=restore_env(rr, source),
         # Restores talk to the repository and the database, never to the Kubernetes API.
-        "automountServiceAccountToken": False,
-        "restartPolicy": "Never",
-        "securityContext": _pod_security_context(settings),
-        "containers": [container],
-        "volumes": volumes,
-    }
+        service_account=settings.restore_service_account,
+        requested_resources=rr.spec.resources,
+        volumes=volumes,
+        mounts=mounts,
+    )
+    non_retriable = set(settings.non_retriable_exit_codes) | set(NON_RETRIABLE_RESTORE_EXIT_CODES)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(rr, restore_job_name(request), labels, owned=True),
-        "spec": {
+        "metadata": metadata.object_metadata(rr, restore_job_name(request), labels),
+        "spec": pods.runner_job_spec(
+            pod,
+            labels,
+            settings,
+            non_retriable_exit_codes=non_retriable,
             # A failed physical attempt may leave files in the data directory, which a
             # retry would only refuse (TargetNotEmpty), hiding the first error: no retry.
-            "backoffLimit": 0 if rr.spec.target.volume is not None else settings.backoff_limit,
-            "activeDeadlineSeconds": settings.active_deadline_seconds,
-            "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
-            "podFailurePolicy": _pod_failure_policy(settings),
-            "template": {
-                "metadata": {
-                    "labels": dict(labels),
-                    "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER_RESTORE},
-                },
-                "spec": pod,
-            },
-        },
+            backoff_limit=0 if rr.spec.target.volume is not None else None,
+        ),
     }
 
 
@@ -680,7 +545,9 @@ def build_restore_claim(rr: RestoreRequest, policy: BackupPolicy | None) -> Mani
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(rr, _request_name(rr), labels, owned=False),
+        "metadata": metadata.object_metadata(
+            rr, names.restore_claim_name(metadata.owner_name(rr)), labels, owned=False
+        ),
         "spec": spec,
     }
 
@@ -720,7 +587,7 @@ def build_instance(
     if instance is None or claim is None:
         return []
     source = resolve_source(rr, policy)
-    name = instance_name(_request_name(rr))
+    name = instance_name(metadata.owner_name(rr))
     labels = _labels(rr, source, COMPONENT_DATABASE)
     selector = {
         LABEL_RESTORE_REQUEST: labels[LABEL_RESTORE_REQUEST],
@@ -731,7 +598,7 @@ def build_instance(
         "name": CONTAINER_POSTGRES,
         "image": image,
         "ports": [{"name": "postgres", "containerPort": POSTGRES_PORT, "protocol": "TCP"}],
-        "env": [env_entries.value_env("PGDATA", DATA_DIR)],
+        "env": [pods.value_env("PGDATA", DATA_DIR)],
         "volumeMounts": [{"name": _DATA_VOLUME, "mountPath": DATA_MOUNT_PATH}],
         "readinessProbe": {
             "exec": {"command": ["pg_isready", "--host=127.0.0.1", f"--port={POSTGRES_PORT}"]},
@@ -745,7 +612,7 @@ def build_instance(
     statefulset: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _metadata(rr, name, labels, owned=False),
+        "metadata": metadata.object_metadata(rr, name, labels, owned=False),
         "spec": {
             "replicas": 1,
             "serviceName": name,
@@ -764,7 +631,7 @@ def build_instance(
     service: Manifest = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(rr, name, labels, owned=False),
+        "metadata": metadata.object_metadata(rr, name, labels, owned=False),
         "spec": {
             "selector": dict(selector),
             "ports": [

@@ -9,14 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tonebridge_dr.api import runner_contract as contract
+
 
 def _default_resources() -> dict[str, Any]:
     return {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 
 
-DEFAULT_NON_RETRIABLE_EXIT_CODES: tuple[int, ...] = (2, 3, 8, 10)
-"""Runner exit codes that a retry cannot fix: usage (2), repository configuration (3),
-encryption (8), authentication (10). See runner/errors.py."""
+DEFAULT_NON_RETRIABLE_EXIT_CODES: tuple[int, ...] = contract.non_retriable_backup_codes()
+"""Runner exit codes that a retry of a backup cannot fix (api/runner_contract.py): usage (2),
+repository configuration (3), encryption (8), authentication (10)."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import (
     BackupPolicyStatus,
     BackupSummary,
@@ -43,13 +44,15 @@ __all__ = [
     "backup_summary",
 ]
 
-_ENGINE_DEFAULT_METHOD = {
-    "postgres": BackupMethod.LOGICAL,
-    "redis": BackupMethod.SNAPSHOT,
-    "kubernetes": BackupMethod.EXPORT,
-    "bucket": BackupMethod.SYNC,
+_ENGINE_DEFAULT_METHOD: dict[str, BackupMethod] = {
+    engine.name: BackupMethod(engine.default_method) for engine in contract.ENGINES
 }
-_METHOD_ALIASES = {"rdb": BackupMethod.SNAPSHOT, "copy": BackupMethod.SYNC}
+_METHOD_ALIASES: dict[str, BackupMethod] = {
+    written: BackupMethod(method)
+    for engine in contract.ENGINES
+    for written, method in engine.result_methods
+}
+"""What the runner writes into a result's `method` where it differs from the API name."""
 
 
 def backup_method(method: Any, engine: Any = None) -> BackupMethod | None:

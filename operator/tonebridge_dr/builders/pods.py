@@ -1,0 +1,260 @@
+"""The runner pod skeleton, once: every Job and Deployment that runs `tonebridge-dr <verb>`
+builds its pod here, so security and the runner contract are spelled in one place.
+
+A runner pod has one container, `settings.command` plus the verb's arguments, and:
+* a non-root, read-only root filesystem with an emptyDir at /tmp (also HOME: gpg and
+  libpq want a writable home), no privilege escalation, no capabilities, the
+  RuntimeDefault seccomp profile;
+* no service-account token unless the pod talks to the Kubernetes API (`kube_api`);
+* its termination message at the path the runner writes (`FallbackToLogsOnError`:
+  a crash before the runner wrote it still leaves the log tail);
+* credentials only as `secretKeyRef` env vars or mounted `secret` volumes: builders never
+  see values.
+
+Jobs fail at once on exit codes a retry cannot fix (`pod_failure_policy`, codes from
+`api.runner_contract`), and do not count evictions against their backoffLimit.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tonebridge_dr.api import runner_contract as contract
+from tonebridge_dr.api.common import Repository, ResourceRequirements, SecretKeyRef, SecretRef
+from tonebridge_dr.builders import names
+from tonebridge_dr.builders.settings import RunnerSettings
+
+__all__ = [
+    "AWS_CREDENTIAL_KEYS",
+    "ENV_AWS_ENDPOINT",
+    "ENV_AWS_REGION",
+    "ENV_HOME",
+    "TERMINATION_MESSAGE_PATH",
+    "TERMINATION_MESSAGE_POLICY",
+    "TMP_MOUNT_PATH",
+    "RunnerPod",
+    "container_security_context",
+    "pod_failure_policy",
+    "pod_security_context",
+    "pod_template",
+    "repository_env",
+    "resources",
+    "runner_env",
+    "runner_job_spec",
+    "runner_pod_spec",
+    "secret_env",
+    "secret_key_env",
+    "value_env",
+]
+
+Manifest = dict[str, Any]
+
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+"""Where the kubelet reads the termination message; the runner's default
+$TONEBRIDGE_DR_TERMINATION_LOG (a test holds the two together)."""
+TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
+TMP_MOUNT_PATH = "/tmp"
+_TMP_VOLUME = "tmp"
+
+ENV_HOME = "HOME"
+ENV_AWS_REGION = "AWS_REGION"
+ENV_AWS_ENDPOINT = "AWS_ENDPOINT_URL_S3"
+AWS_CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
+    ("AWS_ACCESS_KEY_ID", False),
+    ("AWS_SECRET_ACCESS_KEY", False),
+    ("AWS_SESSION_TOKEN", True),  # optional: only temporary credentials have one
+)
+"""Keys of a repository credentials Secret, each an env var of the same name, and whether
+the pod starts without it."""
+
+
+# --- environment -----------------------------------------------------------------------------
+
+
+def secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> Manifest:
+    """`name` from key `key` of Secret `secret` (optional: the pod starts without it)."""
+    selector: Manifest = {"name": secret, "key": key}
+    if optional:
+        selector["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": selector}}
+
+
+def secret_key_env(name: str, ref: SecretKeyRef) -> Manifest:
+    """`name` from the Secret key `ref` names."""
+    return secret_env(name, ref.name, ref.key)
+
+
+def value_env(name: str, value: str) -> Manifest:
+    return {"name": name, "value": value}
+
+
+def repository_env(
+    repository: Repository, url: str, credentials: SecretRef | None, *, writes: bool
+) -> list[Manifest]:
+    """How the runner reaches a policy's folder of `repository`: its URL
+    ($TONEBRIDGE_DR_REPO), `credentials` by secretKeyRef, region and endpoint; `writes`
+    adds the server-side encryption of new objects (backups only: a reader never needs
+    the write role's settings)."""
+    env = [value_env(contract.ENV_REPO, url)]
+    if credentials is not None:
+        env.extend(
+            secret_env(key, credentials.name, key, optional=optional)
+            for key, optional in AWS_CREDENTIAL_KEYS
+        )
+    if repository.region is not None:
+        env.append(value_env(ENV_AWS_REGION, repository.region))
+    if repository.endpoint is not None:
+        env.append(value_env(ENV_AWS_ENDPOINT, repository.endpoint))
+    if writes and repository.sse is not None:
+        env.append(value_env(contract.ENV_S3_SSE, repository.sse.value))
+    if writes and repository.kms_key_id is not None:
+        env.append(value_env(contract.ENV_S3_SSE_KMS_KEY_ID, repository.kms_key_id))
+    return env
+
+
+def runner_env(entries: Iterable[Manifest]) -> list[Manifest]:
+    """`entries`, then HOME on the /tmp emptyDir unless they set HOME (idempotent)."""
+    env = list(entries)
+    if all(entry.get("name") != ENV_HOME for entry in env):
+        env.append(value_env(ENV_HOME, TMP_MOUNT_PATH))
+    return env
+
+
+# --- pod parts -------------------------------------------------------------------------------
+
+
+def resources(requested: ResourceRequirements | None, settings: RunnerSettings) -> Manifest:
+    """`requested` (a spec's `resources`) when it says anything, else the operator default."""
+    if requested is not None:
+        dumped: Manifest = requested.model_dump(mode="json", exclude_none=True)
+        if dumped:
+            return dumped
+    return copy.deepcopy(settings.default_resources)
+
+
+def container_security_context() -> Manifest:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def pod_security_context(settings: RunnerSettings) -> Manifest:
+    context: Manifest = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if settings.run_as_user is not None:
+        context["runAsUser"] = settings.run_as_user
+        context["runAsGroup"] = settings.run_as_user
+        # Mounted Secrets and volumes become readable by the runner's group.
+        context["fsGroup"] = settings.run_as_user
+    return context
+
+
+def pod_failure_policy(container: str, exit_codes: Iterable[int]) -> Manifest | None:
+    """FailJob on `exit_codes` of `container` (a retry cannot fix them), and evictions or
+    preemptions not counted (not the runner's fault); None without codes."""
+    codes = sorted(exit_codes)
+    if not codes:
+        return None
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": container, "operator": "In", "values": codes},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }
+
+
+# --- the skeleton ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunnerPod:
+    """What one runner pod does; everything else is the same for every runner pod."""
+
+    container: str
+    """The container's name (also podFailurePolicy's and kubectl's default container)."""
+    args: Sequence[str]
+    """Arguments after `settings.command`: the verb and its flags, never a secret."""
+    env: Sequence[Manifest]
+    """Environment; HOME is added (`runner_env`)."""
+    service_account: str
+    requested_resources: ResourceRequirements | None = None
+    """The spec's `resources`; None or empty for `settings.default_resources`."""
+    volumes: Sequence[Manifest] = ()
+    """Volumes besides /tmp, e.g. a key Secret or the volume a restore fills."""
+    mounts: Sequence[Manifest] = ()
+    """Their volumeMounts in the container."""
+    restart_policy: str = "Never"
+    kube_api: bool = False
+    """Mount the service-account token: only for steps that call the Kubernetes API."""
+    termination_grace_seconds: int | None = None
+
+
+def runner_pod_spec(pod: RunnerPod, settings: RunnerSettings) -> Manifest:
+    """The pod spec of `pod`: image, command, security, /tmp, termination message."""
+    container: Manifest = {
+        "name": pod.container,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.command),
+        "args": list(pod.args),
+        "env": runner_env(pod.env),
+        "resources": resources(pod.requested_resources, settings),
+        "securityContext": container_security_context(),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
+        "volumeMounts": [{"name": _TMP_VOLUME, "mountPath": TMP_MOUNT_PATH}, *pod.mounts],
+    }
+    spec: Manifest = {
+        "serviceAccountName": pod.service_account,
+        "automountServiceAccountToken": pod.kube_api,
+        "restartPolicy": pod.restart_policy,
+        "securityContext": pod_security_context(settings),
+        "containers": [container],
+        "volumes": [{"name": _TMP_VOLUME, "emptyDir": {}}, *pod.volumes],
+    }
+    if pod.termination_grace_seconds is not None:
+        spec["terminationGracePeriodSeconds"] = pod.termination_grace_seconds
+    return spec
+
+
+def pod_template(labels: Mapping[str, str], spec: Manifest) -> Manifest:
+    """A pod template with `labels`, its first container kubectl's default one."""
+    default = spec["containers"][0]["name"]
+    return {
+        "metadata": {
+            "labels": dict(labels),
+            "annotations": {names.ANNOTATION_DEFAULT_CONTAINER: default},
+        },
+        "spec": spec,
+    }
+
+
+def runner_job_spec(
+    pod: RunnerPod,
+    labels: Mapping[str, str],
+    settings: RunnerSettings,
+    *,
+    non_retriable_exit_codes: Iterable[int],
+    backoff_limit: int | None = None,
+) -> Manifest:
+    """The spec of a Job running `pod` once: `backoff_limit` retries (default
+    `settings.backoff_limit`), none for `non_retriable_exit_codes`, the deadline (a hung
+    run becomes a failed one, reason DeadlineExceeded) and the TTL of finished Jobs."""
+    spec: Manifest = {
+        "backoffLimit": settings.backoff_limit if backoff_limit is None else backoff_limit,
+        "activeDeadlineSeconds": settings.active_deadline_seconds,
+        "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+    }
+    failure_policy = pod_failure_policy(pod.container, non_retriable_exit_codes)
+    if failure_policy is not None:
+        spec["podFailurePolicy"] = failure_policy
+    spec["template"] = pod_template(labels, runner_pod_spec(pod, settings))
+    return spec
