@@ -262,6 +262,24 @@ def test_container_sees_its_bind_mounts_and_the_host_does_not(tmp_path: Path) ->
     assert (tmp_path / "main.log").read_text() == "out\nerr\n"
 
 
+def test_namespace_script_creates_hidden_targets_and_remounts_read_only_last(
+    tmp_path: Path,
+) -> None:
+    folder, file = tmp_path / "folder", tmp_path / "file"
+    folder.mkdir()
+    file.write_text("")
+    mounts = [Mount(folder, "/ro", read_only=True), Mount(folder, "/ro/d"), Mount(file, "/ro/f")]
+    script = launch.namespace_argv(mounts, ["true"])[7].splitlines()
+    assert "[ -e /ro/d ] || mkdir -p /ro/d" in script
+    assert "[ -e /ro/f ] || { mkdir -p /ro && : > /ro/f; }" in script
+    # /ro/d and /ro/f are created inside /ro: it becomes read-only after the last bind.
+    last_bind = max(i for i, line in enumerate(script) if "--bind" in line)
+    assert script[last_bind].endswith(" /ro/f")
+    [remount] = [i for i, line in enumerate(script) if "remount" in line]
+    assert script[remount].endswith(" -o remount,bind,ro /ro")
+    assert remount > last_bind
+
+
 def test_kill_group_ends_a_process_tree_and_the_pidfile_tracks_it(tmp_path: Path) -> None:
     table = procs.ProcessTable(tmp_path / "processes.json")
     # The shell ignores SIGTERM: SIGKILL after the grace period ends it.
