@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import tonebridge_dr
 from tonebridge_dr.sandbox import crds, layout, pki, procs
-from tonebridge_dr.sandbox.node import env, launch, volumes
+from tonebridge_dr.sandbox.node import env, image, launch, volumes
 from tonebridge_dr.sandbox.node.volumes import Mount
 
 Json = dict[str, Any]
@@ -260,6 +262,168 @@ def test_container_sees_its_bind_mounts_and_the_host_does_not(tmp_path: Path) ->
     assert target.read_text() == ""  # only a placeholder on the host
     assert list((tmp_path / "mnt").iterdir()) == []
     assert (tmp_path / "main.log").read_text() == "out\nerr\n"
+
+
+# --- the image: venv and checkout seen through the pods' volumes ---------------------------
+
+CHECKOUT = Path("/tmp/co")
+VENV, PACKAGE = CHECKOUT / ".venv", CHECKOUT / "operator"
+SITE = VENV / "lib/python3.11/site-packages"
+IMAGE = [VENV, SITE, PACKAGE]
+
+
+def ro(path: Path) -> Mount:
+    return Mount(path, str(path), read_only=True)
+
+
+def test_pth_paths_reads_a_pth_file_as_site_does(tmp_path: Path) -> None:
+    site_dir = tmp_path / "site-packages"
+    (tmp_path / "src").mkdir()
+    site_dir.mkdir()
+    (site_dir / "relative").mkdir()
+    text = "\n".join(
+        [
+            "# a comment",
+            "",
+            "import _virtualenv",
+            f"{tmp_path / 'src'}  ",
+            "relative",
+            "../src",
+            str(tmp_path / "missing"),
+        ]
+    )
+    assert image.pth_paths(site_dir, text) == [
+        tmp_path / "src",
+        site_dir / "relative",
+        tmp_path / "src",
+    ]
+
+
+def test_image_paths_are_this_venv_and_the_checkout_it_points_at() -> None:
+    paths = image.paths()
+    assert Path(sys.prefix) in paths
+    assert Path(sys.base_prefix) in paths
+    assert Path(tonebridge_dr.__file__).resolve().parent.parent in paths
+    assert len(paths) == len(set(paths))
+
+
+def test_image_paths_add_the_resolved_path_of_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    resolved = tmp_path.resolve()
+    assert image._with_resolved([tmp_path / "link", tmp_path / "real" / "."]) == [
+        tmp_path / "link",
+        resolved / "real",
+        *([tmp_path / "real"] if resolved != tmp_path else []),
+    ]
+
+
+def test_overlay_leaves_mounts_that_hide_no_image_alone() -> None:
+    mounts = [
+        Mount(Path("/s/term"), "/dev/termination-log"),
+        Mount(Path("/s/t"), "/tmpfoo"),  # a sibling whose name starts like /tmp
+        Mount(Path("/s/d"), "/tmp/co/.venv-other"),
+        Mount(Path("/s/key"), "/etc/tonebridge-dr/key", read_only=True),
+    ]
+    assert image.overlay(mounts, IMAGE) == [mounts[1], mounts[0], mounts[2], mounts[3]]
+    assert image.overlay([], IMAGE) == []
+
+
+def test_overlay_binds_the_image_back_over_an_emptydir_at_tmp() -> None:
+    tmp = Mount(Path("/s/tmp"), "/tmp")
+    term = Mount(Path("/s/term"), "/dev/termination-log")
+    # site-packages is visible again through the venv's own bind: no bind of its own.
+    assert image.overlay([tmp, term], IMAGE) == [tmp, term, ro(VENV), ro(PACKAGE)]
+
+
+def test_overlay_handles_mounts_at_and_inside_the_image() -> None:
+    at_checkout = Mount(Path("/s/secret"), str(CHECKOUT), read_only=True)
+    at_venv = Mount(Path("/s/v"), str(VENV))
+    in_venv = Mount(Path("/s/lib"), str(VENV / "lib"))
+    in_site = Mount(Path("/s/data"), str(SITE / "data"))
+    # At the checkout: both folders come back, after the volume.
+    assert image.overlay([at_checkout], IMAGE) == [at_checkout, ro(VENV), ro(PACKAGE)]
+    # At the venv itself: the image wins over a volume at the same path.
+    assert image.overlay([at_venv], IMAGE) == [at_venv, ro(VENV)]
+    # Inside the venv: hides site-packages only, which comes back after it.
+    assert image.overlay([in_venv], IMAGE) == [in_venv, ro(SITE)]
+    # Deeper than any image folder: it stays visible on top of the image.
+    assert image.overlay([in_site], IMAGE) == [in_site]
+    tmp = Mount(Path("/s/tmp"), "/tmp")
+    assert image.overlay([in_site, in_venv, tmp], IMAGE) == [
+        tmp,
+        ro(VENV),
+        ro(PACKAGE),
+        in_venv,
+        ro(SITE),
+        in_site,
+    ]
+
+
+def test_overlay_of_an_image_folder_given_twice_binds_it_once() -> None:
+    tmp = Mount(Path("/s/tmp"), "/tmp")
+    assert image.overlay([tmp], [VENV, Path(f"{VENV}/"), VENV]) == [tmp, ro(VENV)]
+
+
+def test_namespace_script_creates_hidden_targets_and_remounts_read_only_last(
+    tmp_path: Path,
+) -> None:
+    folder, file = tmp_path / "folder", tmp_path / "file"
+    folder.mkdir()
+    file.write_text("")
+    mounts = [Mount(folder, "/ro", read_only=True), Mount(folder, "/ro/d"), Mount(file, "/ro/f")]
+    script = launch.namespace_argv(mounts, ["true"])[7].splitlines()
+    assert "[ -e /ro/d ] || mkdir -p /ro/d" in script
+    assert "[ -e /ro/f ] || { mkdir -p /ro && : > /ro/f; }" in script
+    # /ro/d and /ro/f are created inside /ro: it becomes read-only after the last bind.
+    last_bind = max(i for i, line in enumerate(script) if "--bind" in line)
+    assert script[last_bind].endswith(" /ro/f")
+    [remount] = [i for i, line in enumerate(script) if "remount" in line]
+    assert script[remount].endswith(" -o remount,bind,ro /ro")
+    assert remount > last_bind
+
+
+@pytest.mark.sandbox  # needs what the node agent needs: root and unshare
+def test_an_image_hidden_by_volumes_is_bound_back_read_only(tmp_path: Path) -> None:
+    """An emptyDir over the folder holding the image and a read-only volume at the
+    image's parent: the image's files and the volume's are both visible, the image is
+    read-only, and the emptyDir keeps only the empty mount points."""
+    shadow = tmp_path / "shadow"  # like /tmp
+    checkout = shadow / "checkout"
+    tool = checkout / ".venv" / "bin" / "tool"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\necho image tool\n")
+    tool.chmod(0o755)
+    empty, secret = tmp_path / "empty", tmp_path / "secret"
+    empty.mkdir()
+    secret.mkdir()
+    (secret / "token").write_text("volume file")
+    out = tmp_path / "out"
+    out.write_text("")
+    mounts = image.overlay(
+        [
+            Mount(empty, str(shadow)),
+            Mount(secret, str(checkout), read_only=True),
+            Mount(out, str(tmp_path / "out-target")),
+        ],
+        [checkout / ".venv"],
+    )
+    script = (
+        f"{{ {tool}; cat {checkout}/token; echo; "
+        f"touch {tool.parent}/x 2>/dev/null || echo read-only; }} > {tmp_path}/out-target"
+    )
+    spec = launch.ContainerLaunch(
+        argv=["sh", "-c", script],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        log_path=tmp_path / "main.log",
+        mounts=mounts,
+    )
+    process = launch.start(spec)
+    assert process.wait(timeout=30) == 0, (tmp_path / "main.log").read_text()
+    assert out.read_text() == "image tool\nvolume file\nread-only\n"
+    assert sorted(p.name for p in empty.rglob("*")) == ["checkout"]
+    assert sorted(p.name for p in secret.iterdir()) == [".venv", "token"]
 
 
 def test_kill_group_ends_a_process_tree_and_the_pidfile_tracks_it(tmp_path: Path) -> None:

@@ -130,20 +130,28 @@ def start(
     controlplane_dir: Path | None = None,
     detach: bool = True,
     timeout: float = 240.0,
+    python: Path | None = None,
 ) -> Sandbox:
     """Start a supervisor for `state` and wait until the sandbox is ready.
 
     Returns the running sandbox if one already runs there. `detach=True` starts it
     in its own session, independent of the caller (`sandbox up`); otherwise it stops
-    when the calling process dies (tests). Raises SandboxError with the reason and
-    the supervisor log's tail if it fails.
+    when the calling process dies (tests). `python` is the interpreter (and so the venv,
+    the pods' "image") the supervisor runs with, this one by default. Raises SandboxError
+    with the reason and the supervisor log's tail if it fails.
     """
     running = status(state)
     if running is not None:
         return running
     state.root.mkdir(parents=True, exist_ok=True)
     state.logs.mkdir(exist_ok=True)
-    argv = [sys.executable, "-m", "tonebridge_dr.sandbox.supervisor", f"--state-dir={state.root}"]
+    argv = [
+        str(python or sys.executable),
+        "-P",  # import from the venv only, never from the caller's working directory
+        "-m",
+        "tonebridge_dr.sandbox.supervisor",
+        f"--state-dir={state.root}",
+    ]
     for path in crd_paths or []:
         argv.append(f"--crds={path}")
     if crd_paths is not None and not crd_paths:

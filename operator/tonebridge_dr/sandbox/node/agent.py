@@ -9,6 +9,8 @@ drives everything; deletions reach the worker of the pod.
 Containers see a minimal base environment (PATH with the venv's bin first, so
 `tonebridge-dr` runs the local code; HOME, LANG, HOSTNAME, and the
 KUBERNETES_SERVICE_HOST/PORT the kubelet always injects), plus their own env.
+The venv and the checkout it points at are the containers' "image": visible at
+their paths even where a volume is mounted over them (see `image`).
 
 PersistentVolumeClaims are provisioned and bound by a `claims.ClaimBinder`
 running next to the pod watch (volume folders under `<state>/volumes/`).
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from tonebridge_dr.sandbox import layout, procs
 from tonebridge_dr.sandbox.kube import ApiError, Kube
-from tonebridge_dr.sandbox.node import claims, logserver
+from tonebridge_dr.sandbox.node import claims, image, logserver
 from tonebridge_dr.sandbox.node.pod import Json, PodWorker, now
 from tonebridge_dr.sandbox.pki import Pki
 
@@ -124,6 +126,8 @@ class NodeAgent:
         self._watcher: threading.Thread | None = None
         self._server: logserver.KubeletServer | None = None
         self.path = f"{venv_bin()}:{SYSTEM_PATH}"
+        self.image_paths = image.paths()
+        log.info("image folders: %s", ", ".join(map(str, self.image_paths)))
 
     # -- NodeContext ---------------------------------------------------------------
 

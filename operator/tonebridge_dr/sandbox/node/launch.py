@@ -15,6 +15,12 @@ target covers), and only then are the targets mounted from there: a target
 may hide where other sources live (an emptyDir at /tmp hides a sandbox state
 dir under /tmp, and so the pod's other volumes).
 
+Mounts are made in the given order (shallow first, see `volumes.container_mounts`
+and `image.overlay`). A target that an earlier mount hides is created inside that
+mount, as container runtimes do for nested mountPaths: an empty folder (or file)
+left in that volume, e.g. `<checkout>/.venv` in the emptyDir at /tmp. So read-only
+mounts are remounted read-only only once every bind is made.
+
 With `securityContext.runAsUser` / `runAsGroup` the mounts are made as root and
 the command is then exec'd through `setpriv` with that uid / gid.
 
@@ -117,8 +123,15 @@ def namespace_argv(
             lines.append(f"{mount_binary} --bind {shlex.quote(str(mount.source))} {stage}")
         for index, mount in enumerate(mounts):
             target = shlex.quote(mount.target)
+            if mount.source.is_dir():
+                lines.append(f"[ -e {target} ] || mkdir -p {target}")
+            else:
+                parent = shlex.quote(str(PurePosixPath(mount.target).parent))
+                lines.append(f"[ -e {target} ] || {{ mkdir -p {parent} && : > {target}; }}")
             lines.append(f"{mount_binary} --bind {staging}/{index} {target}")
+        for mount in mounts:
             if mount.read_only:
+                target = shlex.quote(mount.target)
                 lines.append(f"{mount_binary} -o remount,bind,ro {target}")
         lines.append(f"{umount_binary} --lazy {staging}")
     if user is None and group is None:

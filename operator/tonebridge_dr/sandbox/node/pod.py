@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from tonebridge_dr.sandbox import procs
 from tonebridge_dr.sandbox.kube import ApiError, Kube
 from tonebridge_dr.sandbox.node import env as envmod
-from tonebridge_dr.sandbox.node import launch, volumes
+from tonebridge_dr.sandbox.node import image, launch, volumes
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class NodeContext(Protocol):
     kube: Kube
     node_name: str
     processes: procs.ProcessTable
+    image_paths: tuple[Path, ...]  # see image.paths()
 
     @property
     def allocatable(self) -> Mapping[str, str]: ...
@@ -427,6 +428,7 @@ class PodWorker(threading.Thread):
         termination = self._termination_file(run)
         target = spec.get("terminationMessagePath") or TERMINATION_MESSAGE_PATH
         mounts.append(volumes.Mount(termination, target))
+        mounts = image.overlay(mounts, self.node.image_paths)
         working_dir = spec.get("workingDir")
         cwd = Path(working_dir) if working_dir else self.directory / "work"
         user, group = self._identity(spec)
