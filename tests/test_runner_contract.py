@@ -16,6 +16,7 @@ from tonebridge_dr.builders import settings as builder_settings
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.engines import registry
+from tonebridge_dr.runner.engines.postgres.wal import spool
 
 OPERATOR = Path(tonebridge_dr.__file__).parent.parent
 
@@ -77,3 +78,10 @@ def test_the_runner_gets_the_contract_module_without_loading_the_api_models() ->
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONPATH": str(OPERATOR)})
     assert out.stdout.split() == [contract.ENV_REPO, "False", "False", "True"]
+
+
+def test_the_import_light_spool_spells_the_contract_values() -> None:
+    """wal/spool.py imports nothing of ours on the fast path, so it spells these."""
+    assert spool.REPO_ENV == contract.ENV_REPO
+    assert (spool.FETCH_DELIVERED, spool.FETCH_NOT_FOUND, spool.FETCH_ABORT) == (
+        contract.WAL_FETCH_DELIVERED, contract.WAL_FETCH_NOT_FOUND, contract.WAL_FETCH_ABORT)

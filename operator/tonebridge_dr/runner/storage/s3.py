@@ -30,10 +30,11 @@ import botocore.utils
 import urllib3.exceptions
 
 from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.storage import S3Config, base
 
-SSE_ENV = "TONEBRIDGE_DR_S3_SSE"
-SSE_KMS_KEY_ENV = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
+SSE_ENV = runner_contract.ENV_S3_SSE
+SSE_KMS_KEY_ENV = runner_contract.ENV_S3_SSE_KMS_KEY_ID
 SSE_MODES = ("AES256", "aws:kms")
 
 STORAGE_CLASSES = frozenset(

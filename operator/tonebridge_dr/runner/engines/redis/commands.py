@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tonebridge_dr.runner import errors, storage
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.engines.redis import backup, endpoints, replication, restore, scratch
 from tonebridge_dr.runner.repository.catalog import Repository
 
@@ -28,7 +29,10 @@ def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
     parser.add_argument(*flags, **kwargs)
 
 
-_REPO_HELP = "repository URL: s3://bucket/prefix or file:///path (default $TONEBRIDGE_DR_REPO)"
+_REPO_HELP = (
+    "repository URL: s3://bucket/prefix or file:///path "
+    f"(default ${runner_contract.ENV_REPO})"
+)
 
 
 def _positive(value: str) -> float:
