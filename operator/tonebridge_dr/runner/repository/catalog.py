@@ -20,13 +20,14 @@ import logging
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import pydantic
 
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.codecs import encryption as encryption_codec
 from tonebridge_dr.runner.codecs import pipeline
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.repository import ids, integrity, retention
 from tonebridge_dr.runner.repository import manifest as manifests
 from tonebridge_dr.runner.repository.writer import BackupWriter
@@ -40,7 +41,7 @@ CLAIM_PREFIX = ".claim-"
 #: How many `-N` alternatives `begin` tries before giving up on a second.
 MAX_ID_SUFFIX = 1000
 DEFAULT_ORPHAN_GRACE = dt.timedelta(hours=24)
-ENGINES: tuple[str, ...] = get_args(manifests.Manifest.model_fields["engine"].annotation)
+ENGINES = runner_contract.ENGINE_NAMES
 
 
 @dataclasses.dataclass
