@@ -1,8 +1,9 @@
 """Command-line glue for `tonebridge-dr backup redis` and `restore redis`.
 
-The runner CLI builds a sub-parser, calls `add_*_arguments(parser)` and later
-`run_*(args)`, printing the returned dict (the stable `--json` result). Options
-the CLI already defines (e.g. a shared `--repo` or `--json`) are not added twice.
+The engine protocol (`registry.Engine`): the runner CLI builds a sub-parser,
+calls `add_*_arguments(parser)` and later `run_*(args)`, printing the returned
+dict (the stable `--json` result). Options the CLI already defines (e.g. a shared
+`--repo` or `--json`) are not added twice.
 
 Credentials never need the command line: `--url` defaults to
 $TONEBRIDGE_DR_REDIS_URL, `--target-url` to $TONEBRIDGE_DR_REDIS_TARGET_URL,
