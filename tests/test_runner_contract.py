@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import tonebridge_dr
 from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import _METHODS, TargetKind
 from tonebridge_dr.api.common import BackupMethod
@@ -12,7 +17,12 @@ from tonebridge_dr.builders import pods
 from tonebridge_dr.builders import restore as restore_builders
 from tonebridge_dr.builders import settings as builder_settings
 from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.contract import runner_contract
+from tonebridge_dr.runner.engines import registry
+from tonebridge_dr.runner.engines.postgres.wal import spool
 from tonebridge_dr.status import backuppolicy as policy_status
+
+OPERATOR = Path(tonebridge_dr.__file__).parent.parent
 
 
 def _runner_errors() -> list[type[errors.DRError]]:
@@ -79,3 +89,36 @@ def test_api_targets_and_methods_are_the_contract_engines() -> None:
     assert tuple(kind.value for kind in TargetKind) == contract.ENGINE_NAMES
     for spec in contract.ENGINES:
         assert tuple(m.value for m in _METHODS[TargetKind(spec.name)]) == spec.methods
+
+
+def test_the_engine_registry_is_the_contract_engines() -> None:
+    assert registry.NAMES == contract.ENGINE_NAMES
+    for spec in contract.ENGINES:
+        for verb in registry.VERBS:
+            implemented = registry.command(spec.name, verb) is not None
+            assert implemented == getattr(spec, verb), (spec.name, verb)
+        module = registry.commands_module(spec.name)
+        if spec.backup and spec.restore:
+            assert isinstance(module, registry.Engine), spec.name
+
+
+def test_the_runner_gets_the_contract_module_without_loading_the_api_models() -> None:
+    assert runner_contract is contract
+    code = (
+        "import sys\n"
+        "from tonebridge_dr.runner.contract import runner_contract\n"
+        "print(runner_contract.ENV_REPO, 'tonebridge_dr.api' in sys.modules,"
+        " 'pydantic' in sys.modules)\n"
+        "from tonebridge_dr.api import runner_contract as api_contract\n"
+        "print(api_contract is runner_contract)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(OPERATOR)})
+    assert out.stdout.split() == [contract.ENV_REPO, "False", "False", "True"]
+
+
+def test_the_import_light_spool_spells_the_contract_values() -> None:
+    """wal/spool.py imports nothing of ours on the fast path, so it spells these."""
+    assert spool.REPO_ENV == contract.ENV_REPO
+    assert (spool.FETCH_DELIVERED, spool.FETCH_NOT_FOUND, spool.FETCH_ABORT) == (
+        contract.WAL_FETCH_DELIVERED, contract.WAL_FETCH_NOT_FOUND, contract.WAL_FETCH_ABORT)

@@ -18,14 +18,8 @@ import pytest
 from tests.fixtures import s3 as s3_fixtures
 from tests.fixtures.gpg import GpgKeys
 from tests.fixtures.pg_wal import SMALL_SEGMENT, run_wal, segment_bytes, write_segment
-from tonebridge_dr.runner import errors
-from tonebridge_dr.runner.engines.postgres.wal import (
-    archive,
-    catalog,
-    commands,
-    naming,
-    spool,
-)
+from tonebridge_dr.runner import cli, errors
+from tonebridge_dr.runner.engines.postgres.wal import archive, catalog, naming, spool
 from tonebridge_dr.runner.storage import Storage, open_storage
 
 SEG1 = "000000010000000000000001"
@@ -49,11 +43,11 @@ def _keys(url: str) -> list[str]:
 
 
 def _push(url: str, path: Path, *extra: str) -> int:
-    return commands.main(["wal-push", "--repo", url, *extra, str(path)])
+    return cli.main(["wal-push", "--repo", url, *extra, str(path)])
 
 
 def _fetch(url: str, name: str, dest: Path, *extra: str) -> int:
-    return commands.main(["wal-fetch", "--repo", url, "--no-prefetch", *extra, name, str(dest)])
+    return cli.main(["wal-fetch", "--repo", url, "--no-prefetch", *extra, name, str(dest)])
 
 
 def _ready(pg_wal: Path, name: str) -> None:
@@ -462,7 +456,7 @@ def test_bad_settings_fail_before_anything_is_stored(
     assert _push(file_repo_url, path) == errors.EncryptionError.exit_code
     monkeypatch.delenv("TONEBRIDGE_DR_REPO", raising=False)
     monkeypatch.delenv(archive.ENCRYPT_ENV)
-    assert commands.main(["wal-push", str(path)]) == 2
+    assert cli.main(["wal-push", str(path)]) == 2
     assert _keys(file_repo_url) == []
 
 

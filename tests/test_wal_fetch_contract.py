@@ -30,14 +30,8 @@ from tests.fixtures.postgres import _as_postgres, chown_postgres
 from tonebridge_dr import cli as top_cli
 from tonebridge_dr.runner import cli as runner_cli
 from tonebridge_dr.runner import errors
-from tonebridge_dr.runner.engines.postgres.wal import (
-    archive,
-    catalog,
-    commands,
-    fetch,
-    naming,
-    spool,
-)
+from tonebridge_dr.runner.engines.postgres.wal import __main__ as wal_main
+from tonebridge_dr.runner.engines.postgres.wal import archive, catalog, fetch, naming, spool
 from tonebridge_dr.runner.storage import open_storage
 
 NAMES = [naming.segment_name(1, n, SMALL_SEGMENT) for n in (1, 2)]
@@ -53,7 +47,7 @@ ENTRY_POINTS = {
 IN_PROCESS: dict[str, Callable[[list[str]], int]] = {
     "tonebridge_dr.cli": top_cli.main,
     "runner.cli": runner_cli.main,
-    "wal.commands": commands.main,
+    "python -m wal": wal_main.main,
     "spool.fetch_main": spool.fetch_main,
 }
 

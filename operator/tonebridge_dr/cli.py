@@ -14,16 +14,12 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     verb = args[0] if args else ""
-    if verb == "wal-fetch":
-        return _wal_fetch(args)
-    if verb == "wal-push":
+    if verb in ("wal-push", "wal-fetch"):
         # PostgreSQL runs these once per WAL file: answer from the spool (files already
-        # pushed ahead / prefetched) before importing anything heavy.
-        from tonebridge_dr.runner.engines.postgres.wal import spool
-
-        fast = spool.fast_main(args)
-        if fast is not None:
-            return fast
+        # pushed ahead / prefetched) before importing anything heavy; wal-fetch entirely.
+        code = _light_main(args)
+        if code is not None:
+            return code
     if verb == "sandbox":
         from tonebridge_dr.sandbox import cli as sandbox_cli
 
@@ -37,14 +33,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return runner_cli.main(args)
 
 
-def _wal_fetch(args: list[str]) -> int:
-    """restore_command: even an import that fails must exit 255, never 1 ("not found")."""
+def _light_main(args: list[str]) -> int | None:
+    """`spool.light_main`; restore_command: even an import that fails must exit 255
+    (runner_contract.WAL_FETCH_ABORT), never 1 ("not found")."""
     try:
         from tonebridge_dr.runner.engines.postgres.wal import spool
     except BaseException as exc:  # see spool.fetch_main
+        if args[0] != "wal-fetch":
+            raise
         sys.stderr.write(f"wal-fetch: cannot load the runner: {exc} (recovery stops here)\n")
         return 255
-    return spool.fetch_main(args)
+    return spool.light_main(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

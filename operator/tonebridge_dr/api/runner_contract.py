@@ -21,6 +21,7 @@ from typing import Final, TypedDict
 __all__ = [
     "ENGINES",
     "ENGINE_NAMES",
+    "ENV_CLAIM_HEARTBEAT",
     "ENV_COMPRESSION",
     "ENV_COMPRESSION_LEVEL",
     "ENV_DECRYPT_PASSPHRASE",
@@ -31,6 +32,7 @@ __all__ = [
     "ENV_REPO",
     "ENV_S3_SSE",
     "ENV_S3_SSE_KMS_KEY_ID",
+    "ENV_STORAGE_TIMEOUT",
     "ENV_TARGET_DSN",
     "ENV_TERMINATION_LOG",
     "EXIT_CODES",
@@ -72,6 +74,10 @@ ENV_COMPRESSION_LEVEL: Final = "TONEBRIDGE_DR_COMPRESSION_LEVEL"
 ENV_LOG_LEVEL: Final = "TONEBRIDGE_DR_LOG_LEVEL"
 ENV_TERMINATION_LOG: Final = "TONEBRIDGE_DR_TERMINATION_LOG"
 """Where the runner writes its termination message (default /dev/termination-log)."""
+ENV_STORAGE_TIMEOUT: Final = "TONEBRIDGE_DR_STORAGE_TIMEOUT"
+"""Seconds an S3 call may go without progress over all its attempts (default 120)."""
+ENV_CLAIM_HEARTBEAT: Final = "TONEBRIDGE_DR_CLAIM_HEARTBEAT"
+"""Seconds between two renewals of a running backup's claim (default 60; 0: off)."""
 
 # -- exit codes ------------------------------------------------------------------------------
 

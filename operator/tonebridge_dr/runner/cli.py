@@ -9,10 +9,17 @@ tonebridge-dr check --repo URL [--dsn DSN]
 tonebridge-dr wal-push PATH | wal-fetch NAME DEST | wal-stream | wal-status | wal-prune
 ```
 
-Engines plug in through `tonebridge_dr.runner.engines.<name>.commands`
-(`add_backup_arguments` / `run_backup`, `add_restore_arguments` / `run_restore`,
+Engines plug in through the registry (`engines/registry.py`: each engine's
+`add_backup_arguments` / `run_backup`, `add_restore_arguments` / `run_restore`,
 each run returning the `--json` result dict); an engine whose module is not
 installed simply has no sub-command.
+
+This is the one front door: `tonebridge-dr` (tonebridge_dr/cli.py) and `python -m
+tonebridge_dr.runner.engines.postgres.wal` come here once the import-light fast
+paths of wal-push / wal-fetch (wal/spool.py) had nothing to answer. wal-fetch is
+handed to `spool.fetch_main` (restore_command's 0 / 1 / 255 are decided there);
+wal-push, wal-prefetch and wal-pusher return their own exit codes (PostgreSQL
+reads wal-push's; it prints its own `wal-push: NAME: ...` line).
 
 Contract: `main(argv) -> int` never raises. `--repo` defaults to
 $TONEBRIDGE_DR_REPO. Success prints the result (JSON with `--json`, else a
@@ -35,18 +42,19 @@ import atexit
 import dataclasses
 import datetime as dt
 import gc
-import importlib
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from types import FrameType, ModuleType
-from typing import Any, NoReturn, TextIO
+from types import FrameType
+from typing import Any, TextIO
 
 import tonebridge_dr
-from tonebridge_dr.runner import errors, result
+from tonebridge_dr.runner import console, errors, result
+from tonebridge_dr.runner.contract import runner_contract
+from tonebridge_dr.runner.engines import registry
 
 log = logging.getLogger("tonebridge_dr.runner.cli")
 
@@ -55,17 +63,6 @@ log = logging.getLogger("tonebridge_dr.runner.cli")
 # takes back anyway. Frozen objects are skipped; files are closed by their `with` blocks
 # and the standard streams are flushed by the interpreter regardless.
 atexit.register(gc.freeze)
-
-LOG_LEVEL_ENV = "TONEBRIDGE_DR_LOG_LEVEL"
-ENGINES = ("postgres", "redis", "kubernetes", "bucket")
-_QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "psycopg")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing usage and exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise errors.UsageError(f"{self.prog}: {message}")
 
 
 @dataclasses.dataclass
@@ -82,25 +79,14 @@ class Terminated(KeyboardInterrupt):
 
 
 # --- engines ------------------------------------------------------------------------------------
-def _engine_commands(name: str) -> ModuleType | None:
-    """The engine's command module, or None when this installation has no such engine."""
-    module = f"tonebridge_dr.runner.engines.{name}.commands"
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not module.startswith(exc.name):
-            raise
-        return None
-
-
 def _selected_engine(argv: Sequence[str]) -> tuple[str, str] | tuple[None, None]:
     """The verb (`backup`/`restore`) and the engine named after it in argv: only that
     engine's module is imported, and only its options for that verb are added (start-up
     time counts in every Job; an engine's imports can take 100 ms)."""
     for pos, token in enumerate(argv[:-1]):
-        if token in ("backup", "restore"):
+        if token in registry.VERBS:
             following = argv[pos + 1]
-            return (token, following) if following in ENGINES else (None, None)
+            return (token, following) if following in registry.ENGINES else (None, None)
     return None, None
 
 
@@ -125,7 +111,8 @@ class _VersionAction(argparse.Action):
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repo",
-        help="repository URL: s3://bucket/prefix or file:///path (default $TONEBRIDGE_DR_REPO)",
+        help="repository URL: s3://bucket/prefix or file:///path "
+        f"(default ${runner_contract.ENV_REPO})",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -287,7 +274,7 @@ def _check(args: argparse.Namespace) -> Outcome:
         "backups": len(manifests),
         "latest": manifests[-1].id if manifests else None,
     }
-    dsn = args.dsn or os.environ.get("TONEBRIDGE_DR_DSN")
+    dsn = args.dsn or os.environ.get(runner_contract.ENV_DSN)
     if dsn:
         from tonebridge_dr.runner.engines.postgres import commands as pg_commands
 
@@ -297,46 +284,52 @@ def _check(args: argparse.Namespace) -> Outcome:
 
 
 # --- parser -------------------------------------------------------------------------------------
+_ENGINE_VERB_HELP: dict[registry.Verb, str] = {
+    "backup": "take a backup into a repository",
+    "restore": "restore a backup from a repository",
+}
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The full parser; engine options only for the engine `argv` selects."""
-    parser = _Parser(prog="tonebridge-dr", description="ToneBridge backup and disaster recovery")
+    parser = console.Parser(
+        prog="tonebridge-dr", description="ToneBridge backup and disaster recovery"
+    )
     parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     verbs = parser.add_subparsers(
-        dest="verb", required=True, metavar="COMMAND", parser_class=_Parser
+        dest="verb", required=True, metavar="COMMAND", parser_class=console.Parser
     )
     selected_verb, selected = _selected_engine(argv)
 
-    backup = verbs.add_parser("backup", help="take a backup into a repository")
-    backup_engines = backup.add_subparsers(
-        dest="engine", required=True, metavar="ENGINE", parser_class=_Parser
-    )
-    restore = verbs.add_parser("restore", help="restore a backup from a repository")
-    restore_engines = restore.add_subparsers(
-        dest="engine", required=True, metavar="ENGINE", parser_class=_Parser
-    )
-    for name in ENGINES:
-        module = _engine_commands(name) if name == selected else None
-        if name == selected and module is None:
-            continue  # not installed: argparse then says "invalid choice"
-        for engines, kind in ((backup_engines, "backup"), (restore_engines, "restore")):
-            if module is not None and not hasattr(module, f"add_{kind}_arguments"):
+    engine_parsers = {
+        kind: verbs.add_parser(kind, help=_ENGINE_VERB_HELP[kind]).add_subparsers(
+            dest="engine", required=True, metavar="ENGINE", parser_class=console.Parser
+        )
+        for kind in registry.VERBS
+    }
+    for name in registry.NAMES:
+        for kind in registry.VERBS:
+            # Only the selected engine is imported; one that is not installed, or lacks
+            # this verb, gets no sub-command (argparse then says "invalid choice").
+            command = registry.command(name, kind) if name == selected else None
+            if name == selected and command is None:
                 continue
-            sub = engines.add_parser(name, help=f"{kind} {name}")
+            sub = engine_parsers[kind].add_parser(name, help=f"{kind} {name}")
             _common(sub)
-            if module is not None and kind == selected_verb:
-                getattr(module, f"add_{kind}_arguments")(sub)
-                sub.set_defaults(handler=_engine_runner(getattr(module, f"run_{kind}")))
+            if command is not None and kind == selected_verb:
+                command.add_arguments(sub)
+                sub.set_defaults(handler=_engine_runner(command.run))
 
     backups = verbs.add_parser("backups", help="list, show, verify and prune backups")
     actions = backups.add_subparsers(
-        dest="action", required=True, metavar="ACTION", parser_class=_Parser
+        dest="action", required=True, metavar="ACTION", parser_class=console.Parser
     )
     listing = actions.add_parser("list", help="complete backups, oldest first")
     _common(listing)
     for parser_ in (listing,):
-        parser_.add_argument("--engine", choices=ENGINES, default=None)
+        parser_.add_argument("--engine", choices=registry.NAMES, default=None)
         parser_.add_argument("--method", default=None)
     listing.set_defaults(handler=_backups_list)
     show = actions.add_parser("show", help="one backup's manifest")
@@ -366,7 +359,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "minute)",
     )
     prune.add_argument("--dry-run", action="store_true", help="report, delete nothing")
-    prune.add_argument("--engine", choices=ENGINES, default=None)
+    prune.add_argument("--engine", choices=registry.NAMES, default=None)
     prune.add_argument("--method", default=None)
     prune.set_defaults(handler=_backups_prune)
 
@@ -374,7 +367,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     check = verbs.add_parser("check", help="check the repository (and a database) can be used")
     _common(check)
-    check.add_argument("--dsn", help="also check this database (default $TONEBRIDGE_DR_DSN)")
+    check.add_argument(
+        "--dsn", help=f"also check this database (default ${runner_contract.ENV_DSN})"
+    )
     check.set_defaults(handler=_check)
     return parser
 
@@ -383,27 +378,32 @@ _WAL_VERBS = {
     "wal-push": "archive one WAL file (archive_command = 'tonebridge-dr wal-push %p')",
     "wal-fetch": "fetch one WAL file (restore_command = 'tonebridge-dr wal-fetch %f %p')",
     "wal-prefetch": "(internal) prefetch WAL segments for wal-fetch",
+    "wal-pusher": "(internal) push WAL files ahead of wal-push",
     "wal-stream": "stream WAL with pg_receivewal into the repository",
     "wal-status": "the archive position: newest archived segment and its time",
     "wal-prune": "delete WAL no retained base backup needs",
 }
+#: Verbs that return their own exit code: PostgreSQL reads wal-push's (and gets its own
+#: `wal-push: NAME: ...` line); the internal ones log to their spool files.
+_RAW_EXIT_VERBS = ("wal-push", "wal-prefetch", "wal-pusher")
 
 
 def _add_wal_verbs(verbs: Any, argv: Sequence[str]) -> None:
-    """The WAL verbs; their module is imported only when one of them is used."""
+    """The WAL verbs; their module is imported only when one of them is used.
+
+    wal-fetch is listed for `--help` only: main() hands it to spool.fetch_main first.
+    """
     selected = next((a for a in argv if a in _WAL_VERBS), None)
     for verb, help_text in _WAL_VERBS.items():
         sub = verbs.add_parser(verb, help=help_text)
-        if verb != selected:
+        if verb != selected or verb == "wal-fetch":
             continue
         from tonebridge_dr.runner.engines.postgres.wal import commands as wal
 
         name = verb.replace("-", "_")
         getattr(wal, f"add_{name}_arguments")(sub)
         run = getattr(wal, f"run_{name}")
-        if verb in ("wal-push", "wal-prefetch"):
-            # PostgreSQL reads only wal-push's exit code; it prints its own one-line errors.
-            # (wal-fetch never gets here: main() hands it to spool.fetch_main.)
+        if verb in _RAW_EXIT_VERBS:
             sub.set_defaults(handler=run, raw_exit=True)
         else:
             if not any(o == "--json" for a in sub._actions for o in a.option_strings):
@@ -417,47 +417,28 @@ def _count(value: str) -> int:
     return int(value)
 
 
-# --- logging and signals ------------------------------------------------------------------------
-class _UTCFormatter(logging.Formatter):
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        moment = dt.datetime.fromtimestamp(record.created, dt.UTC)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-    def format(self, record: logging.LogRecord) -> str:
-        return result.scrub(super().format(record))
-
-
-def _configure_logging(args: argparse.Namespace) -> logging.Handler:
-    level_name = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
-    level = logging.getLevelName(level_name) if level_name else logging.INFO
-    if not isinstance(level, int):
-        level = logging.INFO
-    if args.verbose:
-        level = logging.DEBUG
-    elif args.quiet:
-        level = logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_UTCFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("tonebridge_dr")
-    root.addHandler(handler)
-    root.setLevel(level)
-    root.propagate = False
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
-    return handler
-
-
+# --- signals ------------------------------------------------------------------------------------
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
 # --- main ---------------------------------------------------------------------------------------
-def _fail(exc_code: int, reason: str, message: str) -> int:
+def _fail(code: int, message: str, reason: str | None = None) -> int:
+    """`error: <message>` on stderr and in the termination message; returns `code`.
+
+    `reason` defaults to the contract's reason for `code`.
+    """
+    entry = runner_contract.exit_code(code)
     message = result.scrub(" ".join(message.split()))
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
-    result.write_termination({"error": reason, "message": message, "exit_code": exc_code})
-    return exc_code
+    termination: runner_contract.TerminationError = {
+        "error": reason or (entry.reason if entry else "InternalError"),
+        "message": message,
+        "exit_code": code,
+    }
+    result.write_termination(termination)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -477,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser(argv).parse_args(argv)
         except SystemExit as exc:  # --help / --version printed and want to exit
             return int(exc.code or 0) if isinstance(exc.code, int | None) else 2
-        handler = _configure_logging(args)
+        handler = console.start_logging(verbose=args.verbose, quiet=args.quiet)
         if getattr(args, "raw_exit", False):
             return int(args.handler(args))
         outcome: Outcome = args.handler(args)
@@ -487,18 +468,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome.show(sys.stdout)
         sys.stdout.flush()
         result.write_termination(outcome.summary)
-        return 0
+        return runner_contract.EXIT_OK
     except errors.DRError as exc:
-        return _fail(exc.exit_code, exc.reason, str(exc) or type(exc).__name__)
+        return _fail(exc.exit_code, str(exc) or type(exc).__name__, exc.reason)
     except Terminated:
-        return _fail(143, "Cancelled", "terminated by SIGTERM; work in progress was rolled back")
+        return _fail(
+            runner_contract.EXIT_TERMINATED,
+            "terminated by SIGTERM; work in progress was rolled back",
+        )
     except KeyboardInterrupt:
-        return _fail(130, "Cancelled", "interrupted; work in progress was rolled back")
+        return _fail(
+            runner_contract.EXIT_INTERRUPTED, "interrupted; work in progress was rolled back"
+        )
     except Exception as exc:
         log.debug("unexpected error", exc_info=True)
-        return _fail(1, "InternalError", f"internal error: {type(exc).__name__}: {exc}")
+        return _fail(1, f"internal error: {type(exc).__name__}: {exc}")
     finally:
         if handler is not None:
-            logging.getLogger("tonebridge_dr").removeHandler(handler)
+            console.stop_logging(handler)
         if in_main_thread and previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -15,9 +15,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-TERMINATION_LOG_ENV = "TONEBRIDGE_DR_TERMINATION_LOG"
+from tonebridge_dr.runner.contract import runner_contract
+
+TERMINATION_LOG_ENV = runner_contract.ENV_TERMINATION_LOG
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-TERMINATION_LIMIT = 4096
+TERMINATION_LIMIT = runner_contract.TERMINATION_LIMIT
 
 _SECRET_PATTERNS = (
     (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE), r"\1***"),

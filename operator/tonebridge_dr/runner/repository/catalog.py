@@ -21,13 +21,14 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import pydantic
 
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.codecs import encryption as encryption_codec
 from tonebridge_dr.runner.codecs import pipeline
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.repository import ids, integrity, retention
 from tonebridge_dr.runner.repository import manifest as manifests
 from tonebridge_dr.runner.repository.writer import BackupWriter
@@ -44,8 +45,8 @@ MAX_ID_SUFFIX = 1000
 #: CLAIM_HEARTBEAT seconds) is older than this is a crashed write; so is a leftover.
 DEFAULT_ORPHAN_GRACE = dt.timedelta(minutes=15)
 CLAIM_HEARTBEAT = 60.0
-HEARTBEAT_ENV = "TONEBRIDGE_DR_CLAIM_HEARTBEAT"
-ENGINES: tuple[str, ...] = get_args(manifests.Manifest.model_fields["engine"].annotation)
+HEARTBEAT_ENV = runner_contract.ENV_CLAIM_HEARTBEAT
+ENGINES = runner_contract.ENGINE_NAMES
 
 
 @dataclasses.dataclass

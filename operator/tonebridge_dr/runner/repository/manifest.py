@@ -14,10 +14,11 @@ encryption), so anyone can verify a backup without the private key;
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.repository import ids
 
 FORMAT_VERSION = 1
@@ -27,6 +28,17 @@ MANIFEST_NAME = "manifest.json"
 def format_time(value: dt.datetime, *, timespec: str = "auto") -> str:
     """ISO 8601 in UTC with a `Z`, e.g. 2026-11-29T02:41:00Z."""
     return value.astimezone(dt.UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def _known_engine(name: str) -> str:
+    names = runner_contract.ENGINE_NAMES
+    if name not in names:
+        raise ValueError(f"unknown engine {name!r}: one of {', '.join(names)}")
+    return name
+
+
+#: One of the contract's engine names (api/runner_contract.py ENGINES).
+EngineName = Annotated[str, pydantic.AfterValidator(_known_engine)]
 
 
 class _Model(pydantic.BaseModel):
@@ -65,7 +77,7 @@ class Manifest(_Model):
 
     format_version: int = FORMAT_VERSION
     id: str
-    engine: Literal["postgres", "redis", "kubernetes", "bucket"]
+    engine: EngineName
     method: str  # "logical" | "physical" | "rdb" | "export" | "copy" ...
     databases: list[str] = []
     started_at: pydantic.AwareDatetime

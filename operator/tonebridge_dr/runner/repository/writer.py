@@ -192,7 +192,7 @@ class BackupWriter:
         finished = finished_at or dt.datetime.now(dt.UTC)
         manifest = manifests.Manifest(
             id=self.id,
-            engine=self.engine,  # type: ignore[arg-type]  # checked in Repository.begin
+            engine=self.engine,  # checked in Repository.begin
             method=self.method,
             databases=list(databases),
             started_at=self.started_at,

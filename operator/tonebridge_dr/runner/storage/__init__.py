@@ -8,11 +8,12 @@ import urllib.parse
 from pathlib import Path
 
 from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.storage.base import ObjectInfo, Storage
 
 __all__ = ["ObjectInfo", "S3Config", "Storage", "open_storage", "repo_from_env"]
 
-REPO_ENV = "TONEBRIDGE_DR_REPO"
+REPO_ENV = runner_contract.ENV_REPO
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,12 +39,13 @@ import botocore.utils
 import urllib3.exceptions
 
 from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.storage import S3Config, base
 
-TIMEOUT_ENV = "TONEBRIDGE_DR_STORAGE_TIMEOUT"
+TIMEOUT_ENV = runner_contract.ENV_STORAGE_TIMEOUT
 DEFAULT_TIMEOUT = 120.0
-SSE_ENV = "TONEBRIDGE_DR_S3_SSE"
-SSE_KMS_KEY_ENV = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
+SSE_ENV = runner_contract.ENV_S3_SSE
+SSE_KMS_KEY_ENV = runner_contract.ENV_S3_SSE_KMS_KEY_ID
 SSE_MODES = ("AES256", "aws:kms")
 
 STORAGE_CLASSES = frozenset(

@@ -1,8 +1,9 @@
 """Command-line glue for `tonebridge-dr backup postgres` and `restore postgres`.
 
-Same protocol as every engine: the runner CLI builds a sub-parser (with the shared
-`--repo` and `--json` already on it), calls `add_*_arguments(parser)`, later
-`run_*(args)`, and prints the returned dict (the stable `--json` result).
+Same protocol as every engine (`registry.Engine`): the runner CLI builds a
+sub-parser (with the shared `--repo` and `--json` already on it), calls
+`add_*_arguments(parser)`, later `run_*(args)`, and prints the returned dict (the
+stable `--json` result).
 
 Credentials never need the command line: `--dsn` defaults to $TONEBRIDGE_DR_DSN,
 `--target-dsn` to $TONEBRIDGE_DR_TARGET_DSN, and a password missing from the DSN

@@ -22,9 +22,10 @@ import psycopg
 from psycopg import conninfo as pg_conninfo
 
 from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.contract import runner_contract
 
-DSN_ENV = "TONEBRIDGE_DR_DSN"
-TARGET_DSN_ENV = "TONEBRIDGE_DR_TARGET_DSN"
+DSN_ENV = runner_contract.ENV_DSN
+TARGET_DSN_ENV = runner_contract.ENV_TARGET_DSN
 
 #: libpq keywords that never go on a command line.
 _SECRET_KEYS = frozenset({"password", "sslpassword"})

@@ -1,8 +1,9 @@
 """Command-line glue for `tonebridge-dr backup redis` and `restore redis`.
 
-The runner CLI builds a sub-parser, calls `add_*_arguments(parser)` and later
-`run_*(args)`, printing the returned dict (the stable `--json` result). Options
-the CLI already defines (e.g. a shared `--repo` or `--json`) are not added twice.
+The engine protocol (`registry.Engine`): the runner CLI builds a sub-parser,
+calls `add_*_arguments(parser)` and later `run_*(args)`, printing the returned
+dict (the stable `--json` result). Options the CLI already defines (e.g. a shared
+`--repo` or `--json`) are not added twice.
 
 Credentials never need the command line: `--url` defaults to
 $TONEBRIDGE_DR_REDIS_URL, `--target-url` to $TONEBRIDGE_DR_REDIS_TARGET_URL,
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tonebridge_dr.runner import errors, storage
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.engines.redis import backup, endpoints, replication, restore, scratch
 from tonebridge_dr.runner.repository.catalog import Repository
 
@@ -28,7 +30,10 @@ def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
     parser.add_argument(*flags, **kwargs)
 
 
-_REPO_HELP = "repository URL: s3://bucket/prefix or file:///path (default $TONEBRIDGE_DR_REPO)"
+_REPO_HELP = (
+    "repository URL: s3://bucket/prefix or file:///path "
+    f"(default ${runner_contract.ENV_REPO})"
+)
 
 
 def _positive(value: str) -> float:

@@ -15,12 +15,13 @@ import urllib.parse
 from collections.abc import Mapping
 
 from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.contract import runner_contract
 
 DEFAULT_PORT = 6379
 PASSWORD_ENV = "REDIS_PASSWORD"
 USERNAME_ENV = "REDIS_USERNAME"
-SOURCE_URL_ENV = "TONEBRIDGE_DR_REDIS_URL"
-TARGET_URL_ENV = "TONEBRIDGE_DR_REDIS_TARGET_URL"
+SOURCE_URL_ENV = runner_contract.ENV_REDIS_URL
+TARGET_URL_ENV = runner_contract.ENV_REDIS_TARGET_URL
 _FORM = "redis://[user[:password]@]host[:port][/db]"
 
 

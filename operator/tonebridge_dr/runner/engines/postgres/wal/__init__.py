@@ -12,7 +12,8 @@ Modules (each states its own contracts):
 - `stream`: `wal-stream`, pg_receivewal with a replication slot, uploading segments.
 - `pitr`: physical restore of a base backup plus WAL to a target time/LSN/latest.
 - `retention`: pruning WAL that no retained base backup needs.
-- `commands`: argparse wiring of the verbs; `python -m` entry in `__main__`.
+- `commands`: each verb's `add_*_arguments` / `run_*` for the runner's front door
+  (runner/cli.py); `__main__`: `python -m` into it, behind the spool's fast paths.
 
 This `__init__` imports nothing: `python -m ...wal wal-push` must start fast.
 """

@@ -1,20 +1,26 @@
-"""`python -m tonebridge_dr.runner.engines.postgres.wal VERB ...` (see commands.py)."""
+"""`python -m tonebridge_dr.runner.engines.postgres.wal VERB ...`: the runner's front door
+(runner/cli.py), behind the import-light fast paths of wal-push / wal-fetch.
+
+spool.py starts the background pusher and the prefetcher this way, and the light
+entry point (`python .../wal/spool.py`) execs it for what the spool cannot answer.
+"""
 
 import sys
+from collections.abc import Sequence
 
 
-def _main() -> int:
+def main(argv: Sequence[str]) -> int:
+    """Run one verb as `tonebridge-dr` would; returns the exit code."""
     from tonebridge_dr.runner.engines.postgres.wal import spool
 
-    if sys.argv[1:2] == ["wal-fetch"]:
-        return spool.fetch_main(sys.argv[1:])
-    fast = spool.fast_main(sys.argv[1:])
-    if fast is not None:
-        return fast
-    from tonebridge_dr.runner.engines.postgres.wal import commands
+    args = list(argv)
+    code = spool.light_main(args)
+    if code is not None:
+        return code
+    from tonebridge_dr.runner import cli
 
-    return commands.main(sys.argv[1:])
+    return cli.main(args)
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main(sys.argv[1:]))

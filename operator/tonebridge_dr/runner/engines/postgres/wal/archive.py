@@ -68,13 +68,14 @@ from typing import cast
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.codecs import compression as codecs
 from tonebridge_dr.runner.codecs import pipeline
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.engines.postgres.wal import catalog, envvars, naming, spool
 from tonebridge_dr.runner.storage import open_storage
 
 log = logging.getLogger(__name__)
 
-COMPRESSION_ENV = "TONEBRIDGE_DR_COMPRESSION"
-LEVEL_ENV = "TONEBRIDGE_DR_COMPRESSION_LEVEL"
+COMPRESSION_ENV = runner_contract.ENV_COMPRESSION
+LEVEL_ENV = runner_contract.ENV_COMPRESSION_LEVEL
 ENCRYPT_ENV = "TONEBRIDGE_DR_ENCRYPT_TO"
 PARALLEL_ENV = "TONEBRIDGE_DR_WAL_PARALLEL"
 PUSH_AHEAD_ENV = "TONEBRIDGE_DR_WAL_PUSH_AHEAD"

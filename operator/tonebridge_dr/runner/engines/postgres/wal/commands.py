@@ -1,7 +1,8 @@
 """Command-line verbs of WAL archiving and physical restore.
 
-For the runner CLI: each verb has `add_<verb>_arguments(parser)` and
-`run_<verb>(args)`:
+For the runner CLI (runner/cli.py, the one front door: parsing, logging, signals,
+exit codes, termination message): each verb has `add_<verb>_arguments(parser)` and
+`run_<verb>(args)`, like every engine's commands module:
 
 | verb                      | run returns     | errors                                      |
 |---------------------------|-----------------|---------------------------------------------|
@@ -18,8 +19,8 @@ wal-fetch's one front door is `spool.fetch_main` (every entry point calls it): i
 maps whatever `fetch_slow` raises to 255. wal-push and wal-fetch keep their exit
 codes to themselves because PostgreSQL reads them (see fetch.py: an ordinary
 error code would look like "not found" to recovery). Call `spool.fast_main(argv)`
-before importing anything heavy to keep their fast paths fast. `main(argv)` runs
-all verbs (`python -m tonebridge_dr.runner.engines.postgres.wal ...`).
+before importing anything heavy to keep their fast paths fast (the entry points
+do: tonebridge_dr/cli.py, wal/__main__.py, wal/spool.py).
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from tonebridge_dr.runner import errors
+from tonebridge_dr.runner import console, errors
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.engines.postgres.wal import spool
 
 log = logging.getLogger("tonebridge_dr.runner.engines.postgres.wal")
 
-REPO_ENV = "TONEBRIDGE_DR_REPO"
+REPO_ENV = runner_contract.ENV_REPO
 
 
 def _repo(value: str | None) -> str:
@@ -102,7 +104,7 @@ def run_wal_pusher(args: argparse.Namespace) -> int:
     """The background pusher of `wal-push` (archive.py); holds the spool's pusher lock."""
     from tonebridge_dr.runner.engines.postgres.wal import archive
 
-    if "TONEBRIDGE_DR_LOG_LEVEL" not in os.environ:
+    if runner_contract.ENV_LOG_LEVEL not in os.environ:
         logging.getLogger("tonebridge_dr").setLevel(logging.WARNING)  # pusher.log stays small
     lock_fd = args.lock_fd
     if lock_fd is None:
@@ -150,15 +152,17 @@ def fetch_slow(argv: Sequence[str]) -> int:
     """
     from tonebridge_dr.runner.engines.postgres.wal import catalog
 
-    parser = _Parser(prog="tonebridge-dr wal-fetch")
+    parser = console.Parser(prog="tonebridge-dr wal-fetch")
     add_wal_fetch_arguments(parser)
     args = parser.parse_args(list(argv))
-    _configure_logging()
+    handler = console.start_logging()
     try:
         _deliver(args)
     except catalog.WalNotFound as exc:
         _fail("wal-fetch", str(exc))
         return spool.FETCH_NOT_FOUND
+    finally:
+        console.stop_logging(handler)
     return spool.FETCH_DELIVERED
 
 
@@ -406,7 +410,7 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
         stop_after=args.stop_after,
         run_as=args.run_as,
         decrypt_key=args.decrypt_key,
-        passphrase=os.environ.get("TONEBRIDGE_DR_DECRYPT_PASSPHRASE") or None,
+        passphrase=os.environ.get(runner_contract.ENV_DECRYPT_PASSPHRASE) or None,
         keep_archiving=args.keep_archiving,
         settings=settings,
         dsn=args.verify_dsn,
@@ -415,87 +419,3 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
     repo = Repository.open(_repo(args.repo), create=False)
     return pitr.restore_physical(repo, options)
 
-
-# -- main ---------------------------------------------------------------------------------
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise errors.UsageError(f"{self.prog}: {message}")
-
-
-_VERBS = {
-    "wal-push": (add_wal_push_arguments, run_wal_push),
-    "wal-prefetch": (add_wal_prefetch_arguments, run_wal_prefetch),
-    "wal-pusher": (add_wal_pusher_arguments, run_wal_pusher),
-    "wal-stream": (add_wal_stream_arguments, run_wal_stream),
-    "wal-status": (add_wal_status_arguments, run_wal_status),
-    "wal-prune": (add_wal_prune_arguments, run_wal_prune),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tonebridge-dr-wal")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    for verb, (add, run) in _VERBS.items():
-        sub = verbs.add_parser(verb)
-        add(sub)
-        if verb not in ("wal-push", "wal-prefetch", "wal-pusher"):
-            sub.add_argument("--json", action="store_true")
-        sub.set_defaults(run=run)
-    restore = verbs.add_parser("restore")
-    restore.add_argument("engine", choices=["postgres"])
-    add_restore_arguments(restore)
-    restore.add_argument("--json", action="store_true")
-    restore.set_defaults(run=run_restore)
-    return parser
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is at the time (so callers can capture it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
-
-
-def _configure_logging() -> None:
-    level = logging.getLevelName(os.environ.get("TONEBRIDGE_DR_LOG_LEVEL", "INFO").upper())
-    root = logging.getLogger("tonebridge_dr")
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(level if isinstance(level, int) else logging.INFO)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one verb; returns the exit code."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["wal-fetch"]:
-        return spool.fetch_main(args_list)
-    fast = spool.fast_main(args_list)
-    if fast is not None:
-        return fast
-    _configure_logging()
-    try:
-        args = build_parser().parse_args(args_list)
-        outcome = args.run(args)
-    except errors.DRError as exc:
-        _fail("error", str(exc))
-        return exc.exit_code
-    except KeyboardInterrupt:
-        _fail("error", "interrupted")
-        return 130
-    if isinstance(outcome, int):
-        return outcome
-    import json
-
-    if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(outcome, indent=2, default=str) + "\n")
-    else:
-        for key, value in outcome.items():
-            sys.stdout.write(f"{key}: {value}\n")
-    return 0

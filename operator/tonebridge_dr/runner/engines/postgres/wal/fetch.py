@@ -44,6 +44,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.engines.postgres.wal import catalog, envvars, naming, spool
 from tonebridge_dr.runner.storage import open_storage
 
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 PREFETCH_ENV = "TONEBRIDGE_DR_WAL_PREFETCH"
 PARALLEL_ENV = "TONEBRIDGE_DR_WAL_PARALLEL"
-PASSPHRASE_ENV = "TONEBRIDGE_DR_DECRYPT_PASSPHRASE"
+PASSPHRASE_ENV = runner_contract.ENV_DECRYPT_PASSPHRASE
 DEFAULT_WINDOW = 16
 DEFAULT_PARALLEL = 8
 IDLE_ENV = "TONEBRIDGE_DR_WAL_PREFETCH_IDLE"

@@ -29,7 +29,9 @@ exits (an upload failed, or it went idle) or `TONEBRIDGE_DR_WAL_PUSH_WAIT`
 seconds (default 60) pass, and otherwise takes the slow path.
 
 This module is what a fast-path call imports: only `os`, `sys`, `time` and
-`fcntl` (built in). Nothing here talks to the repository.
+`fcntl` (built in). Nothing here talks to the repository. So it spells the few
+values of the operator/runner contract it needs (api/runner_contract.py, each named
+where it stands; a test checks they agree) instead of importing it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import os
 import sys
 import time
 
+#: runner_contract.ENV_REPO: the repository when `--repo` is not given.
+REPO_ENV = "TONEBRIDGE_DR_REPO"
 SPOOL_ENV = "TONEBRIDGE_DR_WAL_SPOOL"
 SPOOL_NAME = "tonebridge-dr"
 PUSHED = "pushed"
@@ -462,7 +466,7 @@ def fast_main(argv: list[str]) -> int | None:
         parsed = _split(argv[1:], frozenset({"--repo"}), frozenset())
         if parsed is None or len(parsed[1]) != 1:
             return None
-        repo = parsed[0].get("--repo") or os.environ.get("TONEBRIDGE_DR_REPO", "")
+        repo = parsed[0].get("--repo") or os.environ.get(REPO_ENV, "")
         if try_push_fast(parsed[1][0], repo) or wait_for_pusher(parsed[1][0], repo):
             return 0
         return None
@@ -470,7 +474,7 @@ def fast_main(argv: list[str]) -> int | None:
     if parsed is None or len(parsed[1]) != 2:
         return None
     options, (name, dest_arg) = parsed
-    repo = options.get("--repo") or os.environ.get("TONEBRIDGE_DR_REPO", "")
+    repo = options.get("--repo") or os.environ.get(REPO_ENV, "")
     if not repo or not _is_segment_name(name) or "--no-prefetch" in options:
         return None
     dest = os.path.abspath(dest_arg)
@@ -508,9 +512,9 @@ def fast_main(argv: list[str]) -> int | None:
 #: wal-fetch's only exit codes. PostgreSQL takes any other status up to 125 for "not in
 #: the archive" too, ends recovery there and promotes: an error answered with 1 (Python's
 #: status for an uncaught exception) silently loses every transaction after that point.
-FETCH_DELIVERED = 0
-FETCH_NOT_FOUND = 1
-FETCH_ABORT = 255
+FETCH_DELIVERED = 0  # runner_contract.WAL_FETCH_DELIVERED
+FETCH_NOT_FOUND = 1  # runner_contract.WAL_FETCH_NOT_FOUND
+FETCH_ABORT = 255  # runner_contract.WAL_FETCH_ABORT
 
 
 def _one_line(text: str) -> str:
@@ -566,13 +570,20 @@ def _is_runner_error(exc: BaseException) -> bool:
     return any(cls.__name__ == "DRError" for cls in type(exc).__mro__)
 
 
+def light_main(argv: list[str]) -> int | None:
+    """What every entry point answers before it loads the runner's front door (cli.py):
+    all of wal-fetch (`fetch_main`: 0, 1 or 255, whatever happens), and a wal-push the
+    spool proves stored (`fast_main`). None: run the full command."""
+    if argv[:1] == ["wal-fetch"]:
+        return fetch_main(argv)
+    return fast_main(argv)
+
+
 if __name__ == "__main__":
     # `python .../wal/spool.py wal-push %p`: the lightest entry point. A spool hit costs
     # an interpreter start and nothing else (not even the tonebridge_dr package); any
     # other call becomes the full command in place (exec keeps pid, env and cwd).
-    if sys.argv[1:2] == ["wal-fetch"]:
-        sys.exit(fetch_main(sys.argv[1:]))
-    _code = fast_main(sys.argv[1:])
+    _code = light_main(sys.argv[1:])
     if _code is not None:
         sys.exit(_code)
     _argv = [sys.executable, "-m", "tonebridge_dr.runner.engines.postgres.wal", *sys.argv[1:]]
