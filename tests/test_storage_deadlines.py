@@ -79,3 +79,18 @@ def test_the_deadline_must_be_a_number(monkeypatch: pytest.MonkeyPatch, s3_repo_
     monkeypatch.setenv("TONEBRIDGE_DR_STORAGE_TIMEOUT", "soon")
     with pytest.raises(errors.UsageError, match="TONEBRIDGE_DR_STORAGE_TIMEOUT"):
         Repository.open(s3_repo_url)
+
+
+def test_the_storage_timeout_option_bounds_a_cli_run(
+    hung_later: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tonebridge_dr.runner import cli as runner_cli
+
+    monkeypatch.setenv("TONEBRIDGE_DR_STORAGE_TIMEOUT", "600")  # the option wins
+    url = f"s3://{s3_fixtures.new_bucket(hung_later.url)}/repo"
+    os.kill(hung_later.process.pid, signal.SIGSTOP)
+    began = time.monotonic()
+    code = runner_cli.main(["--storage-timeout", str(TIMEOUT), "backups", "list", "--repo", url])
+    assert code == 4 and time.monotonic() - began < 4 * TIMEOUT + 10
+    assert "cannot reach S3 endpoint" in capsys.readouterr().err
+    assert runner_cli.main(["--storage-timeout", "0", "backups", "list", "--repo", url]) == 2

@@ -298,6 +298,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "--storage-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="the longest an S3 call may go without progress over all its attempts, so a "
+        f"hung endpoint fails the run with exit 4 (default ${runner_contract.ENV_STORAGE_TIMEOUT}"
+        " or 120)",
+    )
     verbs = parser.add_subparsers(
         dest="verb", required=True, metavar="COMMAND", parser_class=console.Parser
     )
@@ -411,6 +420,29 @@ def _add_wal_verbs(verbs: Any, argv: Sequence[str]) -> None:
             sub.set_defaults(handler=_engine_runner(run))
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 1, got {value!r}")
+    return seconds
+
+
+def _verb_position(argv: Sequence[str]) -> int | None:
+    """Where the verb is: the first word that is neither an option nor an option's value."""
+    skip = False
+    for pos, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--storage-timeout":
+            skip = True
+        elif not arg.startswith("-"):
+            return pos
+    return None
+
+
 def _count(value: str) -> int:
     if not value.isdigit():
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
@@ -444,7 +476,7 @@ def _fail(code: int, message: str, reason: str | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (never raises, never calls sys.exit)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    verb_at = next((pos for pos, arg in enumerate(argv) if not arg.startswith("-")), None)
+    verb_at = _verb_position(argv)
     if verb_at is not None and argv[verb_at] == "wal-fetch":
         # restore_command: its exit codes are PostgreSQL's contract, decided in one place.
         from tonebridge_dr.runner.engines.postgres.wal import spool
@@ -459,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help / --version printed and want to exit
             return int(exc.code or 0) if isinstance(exc.code, int | None) else 2
         handler = console.start_logging(verbose=args.verbose, quiet=args.quiet)
+        if args.storage_timeout is not None:  # read where each S3 client is made
+            os.environ[runner_contract.ENV_STORAGE_TIMEOUT] = str(args.storage_timeout)
         if getattr(args, "raw_exit", False):
             return int(args.handler(args))
         outcome: Outcome = args.handler(args)
