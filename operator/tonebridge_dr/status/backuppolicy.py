@@ -96,9 +96,9 @@ def backup_summary(outcome: JobOutcome) -> BackupSummary | None:
 
 # --- Redis durability (spec 4.2: AOF) ---------------------------------------------------------
 
-REASON_APPEND_ONLY_ENABLED = "AppendOnlyEnabled"
-REASON_APPEND_ONLY_DISABLED = "AppendOnlyDisabled"
-REASON_APPEND_ONLY_UNKNOWN = "AppendOnlyUnknown"
+REASON_APPEND_ONLY_ENABLED = Reason.APPEND_ONLY_ENABLED.value
+REASON_APPEND_ONLY_DISABLED = Reason.APPEND_ONLY_DISABLED.value
+REASON_APPEND_ONLY_UNKNOWN = Reason.APPEND_ONLY_UNKNOWN.value
 _AOF_WORDS = re.compile(r"\bAOF\b|appendonly|appendfsync")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _WARNING_LIMIT = 1024
