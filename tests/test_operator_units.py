@@ -15,10 +15,11 @@ from tests.fixtures import s3 as s3_fixtures
 from tests.fixtures.operator import WebhookReceiver
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.kinds import BackupPolicy
-from tonebridge_dr.controller import catalog, freshness, notify, policies, reconcile, runnow
+from tonebridge_dr.controller import freshness, policies, reconcile, runnow
 from tonebridge_dr.controller import main as controller_main
-from tonebridge_dr.controller import settings as settings_mod
-from tonebridge_dr.controller.metrics import Metrics
+from tonebridge_dr.controller.core import catalog, notify
+from tonebridge_dr.controller.core import settings as settings_mod
+from tonebridge_dr.controller.core.metrics import Metrics
 from tonebridge_dr.runner.repository.catalog import Repository
 from tonebridge_dr.runner.storage import S3Config, open_storage
 
@@ -237,7 +238,7 @@ def test_referenced_secrets() -> None:
 
 # --- catalog reads with explicit credentials --------------------------------------------------
 class _Secrets:
-    """Stands in for controller.kube.Kube where only Secrets are read."""
+    """Stands in for controller.core.kube.Kube where only Secrets are read."""
 
     def __init__(self, secrets: dict[str, dict[str, str]]) -> None:
         self.secrets = secrets

@@ -24,8 +24,9 @@ from typing import Any
 from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.kinds import BackupPolicy
-from tonebridge_dr.controller import notify, objects, policies
-from tonebridge_dr.controller.context import Context
+from tonebridge_dr.controller import policies
+from tonebridge_dr.controller.core import notify, objects
+from tonebridge_dr.controller.core.context import Context
 from tonebridge_dr.status import conditions
 from tonebridge_dr.status.freshness import CatalogSummary, FreshnessChange, assess_freshness
 

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import kopf
 import prometheus_client
 
-from tonebridge_dr.controller import settings as settings_mod
-from tonebridge_dr.controller.context import Context
+from tonebridge_dr.controller.core import settings as settings_mod
+from tonebridge_dr.controller.core.context import Context
+from tonebridge_dr.controller.core.kube import Kube
+from tonebridge_dr.controller.core.metrics import Metrics
 from tonebridge_dr.controller.handlers import backuppolicy, restorerequest
-from tonebridge_dr.controller.kube import Kube
-from tonebridge_dr.controller.metrics import Metrics
 
 log = logging.getLogger("tonebridge_dr.controller")
 

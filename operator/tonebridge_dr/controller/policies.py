@@ -13,9 +13,9 @@ import pydantic
 from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.kinds import BACKUP_POLICY, GROUP, VERSION, BackupPolicy
-from tonebridge_dr.controller import kube as kubemod
-from tonebridge_dr.controller import notify, objects
-from tonebridge_dr.controller.context import Context
+from tonebridge_dr.controller.core import kube as kubemod
+from tonebridge_dr.controller.core import notify, objects
+from tonebridge_dr.controller.core.context import Context
 
 log = logging.getLogger(__name__)
 

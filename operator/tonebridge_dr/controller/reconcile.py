@@ -24,9 +24,10 @@ from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.builders import backup as builders
 from tonebridge_dr.builders import names
-from tonebridge_dr.controller import kube as kubemod
-from tonebridge_dr.controller import objects, policies
-from tonebridge_dr.controller.context import Context
+from tonebridge_dr.controller import policies
+from tonebridge_dr.controller.core import kube as kubemod
+from tonebridge_dr.controller.core import objects
+from tonebridge_dr.controller.core.context import Context
 from tonebridge_dr.status import backuppolicy as policy_status
 from tonebridge_dr.status import conditions
 

@@ -38,10 +38,10 @@ from tonebridge_dr.api.kinds import (
 from tonebridge_dr.api.restorerequest import RestorePhase, RestoreRequestStatus
 from tonebridge_dr.builders import names
 from tonebridge_dr.builders import restore as builders
-from tonebridge_dr.controller import kube as kubemod
-from tonebridge_dr.controller import objects
-from tonebridge_dr.controller.context import Context
-from tonebridge_dr.controller.kube import ApiError
+from tonebridge_dr.controller.core import kube as kubemod
+from tonebridge_dr.controller.core import objects
+from tonebridge_dr.controller.core.context import Context
+from tonebridge_dr.controller.core.kube import ApiError
 from tonebridge_dr.status import restorerequest as rr_status
 from tonebridge_dr.status.jobs import JobOutcome, job_outcome
 

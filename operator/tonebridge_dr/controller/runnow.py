@@ -27,9 +27,10 @@ from typing import Any
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.builders import backup as builders
 from tonebridge_dr.builders import names
-from tonebridge_dr.controller import kube as kubemod
-from tonebridge_dr.controller import objects, policies
-from tonebridge_dr.controller.context import Context
+from tonebridge_dr.controller import policies
+from tonebridge_dr.controller.core import kube as kubemod
+from tonebridge_dr.controller.core import objects
+from tonebridge_dr.controller.core.context import Context
 
 log = logging.getLogger(__name__)
 

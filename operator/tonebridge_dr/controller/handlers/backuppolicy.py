@@ -28,8 +28,8 @@ import kopf
 from tonebridge_dr.api.kinds import BACKUP_POLICY, GROUP, VERSION
 from tonebridge_dr.builders import names
 from tonebridge_dr.controller import freshness, jobs, reconcile, runnow
-from tonebridge_dr.controller.context import Context
-from tonebridge_dr.controller.kube import ApiError
+from tonebridge_dr.controller.core.context import Context
+from tonebridge_dr.controller.core.kube import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from tonebridge_dr.api.kinds import (
 )
 from tonebridge_dr.builders import names
 from tonebridge_dr.builders import restore as builders
-from tonebridge_dr.controller.context import Context
-from tonebridge_dr.controller.kube import ApiError
-from tonebridge_dr.controller.objects import plain
+from tonebridge_dr.controller.core.context import Context
+from tonebridge_dr.controller.core.kube import ApiError
+from tonebridge_dr.controller.core.objects import plain
 from tonebridge_dr.controller.restores import observe_job, reconcile
 
 log = logging.getLogger(__name__)

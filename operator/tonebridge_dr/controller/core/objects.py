@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import pydantic
 
 from tonebridge_dr.api.kinds import plain_value
-from tonebridge_dr.controller.context import Context
-from tonebridge_dr.controller.kube import Kind
+from tonebridge_dr.controller.core.context import Context
+from tonebridge_dr.controller.core.kube import Kind
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.builders import names
-from tonebridge_dr.controller.kube import ApiError, Kube
+from tonebridge_dr.controller.core.kube import ApiError, Kube
 from tonebridge_dr.runner import errors as runner_errors
 from tonebridge_dr.runner.repository.catalog import Repository
 from tonebridge_dr.runner.storage import S3Config, Storage, open_storage
