@@ -22,7 +22,9 @@ from tonebridge_dr.controller.core.context import Context
 from tonebridge_dr.controller.core.kind import KindDeclaration
 from tonebridge_dr.controller.core.kube import Kube
 from tonebridge_dr.controller.core.metrics import Metrics
+from tonebridge_dr.controller.failoverplan import handlers as failoverplan
 from tonebridge_dr.controller.restorerequest import handlers as restorerequest
+from tonebridge_dr.controller.restoretest import handlers as restoretest
 
 log = logging.getLogger("tonebridge_dr.controller")
 
@@ -30,6 +32,8 @@ log = logging.getLogger("tonebridge_dr.controller")
 KINDS: tuple[KindDeclaration[Any, Any], ...] = (
     backuppolicy.KIND,
     restorerequest.KIND,
+    failoverplan.KIND,
+    restoretest.KIND,
 )
 
 # Libraries whose DEBUG output is noise (and may echo request bodies).
