@@ -165,6 +165,16 @@ def ready_false(model: type[StatusT]) -> Refused:
     return functools.partial(readiness.not_ready, model=model)
 
 
+def not_implemented(message: str) -> Callable[..., None]:
+    """The `reconcile` of a kind this version accepts and validates but does not act on:
+    Ready=False, reason NotImplemented, `message` (the generation counts as observed)."""
+
+    def reconcile(controller: Controller[Any, Any], _obj: Any, body: Json, _cause: Cause) -> None:
+        controller.refuse(body, Reason.NOT_IMPLEMENTED, message)
+
+    return reconcile
+
+
 def api_kind(info: KindInfo) -> kube.Kind:
     """Where one of our kinds lives in the API (registered for `kube.kind_of`)."""
     return kube.register_kind(kube.Kind(API_VERSION, info.kind, info.plural))

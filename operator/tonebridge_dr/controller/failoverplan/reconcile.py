@@ -8,12 +8,7 @@ GitOps health checks show plainly that nothing guards the target yet.
 
 from __future__ import annotations
 
-from typing import Any
-
-from tonebridge_dr.api.conditions import Reason
-from tonebridge_dr.api.failoverplan import FailoverPlanStatus
-from tonebridge_dr.api.kinds import FailoverPlan
-from tonebridge_dr.controller.core.kind import Cause, Controller
+from tonebridge_dr.controller.core.kind import not_implemented
 
 MESSAGE = (
     "FailoverPlan is accepted and validated, but this version of tonebridge-dr does not run "
@@ -21,7 +16,4 @@ MESSAGE = (
     "runs, in any mode (automatic, manual or drill)"
 )
 
-
-def reconcile(controller: Controller[FailoverPlan, FailoverPlanStatus], plan: FailoverPlan,
-              body: dict[str, Any], cause: Cause) -> None:
-    controller.refuse(body, Reason.NOT_IMPLEMENTED, MESSAGE)
+reconcile = not_implemented(MESSAGE)

@@ -8,12 +8,7 @@ no restore is being proven.
 
 from __future__ import annotations
 
-from typing import Any
-
-from tonebridge_dr.api.conditions import Reason
-from tonebridge_dr.api.kinds import RestoreTest
-from tonebridge_dr.api.restoretest import RestoreTestStatus
-from tonebridge_dr.controller.core.kind import Cause, Controller
+from tonebridge_dr.controller.core.kind import not_implemented
 
 MESSAGE = (
     "RestoreTest is accepted and validated, but this version of tonebridge-dr does not run "
@@ -21,7 +16,4 @@ MESSAGE = (
     "restore a backup by hand with a RestoreRequest to prove it"
 )
 
-
-def reconcile(controller: Controller[RestoreTest, RestoreTestStatus], test: RestoreTest,
-              body: dict[str, Any], cause: Cause) -> None:
-    controller.refuse(body, Reason.NOT_IMPLEMENTED, MESSAGE)
+reconcile = not_implemented(MESSAGE)
