@@ -120,12 +120,13 @@ class Refused(Protocol):
 @dataclasses.dataclass(frozen=True)
 class HandlerIds:
     """kopf handler ids (kopf keeps per-handler progress under them: shipped, so a
-    kind keeps its ids across releases). None: the kind does not handle that event."""
+    kind keeps its ids across releases). `update` None: the kind ignores spec changes;
+    `delete` is used when the kind has a `forget`."""
 
     create: str = "reconcile"
     resume: str = "resume"
     update: str | None = "reconcile-spec"
-    delete: str | None = None
+    delete: str = "forget"
 
 
 @dataclasses.dataclass(frozen=True)

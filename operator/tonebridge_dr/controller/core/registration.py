@@ -99,7 +99,7 @@ def _register_kind(registry: kopf.OperatorRegistry, controller: Controller[Any, 
     if ids.update is not None:
         kopf.on.update(*where, id=ids.update, field="spec", registry=registry)(reconcile)
     forget = declaration.forget
-    if forget is not None and ids.delete is not None:
+    if forget is not None:
         @kopf.on.delete(*where, id=ids.delete, optional=True, registry=registry)
         def deleted(body: kopf.Body, **_: Any) -> None:
             forget(controller, objects.plain(body))
