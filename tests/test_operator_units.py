@@ -15,10 +15,11 @@ from tests.fixtures import s3 as s3_fixtures
 from tests.fixtures.operator import WebhookReceiver
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.kinds import BackupPolicy
-from tonebridge_dr.controller import catalog, freshness, notify, policies, reconcile, runnow
 from tonebridge_dr.controller import main as controller_main
-from tonebridge_dr.controller import settings as settings_mod
-from tonebridge_dr.controller.metrics import Metrics
+from tonebridge_dr.controller.backuppolicy import freshness, reconcile, runnow
+from tonebridge_dr.controller.core import catalog, notify, objects, secrets
+from tonebridge_dr.controller.core import settings as settings_mod
+from tonebridge_dr.controller.core.metrics import Metrics
 from tonebridge_dr.runner.repository.catalog import Repository
 from tonebridge_dr.runner.storage import S3Config, open_storage
 
@@ -118,20 +119,20 @@ def test_failed_delivery_never_logs_the_url(caplog: pytest.LogCaptureFixture) ->
 
 def test_wanted_events() -> None:
     silent = _policy()
-    assert not notify.wanted(silent.spec, NotificationEvent.BACKUP_FAILED)
+    assert not notify.wanted(silent.spec.notifications, NotificationEvent.BACKUP_FAILED)
     hook = {"webhookSecretRef": {"name": "hook", "key": "url"}}
-    default = _policy({"notifications": hook})
-    assert notify.wanted(default.spec, NotificationEvent.BACKUP_FAILED)
-    assert notify.wanted(default.spec, NotificationEvent.RPO_MISSED)
-    assert not notify.wanted(default.spec, NotificationEvent.BACKUP_SUCCEEDED)
+    default = _policy({"notifications": hook}).spec.notifications
+    assert notify.wanted(default, NotificationEvent.BACKUP_FAILED)
+    assert notify.wanted(default, NotificationEvent.RPO_MISSED)
+    assert not notify.wanted(default, NotificationEvent.BACKUP_SUCCEEDED)
     chosen = _policy({"notifications": {**hook, "events": ["BackupSucceeded"]}})
-    assert notify.wanted(chosen.spec, NotificationEvent.BACKUP_SUCCEEDED)
-    assert not notify.wanted(chosen.spec, NotificationEvent.BACKUP_FAILED)
+    assert notify.wanted(chosen.spec.notifications, NotificationEvent.BACKUP_SUCCEEDED)
+    assert not notify.wanted(chosen.spec.notifications, NotificationEvent.BACKUP_FAILED)
     escalated = _policy({"notifications": {**hook, "escalation": [
         {"level": 1, "after": "0s", "contacts": ["lead@x.io"]},
         {"level": 2, "after": "1h", "contacts": ["cto@x.io"]},
     ]}})
-    assert notify.first_contacts(escalated.spec) == ("lead@x.io",)
+    assert notify.first_contacts(escalated.spec.notifications) == ("lead@x.io",)
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -210,15 +211,23 @@ def test_decide_applies_desired_and_deletes_stale() -> None:
     assert decision.ready and decision.apply == desired
     assert [o["metadata"]["name"] for o in decision.delete] == ["p-weekly"]
 
-    blocking = [policies.SecretUse("dsn", "database DSN", True)]
+    blocking = [secrets.SecretProblem(secrets.SecretUse("dsn", ("dsn",), "database DSN"))]
     decision = reconcile.decide(policy, desired, owned, blocking)
     assert not decision.ready and decision.reason == "SecretNotFound"
     assert decision.apply == [] and decision.delete == []
     assert 'Secret "dsn" (database DSN) not found' in decision.message
 
-    monitoring = [policies.SecretUse("hook", "webhook URL", False)]
+    monitoring = [secrets.SecretProblem(
+        secrets.SecretUse("hook", ("url",), "webhook URL", blocking=False)
+    )]
     decision = reconcile.decide(policy, desired, owned, monitoring)
     assert not decision.ready and decision.apply == desired and len(decision.delete) == 1
+
+    key = [secrets.SecretProblem(secrets.SecretUse("dsn", ("dsn",), "database DSN"), ("dsn",))]
+    decision = reconcile.decide(policy, desired, owned, key)
+    assert not decision.ready and decision.reason == "SecretKeyNotFound"
+    assert decision.apply == [] and decision.delete == []
+    assert 'Secret "dsn" (database DSN) has no key "dsn"' in decision.message
 
 
 def test_referenced_secrets() -> None:
@@ -229,15 +238,18 @@ def test_referenced_secrets() -> None:
                        "privateKeySecretRef": {"name": "gpg-private", "key": "key"}},
         "notifications": {"webhookSecretRef": {"name": "dsn", "key": "hook"}},
     })
-    uses = {u.name: u for u in policies.referenced_secrets(policy)}
-    assert sorted(uses) == ["dsn", "gpg", "r", "w"]  # the private key is for restores only
-    assert uses["dsn"].needed_by_jobs and uses["w"].needed_by_jobs and uses["gpg"].needed_by_jobs
-    assert not uses["r"].needed_by_jobs
+    uses = reconcile.referenced_secrets(policy)
+    assert sorted({u.name for u in uses}) == ["dsn", "gpg", "r", "w"]  # private key: restores
+    aws = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    assert [(u.name, u.keys, u.blocking) for u in uses] == [
+        ("dsn", ("dsn",), True), ("w", aws, True), ("gpg", ("pub",), True),
+        ("r", aws, False), ("dsn", ("hook",), False),
+    ]
 
 
 # --- catalog reads with explicit credentials --------------------------------------------------
 class _Secrets:
-    """Stands in for controller.kube.Kube where only Secrets are read."""
+    """Stands in for controller.core.kube.Kube where only Secrets are read."""
 
     def __init__(self, secrets: dict[str, dict[str, str]]) -> None:
         self.secrets = secrets
@@ -334,5 +346,5 @@ def test_invalid_body_is_one_readable_sentence() -> None:
                      "schedules": [{"name": "a", "cron": "0 1 * * *"},
                                    {"name": "a", "cron": "0 2 * * *"}],
                      "repository": {"url": "file:///var/tmp/x"}}}
-    with pytest.raises(policies.InvalidPolicy, match="schedule names must be unique"):
-        policies.parse(body)
+    with pytest.raises(objects.InvalidSpec, match="schedule names must be unique"):
+        objects.parse(BackupPolicy, body)

@@ -76,6 +76,33 @@ class Reason(StrEnum):
     FAILOVER_STARTED = "FailoverStarted"
     STAGE_RTO_MISSED = "StageRTOMissed"
     DRILL = "Drill"
+    # BackupPolicy: owned objects, run-now, the freshness monitor, Redis AOF.
+    APPLY_FAILED = "ApplyFailed"
+    TARGET_NOT_SUPPORTED = "TargetNotSupported"
+    SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    BACKUP_STARTED = "BackupStarted"
+    RUN_NOW_REFUSED = "RunNowRefused"
+    RPO_MET = "RPOMet"
+    RPO_MISSED = "RPOMissed"
+    RPO_UNKNOWN = "RPOUnknown"
+    APPEND_ONLY_ENABLED = "AppendOnlyEnabled"
+    APPEND_ONLY_DISABLED = "AppendOnlyDisabled"
+    APPEND_ONLY_UNKNOWN = "AppendOnlyUnknown"
+    # RestoreRequest: what it waits for, why it is refused, what its Job did.
+    INVALID_POLICY = "InvalidPolicy"
+    UNSUPPORTED_TARGET = "UnsupportedTarget"
+    MISSING_DECRYPTION_KEY = "MissingDecryptionKey"
+    SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
+    CLAIM_NOT_FOUND = "ClaimNotFound"
+    CLAIM_EXISTS = "ClaimExists"
+    NAME_CONFLICT = "NameConflict"
+    WRITE_CREDENTIALS = "WriteCredentials"
+    RESTORE_STARTED = "RestoreStarted"
+    RESTORE_SUCCEEDED = "RestoreSucceeded"
+    RESTORE_FAILED = "RestoreFailed"
+    JOB_DELETED = "JobDeleted"
+    # Kinds this version accepts and validates but does not act on yet.
+    NOT_IMPLEMENTED = "NotImplemented"
 
 
 class Condition(StatusModel):

@@ -10,17 +10,31 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import kopf
 import prometheus_client
 
-from tonebridge_dr.controller import settings as settings_mod
-from tonebridge_dr.controller.context import Context
-from tonebridge_dr.controller.handlers import backuppolicy, restorerequest
-from tonebridge_dr.controller.kube import Kube
-from tonebridge_dr.controller.metrics import Metrics
+from tonebridge_dr.controller.backuppolicy import handlers as backuppolicy
+from tonebridge_dr.controller.core import registration
+from tonebridge_dr.controller.core import settings as settings_mod
+from tonebridge_dr.controller.core.context import Context
+from tonebridge_dr.controller.core.kind import KindDeclaration
+from tonebridge_dr.controller.core.kube import Kube
+from tonebridge_dr.controller.core.metrics import Metrics
+from tonebridge_dr.controller.failoverplan import handlers as failoverplan
+from tonebridge_dr.controller.restorerequest import handlers as restorerequest
+from tonebridge_dr.controller.restoretest import handlers as restoretest
 
 log = logging.getLogger("tonebridge_dr.controller")
+
+#: Every kind this operator runs, each declared once in its package.
+KINDS: tuple[KindDeclaration[Any, Any], ...] = (
+    backuppolicy.KIND,
+    restorerequest.KIND,
+    failoverplan.KIND,
+    restoretest.KIND,
+)
 
 # Libraries whose DEBUG output is noise (and may echo request bodies).
 _QUIET = ("urllib3", "botocore", "boto3", "s3transfer", "kubernetes", "aiohttp.access")
@@ -30,7 +44,7 @@ class _RoutineFilter(logging.Filter):
     """Drops kopf's INFO line for every timer tick and watch event: with hundreds of
     policies they would drown everything else (failures are still logged)."""
 
-    _ROUTINE = re.compile(r"^(Timer|Handler) '(monitor|run-now|record-job)' succeeded\.$")
+    _ROUTINE = re.compile(r"^(Timer|Handler) '(monitor|run-now|job-event)' succeeded\.$")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno > logging.INFO or not self._ROUTINE.match(record.getMessage())
@@ -74,11 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     ctx = Context(settings=settings, kube=kube, metrics=metrics)
     registry = kopf.OperatorRegistry()
-    backuppolicy.register(registry, ctx)
-    restorerequest.register(registry, ctx)
+    registration.register(registry, ctx, KINDS)
     kopf_settings = kopf.OperatorSettings()
-    backuppolicy.configure(kopf_settings, ctx)
-    restorerequest.configure(kopf_settings, ctx)
+    registration.configure(kopf_settings, ctx, KINDS)
     scope = "all namespaces" if settings.clusterwide else ", ".join(settings.namespaces)
     log.info(
         "starting: watching %s, runner image %s, %s, freshness every %gs",

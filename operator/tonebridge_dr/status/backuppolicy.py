@@ -27,7 +27,7 @@ from tonebridge_dr.api.backuppolicy import (
 from tonebridge_dr.api.common import BackupMethod
 from tonebridge_dr.api.conditions import Condition, Reason
 from tonebridge_dr.api.kinds import BackupPolicy
-from tonebridge_dr.status import conditions
+from tonebridge_dr.status import conditions, readiness
 from tonebridge_dr.status.jobs import JobOutcome, parse_time
 
 __all__ = [
@@ -99,9 +99,9 @@ def backup_summary(outcome: JobOutcome) -> BackupSummary | None:
 
 # --- Redis durability (spec 4.2: AOF) ---------------------------------------------------------
 
-REASON_APPEND_ONLY_ENABLED = "AppendOnlyEnabled"
-REASON_APPEND_ONLY_DISABLED = "AppendOnlyDisabled"
-REASON_APPEND_ONLY_UNKNOWN = "AppendOnlyUnknown"
+REASON_APPEND_ONLY_ENABLED = Reason.APPEND_ONLY_ENABLED.value
+REASON_APPEND_ONLY_DISABLED = Reason.APPEND_ONLY_DISABLED.value
+REASON_APPEND_ONLY_UNKNOWN = Reason.APPEND_ONLY_UNKNOWN.value
 _AOF_WORDS = re.compile(r"\bAOF\b|appendonly|appendfsync")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _WARNING_LIMIT = 1024
@@ -342,18 +342,7 @@ def apply_not_ready(
     """Ready=False with `reason` (CamelCase, e.g. SecretNotFound, RepositoryUnreachable,
     TargetNotSupported, InvalidSpec) and a message that says what to fix; the generation
     counts as observed. Everything else is kept."""
-    current = status or BackupPolicyStatus()
-    return current.model_copy(
-        update={
-            "observed_generation": generation,
-            "conditions": conditions.set_condition(
-                current.conditions,
-                type=conditions.READY,
-                status="False",
-                reason=reason,
-                message=message,
-                observed_generation=generation,
-                now=now,
-            ),
-        }
+    return readiness.not_ready(
+        status, model=BackupPolicyStatus, reason=reason, message=message,
+        generation=generation, now=now,
     )

@@ -252,10 +252,6 @@ class Kube:
             if not token:
                 return
 
-    def secret_exists(self, namespace: str, name: str) -> bool:
-        """Whether the Secret exists (its content is not even decoded)."""
-        return self.get_or_none(SECRET, namespace, name) is not None
-
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """Decoded values of a Secret, or None when it does not exist. Never log them."""
         secret = self.get_or_none(SECRET, namespace, name)

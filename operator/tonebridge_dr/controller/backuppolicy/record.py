@@ -1,4 +1,4 @@
-"""Recording finished backup Jobs on their policy.
+"""Recording finished backup Jobs on their policy (the kind's `JobRoute`).
 
 For each Job labelled with a policy that has finished (Complete / Failed) and is not
 yet marked as recorded:
@@ -29,26 +29,17 @@ from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.conditions import Condition, ConditionStatus, Reason
 from tonebridge_dr.builders import names
-from tonebridge_dr.controller import kube as kubemod
-from tonebridge_dr.controller import objects, policies
-from tonebridge_dr.controller.context import Context
+from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
+from tonebridge_dr.controller.core import jobs, kube, notify, objects
 from tonebridge_dr.status import backuppolicy as policy_status
-from tonebridge_dr.status.jobs import JobOutcome, job_outcome
+from tonebridge_dr.status.jobs import JobOutcome
 
 log = logging.getLogger(__name__)
 
 ANNOTATION_RECORDED = "dr.tonebridge.io/recorded"
 """On a Job: its outcome is in the policy status (value: succeeded / failed)."""
-LABEL_JOB_NAME = "batch.kubernetes.io/job-name"
 
 Json = dict[str, Any]
-
-
-def finished(job: Mapping[str, Any]) -> bool:
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
-            return True
-    return False
 
 
 def recorded(job: Mapping[str, Any]) -> bool:
@@ -56,29 +47,27 @@ def recorded(job: Mapping[str, Any]) -> bool:
     return ANNOTATION_RECORDED in annotations
 
 
-def _policy_owner(obj: Mapping[str, Any]) -> str | None:
-    for owner in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if owner.get("kind") == policies.KIND.kind and owner.get("apiVersion") == (
-            policies.KIND.api_version
-        ):
-            return str(owner.get("name"))
-    return None
+def to_record(job: Mapping[str, Any]) -> bool:
+    """Whether a Job event can matter: the Job finished and is not recorded yet."""
+    return jobs.finished(job) and not recorded(job)
 
 
-def policy_name(ctx: Context, job: Mapping[str, Any]) -> str | None:
+def policy_name(controller: PolicyController, job: Mapping[str, Any]) -> str | None:
     """The owning policy: a run-now Job is owned by it; a scheduled Job by its CronJob,
     which is owned by the policy. The policy label (shortened for very long names) is
     the last resort."""
     metadata = job.get("metadata") or {}
-    direct = _policy_owner(job)
+    direct = objects.owner(job, controller.kind)
     if direct is not None:
-        return direct
+        return direct[0]
     for owner in metadata.get("ownerReferences") or []:
         if owner.get("kind") == "CronJob":
-            cronjob = ctx.kube.get_or_none(kubemod.CRONJOB, metadata.get("namespace"),
-                                           str(owner.get("name")))
+            cronjob = controller.ctx.kube.get_or_none(
+                kube.CRONJOB, metadata.get("namespace"), str(owner.get("name"))
+            )
             if cronjob is not None:
-                return _policy_owner(cronjob)
+                found = objects.owner(cronjob, controller.kind)
+                return found[0] if found is not None else None
     label = (metadata.get("labels") or {}).get(names.LABEL_POLICY)
     return str(label) if label else None
 
@@ -99,20 +88,26 @@ def _describe(outcome: JobOutcome) -> str:
     return f"Job {outcome.job_name} failed: {outcome.reason}: {outcome.message}"
 
 
-def record(ctx: Context, job: Mapping[str, Any]) -> JobOutcome | None:
+def observe(controller: PolicyController, job: Json, deleted: bool) -> None:
+    """The kind's Job route: record `job` (a deleted Job is no news)."""
+    if not deleted:
+        record(controller, job)
+
+
+def record(controller: PolicyController, job: Mapping[str, Any]) -> JobOutcome | None:
     """Record one Job if it is finished and not recorded yet; returns its outcome.
     Raises kube.ApiError on API trouble (nothing is marked, so it is retried)."""
-    if not finished(job) or recorded(job):
+    if not to_record(job):
         return None
+    ctx = controller.ctx
     namespace, job_name = objects.ident(job)
-    owner = policy_name(ctx, job)
+    owner = policy_name(controller, job)
     if owner is None:
         return None
-    policy_body = ctx.kube.get_or_none(policies.KIND, namespace, owner)
+    policy_body = controller.get(namespace, owner)
     if policy_body is None or (policy_body.get("metadata") or {}).get("deletionTimestamp"):
         return None
-    pods = ctx.kube.list(kubemod.POD, namespace, label_selector=f"{LABEL_JOB_NAME}={job_name}")
-    outcome = job_outcome(objects.plain(job), pods)
+    outcome = jobs.outcome(ctx, job)
     if outcome.state == "running":
         return None
     now = ctx.clock()
@@ -124,21 +119,23 @@ def record(ctx: Context, job: Mapping[str, Any]) -> JobOutcome | None:
         aof[0] = policy_status.aof_change(status, new)
         return new
 
-    policy_body = policies.update_status(ctx, namespace, owner, mutate, body=policy_body)
+    policy_body = controller.write_status(policy_body, mutate)
     if policy_body is None:
         return None
     message = _describe(outcome)
     log.info("%s/%s: %s", namespace, owner, message)
-    _report(ctx, policy_body, outcome, message)
-    _report_aof(ctx, policy_body, aof[0])
+    _report(controller, policy_body, outcome, message)
+    _report_aof(controller, policy_body, aof[0])
     ctx.kube.merge_patch(
-        kubemod.JOB, namespace, job_name,
+        kube.JOB, namespace, job_name,
         {"metadata": {"annotations": {ANNOTATION_RECORDED: outcome.state}}},
     )
     return outcome
 
 
-def _report(ctx: Context, policy_body: Json, outcome: JobOutcome, message: str) -> None:
+def _report(controller: PolicyController, policy_body: Json, outcome: JobOutcome,
+            message: str) -> None:
+    ctx = controller.ctx
     namespace, name = objects.ident(policy_body)
     succeeded = outcome.state == "succeeded"
     if succeeded:
@@ -154,24 +151,24 @@ def _report(ctx: Context, policy_body: Json, outcome: JobOutcome, message: str) 
         )
     else:
         ctx.metrics.backup_failed(namespace, name)
-    policies.event(
-        ctx, policy_body, warning=not succeeded,
-        reason=Reason.BACKUP_SUCCEEDED.value if succeeded else Reason.BACKUP_FAILED.value,
-        message=message,
+    controller.event(
+        policy_body, Reason.BACKUP_SUCCEEDED if succeeded else Reason.BACKUP_FAILED, message,
+        warning=not succeeded,
     )
     try:
-        policy = policies.parse(policy_body)
-    except policies.InvalidPolicy:
+        policy = controller.parse(policy_body)
+    except objects.InvalidSpec:
         return
-    policies.send_notification(
-        ctx, policy,
+    notify.send_notification(
+        ctx, namespace, name, policy.spec.notifications,
         NotificationEvent.BACKUP_SUCCEEDED if succeeded else NotificationEvent.BACKUP_FAILED,
         state="Succeeded" if succeeded else "Failed",
         message=message,
     )
 
 
-def _report_aof(ctx: Context, policy_body: Json, change: Condition | None) -> None:
+def _report_aof(controller: PolicyController, policy_body: Json,
+                change: Condition | None) -> None:
     """One Event when AOFEnabled just turned False (Warning) or back to True (Normal). A
     status write that changed nothing (the Job recorded again) sees no change: no repeat."""
     if change is None:
@@ -180,5 +177,4 @@ def _report_aof(ctx: Context, policy_body: Json, change: Condition | None) -> No
     disabled = change.status == ConditionStatus.FALSE
     if disabled:
         log.warning("%s/%s: %s", namespace, name, change.message)
-    policies.event(ctx, policy_body, warning=disabled, reason=change.reason,
-                   message=change.message)
+    controller.event(policy_body, Reason(change.reason), change.message, warning=disabled)

@@ -6,10 +6,10 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable
 
-from tonebridge_dr.controller.catalog import CatalogReader
-from tonebridge_dr.controller.kube import Kube
-from tonebridge_dr.controller.metrics import Metrics
-from tonebridge_dr.controller.settings import Settings
+from tonebridge_dr.controller.core.catalog import CatalogReader
+from tonebridge_dr.controller.core.kube import Kube
+from tonebridge_dr.controller.core.metrics import Metrics
+from tonebridge_dr.controller.core.settings import Settings
 
 
 def utcnow() -> dt.datetime:

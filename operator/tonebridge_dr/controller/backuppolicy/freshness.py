@@ -23,9 +23,10 @@ from typing import Any
 
 from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.common import NotificationEvent
+from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.api.kinds import BackupPolicy
-from tonebridge_dr.controller import notify, objects, policies
-from tonebridge_dr.controller.context import Context
+from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
+from tonebridge_dr.controller.core import notify, objects
 from tonebridge_dr.status import conditions
 from tonebridge_dr.status.freshness import CatalogSummary, FreshnessChange, assess_freshness
 
@@ -65,15 +66,16 @@ def significant(refresh: float) -> Callable[[Json, Json], bool]:
     return check
 
 
-def tick(ctx: Context, body: Mapping[str, Any]) -> FreshnessChange | None:
+def tick(controller: PolicyController, body: Mapping[str, Any]) -> FreshnessChange | None:
     """One monitoring round for one policy; returns the RPOMet change, if any."""
+    ctx = controller.ctx
     metadata = body.get("metadata") or {}
     namespace, name = objects.ident(body)
     if metadata.get("deletionTimestamp"):
         return None
     try:
-        policy = policies.parse(body)
-    except policies.InvalidPolicy:
+        policy = controller.parse(body)
+    except objects.InvalidSpec:
         return None  # reconcile reports it
     read = ctx.catalog.read(policy, ctx.kube)
     summary = read.summary
@@ -89,12 +91,10 @@ def tick(ctx: Context, body: Mapping[str, Any]) -> FreshnessChange | None:
         return new
 
     refresh = refresh_after(ctx.settings.freshness_interval)
-    current = policies.update_status(
-        ctx, namespace, name, mutate, body=body, significant=significant(refresh)
-    )
+    current = controller.write_status(body, mutate, significant=significant(refresh))
     if current is None:
         return None
-    status = policies.status_of(current)
+    status = controller.status_of(current)
     ctx.metrics.catalog_read(
         namespace, name,
         ok=summary.error is None,
@@ -110,7 +110,7 @@ def tick(ctx: Context, body: Mapping[str, Any]) -> FreshnessChange | None:
         )
     change = changes[0]
     if change is not None:
-        _report(ctx, current, policy, change, status)
+        _report(controller, current, policy, change, status)
     return change
 
 
@@ -122,7 +122,7 @@ def _age(summary: CatalogSummary, now: dt.datetime) -> float | None:
 
 
 def _report(
-    ctx: Context,
+    controller: PolicyController,
     body: Json,
     policy: BackupPolicy,
     change: FreshnessChange,
@@ -132,12 +132,13 @@ def _report(
     log.info("%s/%s: RPOMet %s -> %s: %s", namespace, name, change.old_state,
              change.new_state, change.message)
     if change.new_state == "False":
-        reason, warning, state = "RPOMissed", True, "Missed"
+        reason, warning, state = Reason.RPO_MISSED, True, "Missed"
     elif change.new_state == "True":
-        reason, warning, state = "RPOMet", False, "Resolved"
+        reason, warning, state = Reason.RPO_MET, False, "Resolved"
     else:
-        reason, warning, state = change.reason or "RPOUnknown", True, "Unknown"
-    policies.event(ctx, body, warning=warning, reason=reason, message=change.message)
+        reason = Reason(change.reason) if change.reason else Reason.RPO_UNKNOWN
+        warning, state = True, "Unknown"
+    controller.event(body, reason, change.message, warning=warning)
     # Notify when the objective is missed, and when a miss is over; not for Unknown
     # (no backup yet / unreadable repository: Events and metrics cover those).
     if change.new_state == "Unknown" or (
@@ -154,8 +155,9 @@ def _report(
         and (change.new_state == "True" or (stale is not None and stale.status.value == "True"))
     ):
         event = NotificationEvent.BACKUP_STALE
-    policies.send_notification(ctx, policy, event, state=state, message=change.message)
+    notify.send_notification(controller.ctx, namespace, name, policy.spec.notifications, event,
+                             state=state, message=change.message)
 
 
 def _wants(policy: BackupPolicy, event: NotificationEvent) -> bool:
-    return notify.wanted(policy.spec, event)
+    return notify.wanted(policy.spec.notifications, event)

@@ -11,7 +11,7 @@ Semantics:
   and only records the token;
 * a suspended policy still runs on demand (suspend stops the schedule, like
   `kubectl create job --from=cronjob/...` works on a suspended CronJob);
-* a policy that cannot run (invalid spec, missing Secret that backup Jobs need) refuses:
+* a policy that cannot run (invalid spec, a Secret or key backup Jobs need missing) refuses:
   a Warning Event says why and the token counts as handled.
 
 Both the policy watch (at once) and the periodic monitor (as a retry after API trouble)
@@ -24,17 +24,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.builders import backup as builders
 from tonebridge_dr.builders import names
-from tonebridge_dr.controller import kube as kubemod
-from tonebridge_dr.controller import objects, policies
-from tonebridge_dr.controller.context import Context
+from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController, referenced_secrets
+from tonebridge_dr.controller.core import kube, objects, secrets
 
 log = logging.getLogger(__name__)
-
-REASON_STARTED = "BackupStarted"
-REASON_REFUSED = "RunNowRefused"
 
 
 def pending_token(body: Mapping[str, Any]) -> str | None:
@@ -55,17 +52,26 @@ def pick_schedule(policy: BackupPolicy, token: str) -> str:
     return known[0]
 
 
-def _mark_handled(ctx: Context, body: Mapping[str, Any], token: str) -> None:
+def _mark_handled(controller: PolicyController, body: Mapping[str, Any], token: str) -> None:
     namespace, name = objects.ident(body)
-    ctx.kube.merge_patch(
-        policies.KIND,
+    controller.ctx.kube.merge_patch(
+        controller.kind,
         namespace,
         name,
         {"metadata": {"annotations": {names.ANNOTATION_RUN_NOW_HANDLED: token}}},
     )
 
 
-def handle(ctx: Context, body: Mapping[str, Any]) -> str | None:
+def _refuse(controller: PolicyController, body: Mapping[str, Any], token: str,
+            problem: str) -> None:
+    namespace, name = objects.ident(body)
+    message = f"run-now {token!r} refused: {problem}"
+    log.info("%s/%s: %s", namespace, name, message)
+    controller.event(body, Reason.RUN_NOW_REFUSED, message, warning=True)
+    _mark_handled(controller, body, token)
+
+
+def handle(controller: PolicyController, body: Mapping[str, Any]) -> str | None:
     """Start the backup a new run-now value asks for; returns the Job name (None when
     nothing was pending or the request was refused). Raises kube.ApiError on API
     trouble (nothing is marked handled then, so it is retried)."""
@@ -73,41 +79,37 @@ def handle(ctx: Context, body: Mapping[str, Any]) -> str | None:
     metadata = body.get("metadata") or {}
     if token is None or metadata.get("deletionTimestamp"):
         return None
+    ctx = controller.ctx
     namespace, name = objects.ident(body)
     try:
-        policy = policies.parse(body)
+        policy = controller.parse(body)
         schedule = pick_schedule(policy, token)
         jobs = builders.build_run_now_jobs(
             policy, ctx.settings.runner, token, schedules=[schedule]
         )
-    except (policies.InvalidPolicy, builders.UnsupportedTarget, ValueError) as exc:
-        message = f"run-now {token!r} refused: {exc}"
-        log.info("%s/%s: %s", namespace, name, message)
-        policies.event(ctx, body, warning=True, reason=REASON_REFUSED, message=message)
-        _mark_handled(ctx, body, token)
+    except (objects.InvalidSpec, builders.UnsupportedTarget, ValueError) as exc:
+        _refuse(controller, body, token, str(exc))
         return None
-    blocking = [use for use in policies.missing_secrets(ctx, policy) if use.needed_by_jobs]
+    problems = secrets.check(ctx.kube, namespace, referenced_secrets(policy))
+    blocking = [problem for problem in problems if problem.blocking]
     if blocking:
-        message = f"run-now {token!r} refused: {policies.describe_missing(blocking)}"
-        log.info("%s/%s: %s", namespace, name, message)
-        policies.event(ctx, body, warning=True, reason=REASON_REFUSED, message=message)
-        _mark_handled(ctx, body, token)
+        _refuse(controller, body, token, secrets.describe(blocking))
         return None
     job = jobs[0]
     job_name = job["metadata"]["name"]
     try:
         ctx.kube.create(job)
         created = True
-    except kubemod.ApiError as exc:
+    except kube.ApiError as exc:
         if not exc.already_exists:
             raise
         created = False  # a previous attempt created it and died before recording
-    _mark_handled(ctx, body, token)
+    _mark_handled(controller, body, token)
     log.info("%s/%s: run-now %r: Job %s for schedule %s (%s)", namespace, name, token,
              job_name, schedule, "created" if created else "already existed")
     if created:
-        policies.event(
-            ctx, body, warning=False, reason=REASON_STARTED,
-            message=f"run-now: Job {job_name} started a backup of schedule {schedule}",
+        controller.event(
+            body, Reason.BACKUP_STARTED,
+            f"run-now: Job {job_name} started a backup of schedule {schedule}", warning=False,
         )
     return str(job_name)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.builders import names
-from tonebridge_dr.controller.kube import ApiError, Kube
+from tonebridge_dr.controller.core.kube import ApiError, Kube
+from tonebridge_dr.controller.core.secrets import REPOSITORY_KEYS
 from tonebridge_dr.runner import errors as runner_errors
 from tonebridge_dr.runner.repository.catalog import Repository
 from tonebridge_dr.runner.storage import S3Config, Storage, open_storage
@@ -33,8 +34,7 @@ from tonebridge_dr.status.freshness import CatalogSummary
 
 log = logging.getLogger(__name__)
 
-ACCESS_KEY = "AWS_ACCESS_KEY_ID"
-SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
+ACCESS_KEY, SECRET_KEY = REPOSITORY_KEYS
 SESSION_TOKEN = "AWS_SESSION_TOKEN"
 CACHE_SIZE = 64
 

@@ -1,6 +1,6 @@
 """What the controllers of every kind do with their objects the same way: plain copies of
-kopf bodies, identity, readable validation errors, Events, and the typed status
-compare-and-set on top of `Kube.write_status`."""
+kopf bodies, identity and ownership, parsing with readable validation errors, Events, and
+the typed status compare-and-set on top of `Kube.write_status`."""
 
 from __future__ import annotations
 
@@ -11,13 +11,19 @@ from typing import Any, TypeVar
 import pydantic
 
 from tonebridge_dr.api.kinds import plain_value
-from tonebridge_dr.controller.context import Context
-from tonebridge_dr.controller.kube import Kind
+from tonebridge_dr.controller.core.context import Context
+from tonebridge_dr.controller.core.kube import Kind
 
 log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 StatusT = TypeVar("StatusT", bound=pydantic.BaseModel)
+ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
+
+
+class InvalidSpec(ValueError):
+    """The body does not parse into its kind's model (what the schema could not catch);
+    the message is one readable sentence (field: problem)."""
 
 
 def plain(body: Mapping[str, Any]) -> Json:
@@ -34,6 +40,38 @@ def ident(body: Mapping[str, Any]) -> tuple[str, str]:
 def generation(body: Mapping[str, Any]) -> int | None:
     value = (body.get("metadata") or {}).get("generation")
     return value if isinstance(value, int) else None
+
+
+def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    """Whether one of `obj`'s owner references is the object with `uid`."""
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(owner.get("uid") == uid for owner in owners)
+
+
+def owner(obj: Mapping[str, Any], kind: Kind) -> tuple[str, str] | None:
+    """(name, uid) of `obj`'s owner of `kind`, or None."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == kind.kind and ref.get("apiVersion") == kind.api_version:
+            return str(ref.get("name")), str(ref.get("uid"))
+    return None
+
+
+def parse(model: type[ModelT], body: Mapping[str, Any]) -> ModelT:
+    """`body` as `model` (a whole-object model with `from_body` or any pydantic model);
+    InvalidSpec with one readable sentence."""
+    try:
+        return model.model_validate(plain_value(body))
+    except pydantic.ValidationError as exc:
+        raise InvalidSpec(validation_message(exc)) from None
+
+
+def read(
+    ctx: Context, kind: Kind, model: type[ModelT], namespace: str, name: str
+) -> ModelT | None:
+    """The object `namespace/name` of `kind` as `model`; None when it does not exist;
+    InvalidSpec when it does not parse. Raises kube.ApiError on API trouble."""
+    body = ctx.kube.get_or_none(kind, namespace, name)
+    return parse(model, body) if body is not None else None
 
 
 def validation_message(exc: pydantic.ValidationError) -> str:

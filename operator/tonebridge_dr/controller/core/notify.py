@@ -7,9 +7,9 @@ the other keys); other receivers get the structured fields too:
      "state": "Failed", "message": "...", "contacts": [...]}
 
 The webhook URL is a credential (whoever has it can post to the channel): it is
-read from the policy's Secret just before sending and never logged, stored or put
-into an error message. A failed delivery is logged (without the URL) and
-reported as False; it never fails a handler.
+read from the object's Secret just before sending (`send_notification`) and never
+logged, stored or put into an error message. A failed delivery is logged (without the
+URL) and reported as False; it never fails a handler.
 """
 
 from __future__ import annotations
@@ -21,8 +21,13 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tonebridge_dr.api.backuppolicy import BackupPolicySpec
-from tonebridge_dr.api.common import DEFAULT_NOTIFICATION_EVENTS, NotificationEvent
+from tonebridge_dr.api.common import (
+    DEFAULT_NOTIFICATION_EVENTS,
+    NotificationEvent,
+    Notifications,
+)
+from tonebridge_dr.controller.core.context import Context
+from tonebridge_dr.controller.core.kube import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +63,16 @@ class Notification:
         }
 
 
-def wanted(spec: BackupPolicySpec, event: NotificationEvent) -> bool:
-    """Whether the policy asks for `event` (and has somewhere to send it)."""
-    notifications = spec.notifications
+def wanted(notifications: Notifications | None, event: NotificationEvent) -> bool:
+    """Whether `spec.notifications` asks for `event` (and has somewhere to send it)."""
     if notifications is None or notifications.webhook_secret_ref is None:
         return False
     events = notifications.events or DEFAULT_NOTIFICATION_EVENTS
     return event in events
 
 
-def first_contacts(spec: BackupPolicySpec) -> tuple[str, ...]:
+def first_contacts(notifications: Notifications | None) -> tuple[str, ...]:
     """Contacts of the escalation levels due at once (after: 0s)."""
-    notifications = spec.notifications
     if notifications is None or not notifications.escalation:
         return ()
     due = [level for level in notifications.escalation if level.after.total_seconds() == 0]
@@ -103,3 +106,42 @@ def send(url: str, notification: Notification, *, timeout: float) -> bool:
         return False
     log.info("sent %s notification for %s", notification.event.value, where)
     return True
+
+
+def send_notification(
+    ctx: Context,
+    namespace: str,
+    name: str,
+    notifications: Notifications | None,
+    event: NotificationEvent,
+    *,
+    state: str,
+    message: str,
+) -> bool:
+    """Send one webhook notification about the object `namespace/name` if its
+    `notifications` ask for `event`. The URL is read from its Secret here and goes
+    nowhere else. Never raises for API trouble (best effort, like `send`)."""
+    if not wanted(notifications, event):
+        return False
+    ref = notifications.webhook_secret_ref if notifications else None
+    if ref is None:
+        return False
+    try:
+        data = ctx.kube.secret_data(namespace, ref.name)
+    except ApiError as exc:
+        log.warning("cannot read the webhook Secret of %s/%s: %s", namespace, name, exc)
+        return False
+    url = (data or {}).get(ref.key, "").strip()
+    if not url:
+        log.warning('webhook Secret "%s" of %s/%s has no key "%s"', ref.name, namespace, name,
+                    ref.key)
+        return False
+    notification = Notification(
+        namespace=namespace,
+        policy=name,
+        event=event,
+        state=state,
+        message=message,
+        contacts=first_contacts(notifications),
+    )
+    return send(url, notification, timeout=ctx.settings.notify_timeout)

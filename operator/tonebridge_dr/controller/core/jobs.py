@@ -1,0 +1,33 @@
+"""What every kind reads from the Jobs it owns: whether a Job finished, and its outcome
+(the runner's termination message via `status.jobs.job_outcome`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tonebridge_dr.controller.core import kube, objects
+from tonebridge_dr.controller.core.context import Context
+from tonebridge_dr.status.jobs import LABEL_JOB_NAME, JobOutcome, job_outcome
+
+
+def finished(job: Mapping[str, Any]) -> bool:
+    """Whether the Job is Complete or Failed."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return True
+    return False
+
+
+def attempts(job: Mapping[str, Any]) -> int:
+    """How many of the Job's pods ran to their end (retries included)."""
+    counts = job.get("status") or {}
+    return int(counts.get("failed") or 0) + int(counts.get("succeeded") or 0)
+
+
+def outcome(ctx: Context, job: Mapping[str, Any]) -> JobOutcome:
+    """The Job's outcome from its pods' termination messages (one LIST of its pods).
+    Raises kube.ApiError on API trouble."""
+    namespace, name = objects.ident(job)
+    pods = ctx.kube.list(kube.POD, namespace, label_selector=f"{LABEL_JOB_NAME}={name}")
+    return job_outcome(objects.plain(job), pods)

@@ -1,1 +1,0 @@
-"""kopf handlers: thin glue from watch events to the controller modules."""

@@ -1,0 +1,118 @@
+"""Deciding a restore: `plan_restore(request, policy, settings) -> RestorePlan | Refusal`.
+
+Pure (no API calls; tested without a cluster): from the typed request, the BackupPolicy
+its `source.policyRef` names (None for a repository given directly) and the runner
+settings, it yields everything `reconcile` then checks and creates: the resolved
+source, the Secrets (and keys) the restore Job reads, the ServiceAccount it runs as,
+the volume claim, the Job and its name, and the words of its Events. A request that
+can never run as written is a `Refusal` (reason and one sentence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tonebridge_dr.api.conditions import Reason
+from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
+from tonebridge_dr.builders import restore as builders
+from tonebridge_dr.builders.settings import RunnerSettings
+from tonebridge_dr.controller.core.secrets import SecretUse
+from tonebridge_dr.status import restorerequest as rr_status
+
+Json = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """The request cannot be served as written (it fails for good)."""
+
+    reason: Reason
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimPlan:
+    """The PersistentVolumeClaim a volume target fills."""
+
+    name: str
+    manifest: Json | None
+    """What to create (`claimTemplate`); None: `claimName` names a claim that must exist."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RestorePlan:
+    """What one request needs and makes."""
+
+    source: builders.ResolvedSource
+    secrets: tuple[SecretUse, ...]
+    """What the restore Job reads: checked before it is created."""
+    service_account: str
+    claim: ClaimPlan | None
+    job: Json
+    job_name: str
+    target: rr_status.TargetInfo
+    started: str
+    """The RestoreStarted Event's message."""
+    write_credentials: str | None
+    """A WriteCredentials warning (the restore reads with the backup role), or None."""
+
+
+def target_info(request: RestoreRequest, policy: BackupPolicy | None) -> rr_status.TargetInfo:
+    """What status messages say about the target and the repository."""
+    source = request.spec.source
+    repository = source.repository or (policy.spec.repository if policy else None)
+    policy_name = source.policy_name or (source.policy_ref.name if source.policy_ref else "")
+    url = builders.policy_repository_url(repository.url, policy_name) if repository else ""
+    return rr_status.TargetInfo(
+        kind=builders.target_kind(request),  # the values of rr_status.TargetKind
+        description=builders.target_description(request),
+        repository_url=url,
+    )
+
+
+def _claim(request: RestoreRequest, policy: BackupPolicy | None) -> ClaimPlan | None:
+    volume = request.spec.target.volume
+    if volume is None:
+        return None
+    manifest = None if volume.claim_name is not None else (
+        builders.build_restore_claim(request, policy)
+    )
+    return ClaimPlan(name=builders.claim_name(request) or "", manifest=manifest)
+
+
+def plan_restore(
+    request: RestoreRequest, policy: BackupPolicy | None, settings: RunnerSettings
+) -> RestorePlan | Refusal:
+    """The plan of `request`, or why it can never run. `policy` must be the BackupPolicy
+    of `source.policyRef` when the request has one (the caller looked it up)."""
+    try:
+        source = builders.resolve_source(request, policy)
+        job = builders.build_restore_job(request, policy, settings)
+        claim = _claim(request, policy)
+    except builders.RestoreSpecError as exc:
+        return Refusal(Reason(exc.reason), exc.message)
+    secrets = tuple(
+        SecretUse(need.name, need.keys, need.purpose)
+        for need in builders.secret_requirements(request, source)
+    )
+    job_name = str(job["metadata"]["name"])
+    write_credentials = None
+    if source.uses_write_credentials:
+        write_credentials = (
+            f'BackupPolicy "{source.policy_name}" has no repository.restoreCredentialsSecretRef: '
+            "the restore Job uses the backup credentials; give restores a read-only role "
+            "(spec 8.2)"
+        )
+    return RestorePlan(
+        source=source,
+        secrets=secrets,
+        service_account=settings.restore_service_account,
+        claim=claim,
+        job=job,
+        job_name=job_name,
+        target=target_info(request, policy),
+        started=f"restore Job {job_name} started: {builders.target_description(request)} "
+        f"from {source.describe()}",
+        write_credentials=write_credentials,
+    )
