@@ -38,7 +38,7 @@ test: venv controlplane lint
 	  $(BIN)/pytest -m 'not kind' $(PYTEST_ARGS)
 
 unit: venv
-	$(BIN)/pytest -m 'not kind and not sandbox and not postgres' $(PYTEST_ARGS)
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
 demo: venv controlplane
 	TONEBRIDGE_DR_CONTROLPLANE_DIR="$$(bash hack/controlplane/build.sh 2>/dev/null | tail -n1)" \
