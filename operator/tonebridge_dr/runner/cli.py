@@ -320,6 +320,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     }
     for name in registry.NAMES:
         for kind in registry.VERBS:
+            spec = runner_contract.engine(name)
+            if spec is None or not getattr(spec, kind):
+                continue  # the contract says this version has no such command
             # Only the selected engine is imported; one that is not installed, or lacks
             # this verb, gets no sub-command (argparse then says "invalid choice").
             command = registry.command(name, kind) if name == selected else None
@@ -384,8 +387,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 
 _WAL_VERBS = {
-    "wal-push": "archive one WAL file (archive_command = 'tonebridge-dr wal-push %p')",
-    "wal-fetch": "fetch one WAL file (restore_command = 'tonebridge-dr wal-fetch %f %p')",
+    "wal-push": "archive one WAL file (archive_command = 'tonebridge-dr wal-push %%p')",
+    "wal-fetch": "fetch one WAL file (restore_command = 'tonebridge-dr wal-fetch %%f %%p')",
     "wal-prefetch": "(internal) prefetch WAL segments for wal-fetch",
     "wal-pusher": "(internal) push WAL files ahead of wal-push",
     "wal-stream": "stream WAL with pg_receivewal into the repository",
