@@ -21,6 +21,7 @@ from typing import Final, TypedDict
 __all__ = [
     "ENGINES",
     "ENGINE_NAMES",
+    "ENV_CHECKS",
     "ENV_CLAIM_HEARTBEAT",
     "ENV_COMPRESSION",
     "ENV_COMPRESSION_LEVEL",
@@ -78,6 +79,9 @@ ENV_STORAGE_TIMEOUT: Final = "TONEBRIDGE_DR_STORAGE_TIMEOUT"
 """Seconds an S3 call may go without progress over all its attempts (default 120)."""
 ENV_CLAIM_HEARTBEAT: Final = "TONEBRIDGE_DR_CLAIM_HEARTBEAT"
 """Seconds between two renewals of a running backup's claim (default 60; 0: off)."""
+ENV_CHECKS: Final = "TONEBRIDGE_DR_CHECKS"
+"""The checks of a restore test: a JSON list of {"name", "query", "expect": {"equals" |
+"min" | "max" | "nonEmpty"}}, exactly the RestoreTest spec's `checks` (camelCase)."""
 
 # -- exit codes ------------------------------------------------------------------------------
 
@@ -125,6 +129,12 @@ EXIT_CODES: Final[tuple[ExitCode, ...]] = (
     ExitCode(13, "Conflict", "a write would overwrite different existing content"),
     ExitCode(14, "RecoveryEndedEarly", "point-in-time recovery promoted before the end of "
              "its plan; the data directory is stopped and marked", restore_retryable=False),
+    # A restore test's verdicts: a retry only repeats them. Their termination message
+    # carries the whole result besides error, message and exit_code.
+    ExitCode(15, "ChecksFailed", "a restore test restored the backup, but at least one of "
+             "its checks failed", backup_retryable=False, restore_retryable=False),
+    ExitCode(16, "RTOMissed", "a restore test passed its checks, but later than its RTO",
+             backup_retryable=False, restore_retryable=False),
     ExitCode(EXIT_INTERRUPTED, "Cancelled", "interrupted (SIGINT)"),
     ExitCode(EXIT_TERMINATED, "Cancelled", "terminated (SIGTERM: the Job was deleted or "
              "ran past its deadline)"),
@@ -159,7 +169,12 @@ TERMINATION_LIMIT: Final = 4096
 
 
 class TerminationError(TypedDict):
-    """The termination message of a failed run; a succeeded run writes its result dict."""
+    """The termination message of a failed run; a succeeded run writes its result dict.
+
+    A failure that has a result (a restore test's ChecksFailed / RTOMissed, or any
+    failure of a restore test after it chose its backup) writes that result with
+    these three keys added.
+    """
 
     error: str  # the ExitCode's reason (CamelCase: copied into a condition)
     message: str  # one line, secrets scrubbed
@@ -175,7 +190,8 @@ class EngineSpec:
 
     `methods` are the API's BackupMethod values (the first is the default);
     `result_methods` maps what the runner writes into a result's `method` when it
-    differs from the API name. `backup` / `restore`: the runner implements them.
+    differs from the API name. `backup` / `restore`: the runner implements them;
+    `restore_test`: the runner implements `restore-test` (what RestoreTest Jobs run).
     """
 
     name: str
@@ -184,6 +200,7 @@ class EngineSpec:
     result_methods: tuple[tuple[str, str], ...] = ()
     backup: bool = False
     restore: bool = False
+    restore_test: bool = False
 
     @property
     def default_method(self) -> str:
@@ -191,7 +208,8 @@ class EngineSpec:
 
 
 ENGINES: Final[tuple[EngineSpec, ...]] = (
-    EngineSpec("postgres", "PostgreSQL", ("logical", "physical"), backup=True, restore=True),
+    EngineSpec("postgres", "PostgreSQL", ("logical", "physical"), backup=True, restore=True,
+               restore_test=True),
     EngineSpec("redis", "Redis", ("snapshot",), (("rdb", "snapshot"),), backup=True,
                restore=True),
     EngineSpec("kubernetes", "Kubernetes", ("export",)),

@@ -4,9 +4,17 @@ Every failure the runner can explain is a `DRError` subclass carrying a stable
 `exit_code` and a `reason` (a CamelCase word the operator copies into a
 condition). Messages are one human sentence and never contain secrets
 (passwords, keys, full DSNs with passwords).
+
+A failure may carry the command's `result` as well (a restore test whose checks
+failed still has everything it measured): the front door then prints it like a
+success and writes it into the termination message with `error`, `message` and
+`exit_code` added.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 
 class DRError(Exception):
@@ -14,6 +22,10 @@ class DRError(Exception):
 
     exit_code: int = 1
     reason: str = "Failed"
+
+    def __init__(self, *args: object, result: Mapping[str, Any] | None = None) -> None:
+        super().__init__(*args)
+        self.result: dict[str, Any] | None = dict(result) if result is not None else None
 
 
 class UsageError(DRError):
@@ -109,3 +121,18 @@ class RecoveryEndedEarly(DRError):
 
     exit_code = 14
     reason = "RecoveryEndedEarly"
+
+
+class ChecksFailed(DRError):
+    """A restore test restored its backup, but at least one check failed (`result` says which,
+    with the value each got)."""
+
+    exit_code = 15
+    reason = "ChecksFailed"
+
+
+class RTOMissed(DRError):
+    """A restore test passed its checks, but the restore took longer than its RTO."""
+
+    exit_code = 16
+    reason = "RTOMissed"
