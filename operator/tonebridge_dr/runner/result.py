@@ -2,8 +2,9 @@
 
 The termination message is what the operator reads from a finished Job's pod: a
 compact JSON object, the result on success or `{"error": reason, "message": ...,
-"exit_code": n}` on failure, at most 4096 bytes (the kubelet's limit). Writing
-it never fails the command.
+"exit_code": n}` on failure (added to the result when the failure has one, e.g. a
+restore test whose checks failed), at most 4096 bytes (the kubelet's limit).
+Writing it never fails the command.
 """
 
 from __future__ import annotations
@@ -38,12 +39,39 @@ def scrub(text: str) -> str:
     return text
 
 
+#: `compact` first cuts long strings inside lists and dicts to these lengths, in turn.
+_NESTED_CUTS = (256, 64, 24)
+
+
+def _cut(value: Any, length: int) -> Any:
+    """`value` with every string in it longer than `length` cut to it (marked with `...`)."""
+    if isinstance(value, str):
+        return value if len(value) <= length else value[:length] + "..."
+    if isinstance(value, list):
+        return [_cut(item, length) for item in value]
+    if isinstance(value, dict):
+        return {key: _cut(item, length) for key, item in value.items()}
+    return value
+
+
 def compact(payload: Mapping[str, Any], limit: int = TERMINATION_LIMIT) -> bytes:
-    """JSON of `payload` in at most `limit` bytes: bulky values go first, then the message."""
+    """JSON of `payload` in at most `limit` bytes.
+
+    In turn, until it fits: long strings inside lists and dicts are cut (so a restore
+    test's `checks` survive with shortened values and messages), bulky values are
+    dropped (largest first, replaced by "(omitted)"), then long top-level strings,
+    the message first, are cut.
+    """
     data = dict(payload)
     encoded = json.dumps(data, separators=(",", ":"), default=str).encode()
     if len(encoded) <= limit:
         return encoded
+    for length in _NESTED_CUTS:
+        cut = {k: _cut(v, length) if isinstance(v, list | dict) else v for k, v in data.items()}
+        encoded = json.dumps(cut, separators=(",", ":"), default=str).encode()
+        if len(encoded) <= limit:
+            return encoded
+    data = cut
     bulky = sorted(
         (k for k, v in data.items() if isinstance(v, list | dict)),
         key=lambda k: -len(json.dumps(data[k], default=str)),
