@@ -107,6 +107,9 @@ class Repository:
 
     def _load(self, backup_id: str) -> manifests.Manifest:
         """GET and parse one manifest; ObjectNotFound when absent, IntegrityError when bad."""
+        return self._load_raw(backup_id)[0]
+
+    def _load_raw(self, backup_id: str) -> tuple[manifests.Manifest, bytes]:
         key = manifests.manifest_key(backup_id)
         data = self.storage.get_bytes(key)
         try:
@@ -118,7 +121,7 @@ class Repository:
             ) from exc
         if manifest.id != backup_id:
             raise errors.IntegrityError(f"manifest {key} names another backup id ({manifest.id})")
-        return manifest
+        return manifest, data
 
     def _manifests(self, scan: _Scan) -> tuple[list[manifests.Manifest], list[str]]:
         found: list[manifests.Manifest] = []
@@ -168,6 +171,15 @@ class Repository:
         ids.check_backup_id(backup_id)
         try:
             return self._load(backup_id)
+        except errors.ObjectNotFound:
+            raise self._not_found(f"backup {backup_id}") from None
+
+    def get_with_bytes(self, backup_id: str) -> tuple[manifests.Manifest, bytes]:
+        """The manifest of `backup_id` (an id, not "latest") and the exact bytes of its
+        manifest.json, e.g. to record their SHA-256 as evidence of what was restored."""
+        ids.check_backup_id(backup_id)
+        try:
+            return self._load_raw(backup_id)
         except errors.ObjectNotFound:
             raise self._not_found(f"backup {backup_id}") from None
 
