@@ -223,7 +223,9 @@ def open_target(
     return connection.connect(info, purpose="target database"), True
 
 
-def _maintenance(info: connection.ConnInfo) -> psycopg.Connection[Any]:
+def maintenance(info: connection.ConnInfo) -> psycopg.Connection[Any]:
+    """An autocommit connection to the server of `info` for CREATE / DROP DATABASE (to its
+    `postgres` database, else `template1`), with the same credentials."""
     last: errors.DRError | None = None
     for dbname in ("postgres", "template1"):
         try:
@@ -240,7 +242,7 @@ def create_database(info: connection.ConnInfo, manifest: Manifest) -> None:
     """CREATE DATABASE like the source (encoding, locale) from template0."""
     extra = manifest.extra
     name = sql.Identifier(info.dbname)
-    with _maintenance(info) as conn:
+    with maintenance(info) as conn:
         attempts = []
         if extra.get("encoding") and extra.get("lc_collate") and extra.get("lc_ctype"):
             attempts.append(
@@ -280,7 +282,7 @@ def create_database(info: connection.ConnInfo, manifest: Manifest) -> None:
 def drop_database(info: connection.ConnInfo) -> None:
     """Best effort: remove a database this restore created and could not fill."""
     try:
-        with _maintenance(info) as conn:
+        with maintenance(info) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(info.dbname)))
         log.warning("dropped the database %s created by the failed restore", info.dbname)
     except (errors.DRError, psycopg.Error) as exc:

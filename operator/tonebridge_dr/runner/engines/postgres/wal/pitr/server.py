@@ -2,11 +2,13 @@
 clean stop) and what its data directory and log say once recovery has ended."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -161,6 +163,56 @@ def remove_socket_dir(folder: Path | None, data_dir: Path) -> None:
     if pid is not None and alive(pid):
         return
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def shut_down(
+    data_dir: Path, major: int | None, account: pwd.struct_passwd | None, timeout: float = 60.0
+) -> None:
+    """Stop whatever postmaster runs in `data_dir`, for a cluster about to be thrown away.
+
+    `pg_ctl stop -m immediate` (no shutdown checkpoint: nothing of it is kept), then
+    SIGQUIT and finally SIGKILL to the postmaster if it is still alive; returns once
+    it is gone (its children follow it). A no-op when nothing runs.
+    """
+    pid = postmaster_pid(data_dir)
+    if pid is None or not alive(pid):
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired, OSError, errors.ToolError):
+        subprocess.run(
+            [tools.tool("pg_ctl", major), "-D", str(data_dir), "-m", "immediate", "-w",
+             "-t", str(int(timeout)), "stop"],
+            capture_output=True,
+            env=_server_env(""),
+            timeout=timeout + 10,
+            check=False,
+            **_as_user(account),
+        )
+    for signum, grace in ((signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
+        if not _running(pid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+        deadline = time.monotonic() + grace
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(_POLL / 4)
+    if _running(pid):
+        raise errors.ToolError(f"the PostgreSQL server (pid {pid}) in {data_dir} does not stop")
+
+
+def _running(pid: int) -> bool:
+    """`alive`, but a zombie is dead (and reaped when it is ours: a runner that is PID 1 of
+    its container inherits the postmaster pg_ctl left behind)."""
+    if not alive(pid):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    if state != "Z":
+        return True
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return False
 
 
 class Server:
