@@ -4,15 +4,18 @@
 tonebridge-dr --version
 tonebridge-dr backup  <engine> --repo URL ... [--json]
 tonebridge-dr restore <engine> --repo URL --backup ID|latest ... [--json]
+tonebridge-dr restore-test <engine> --repo URL (--scratch-dsn DSN | --scratch-instance DIR) ...
 tonebridge-dr backups list|show ID|verify ID|prune [...] --repo URL [--json]
+tonebridge-dr restore-tests list --repo URL [--json]
 tonebridge-dr check --repo URL [--dsn DSN]
 tonebridge-dr wal-push PATH | wal-fetch NAME DEST | wal-stream | wal-status | wal-prune
 ```
 
 Engines plug in through the registry (`engines/registry.py`: each engine's
 `add_backup_arguments` / `run_backup`, `add_restore_arguments` / `run_restore`,
-each run returning the `--json` result dict); an engine whose module is not
-installed simply has no sub-command.
+optionally `add_restore_test_arguments` / `run_restore_test`, each run returning
+the `--json` result dict); a verb offers the engines the contract says implement
+it, and naming another (or one whose module is not installed) is a usage error.
 
 This is the one front door: `tonebridge-dr` (tonebridge_dr/cli.py) and `python -m
 tonebridge_dr.runner.engines.postgres.wal` come here once the import-light fast
@@ -27,12 +30,13 @@ readable table) and exits 0. A failure prints exactly one line `error: <message>
 on stderr and exits with the DRError's code (2 usage, 3 repository config, 4
 storage, 5 object missing, 6 backup missing, 7 integrity, 8 encryption, 9
 source, 10 authentication, 11 target not empty, 12 tool, 13 conflict, 14 recovery
-ended before its planned end; 1 for an
-unexpected error, 130/143 when interrupted/terminated). In a pod the result or
-the error also goes to /dev/termination-log (or $TONEBRIDGE_DR_TERMINATION_LOG)
-for the operator. Logs go to stderr with UTC timestamps, level from -v/-q or
-$TONEBRIDGE_DR_LOG_LEVEL (default INFO); nothing is logged before input is
-validated, and secrets never are.
+ended before its planned end, 15 restore-test checks failed, 16 restore-test RTO
+missed; 1 for an unexpected error, 130/143 when interrupted/terminated). A failure
+that carries a result (15, 16) prints it like a success before the error line. In a
+pod the result or the error (added to a result it carries) also goes to
+/dev/termination-log (or $TONEBRIDGE_DR_TERMINATION_LOG) for the operator. Logs
+go to stderr with UTC timestamps, level from -v/-q or $TONEBRIDGE_DR_LOG_LEVEL
+(default INFO); nothing is logged before input is validated, and secrets never are.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class Outcome:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived (the Job was deleted or timed out): stop tools, clean up, exit 143."""
+
+    exit_code = runner_contract.EXIT_TERMINATED
 
 
 # --- engines ------------------------------------------------------------------------------------
@@ -127,9 +133,15 @@ def _mapping_outcome(data: dict[str, Any]) -> Outcome:
     return Outcome(data, lambda out: result.print_mapping(data, out), data)
 
 
-def _engine_runner(run: Callable[[argparse.Namespace], dict[str, Any]]) -> Callable[..., Outcome]:
+def _engine_runner(
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    show: Callable[[dict[str, Any], TextIO], None] | None = None,
+) -> Callable[..., Outcome]:
     def handler(args: argparse.Namespace) -> Outcome:
-        return _mapping_outcome(run(args))
+        data = run(args)
+        if show is None:
+            return _mapping_outcome(data)
+        return Outcome(data, lambda out: show(data, out), data)
 
     return handler
 
@@ -283,11 +295,85 @@ def _check(args: argparse.Namespace) -> Outcome:
     return _mapping_outcome(data)
 
 
+# --- restore tests ------------------------------------------------------------------------------
+_CHECK_COLUMNS = (
+    ("name", "CHECK"),
+    ("passed", "PASSED"),
+    ("value", "VALUE"),
+    ("message", "MESSAGE"),
+)
+_REPORT_COLUMNS = (
+    ("started_at", "STARTED"),
+    ("name", "NAME"),
+    ("backup_id", "BACKUP"),
+    ("method", "METHOD"),
+    ("passed", "PASSED"),
+    ("restore_duration_seconds", "SECONDS"),
+    ("rto_met", "RTO MET"),
+    ("error", "ERROR"),
+    ("checksum", "CHECKSUM"),
+)
+
+
+def _show_restore_test(data: dict[str, Any], out: TextIO) -> None:
+    """The result as `key  value` lines, then its checks as a table."""
+    result.print_mapping({k: v for k, v in data.items() if k != "checks"}, out)
+    checks = data.get("checks") or []
+    out.write("\n")
+    if checks:
+        result.print_table(checks, _CHECK_COLUMNS, out)
+    else:
+        out.write("no checks\n")
+
+
+_ENGINE_VERB_SHOW: dict[str, Callable[[dict[str, Any], TextIO], None]] = {
+    "restore-test": _show_restore_test,
+}
+
+
+def _restore_tests_list(args: argparse.Namespace) -> Outcome:
+    from tonebridge_dr.runner.repository import reports
+
+    stored = reports.list_reports(_open_repo(args).storage)
+    rows = [report.row() for report in stored]
+    bad = [row["key"] for row in rows if row["checksum"] != reports.CHECKSUM_OK]
+    for row in rows:
+        if row["checksum"] != reports.CHECKSUM_OK:
+            log.warning("restore test report %s: checksum %s", row["key"], row["checksum"])
+    summary = {"reports": len(rows), "latest": rows[0]["key"] if rows else None, "unverified": bad}
+
+    def show(out: TextIO) -> None:
+        if rows:
+            result.print_table(rows, _REPORT_COLUMNS, out)
+        else:
+            out.write("no restore test reports\n")
+
+    return Outcome(rows, show, summary)
+
+
 # --- parser -------------------------------------------------------------------------------------
 _ENGINE_VERB_HELP: dict[registry.Verb, str] = {
     "backup": "take a backup into a repository",
     "restore": "restore a backup from a repository",
+    "restore-test": "restore a backup into scratch space, run checks, measure the RTO, and "
+    "keep a report in the repository",
 }
+
+
+def _engines_for(verb: registry.Verb) -> tuple[str, ...]:
+    """The engines that implement `verb`, as the contract says (a test checks the registry
+    says the same)."""
+    flag = verb.replace("-", "_")
+    return tuple(spec.name for spec in runner_contract.ENGINES if getattr(spec, flag))
+
+
+def _unsupported(verb: str, name: str, offered: Sequence[str]) -> errors.UsageError:
+    spec = runner_contract.engine(name)
+    title = spec.title if spec is not None else name
+    return errors.UsageError(
+        f"tonebridge-dr {verb} {name}: the {title} engine has no {verb} in this version "
+        f"({verb} works for: {', '.join(offered) or 'none'})"
+    )
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -318,21 +404,25 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         )
         for kind in registry.VERBS
     }
-    for name in registry.NAMES:
-        for kind in registry.VERBS:
-            spec = runner_contract.engine(name)
-            if spec is None or not getattr(spec, kind):
-                continue  # the contract says this version has no such command
-            # Only the selected engine is imported; one that is not installed, or lacks
-            # this verb, gets no sub-command (argparse then says "invalid choice").
-            command = registry.command(name, kind) if name == selected else None
-            if name == selected and command is None:
+    for kind in registry.VERBS:
+        offered = _engines_for(kind)
+        for name in registry.NAMES:
+            if name not in offered:
+                if (kind, name) == (selected_verb, selected):
+                    raise _unsupported(kind, name, offered)
                 continue
+            # Only the selected engine is imported, and only for the selected verb.
+            command = None
+            if (kind, name) == (selected_verb, selected):
+                command = registry.command(name, kind)
+                if command is None:  # the engine's package is not installed
+                    raise _unsupported(kind, name, [n for n in offered if n != name])
             sub = engine_parsers[kind].add_parser(name, help=f"{kind} {name}")
             _common(sub)
-            if command is not None and kind == selected_verb:
+            if command is not None:
                 command.add_arguments(sub)
-                sub.set_defaults(handler=_engine_runner(command.run))
+                shown = _ENGINE_VERB_SHOW.get(kind)
+                sub.set_defaults(handler=_engine_runner(command.run, shown), show_result=shown)
 
     backups = verbs.add_parser("backups", help="list, show, verify and prune backups")
     actions = backups.add_subparsers(
@@ -374,6 +464,18 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     prune.add_argument("--engine", choices=registry.NAMES, default=None)
     prune.add_argument("--method", default=None)
     prune.set_defaults(handler=_backups_prune)
+
+    tests = verbs.add_parser(
+        "restore-tests", help="the reports restore tests kept in the repository"
+    )
+    test_actions = tests.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=console.Parser
+    )
+    test_listing = test_actions.add_parser(
+        "list", help="reports, newest first, each checked against its recorded SHA-256"
+    )
+    _common(test_listing)
+    test_listing.set_defaults(handler=_restore_tests_list)
 
     _add_wal_verbs(verbs, argv)
 
@@ -458,21 +560,39 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 # --- main ---------------------------------------------------------------------------------------
-def _fail(code: int, message: str, reason: str | None = None) -> int:
+def _fail(
+    code: int,
+    message: str,
+    reason: str | None = None,
+    *,
+    payload: dict[str, Any] | None = None,
+    args: argparse.Namespace | None = None,
+) -> int:
     """`error: <message>` on stderr and in the termination message; returns `code`.
 
-    `reason` defaults to the contract's reason for `code`.
+    `reason` defaults to the contract's reason for `code`. A failure with a `payload`
+    (the command's result, e.g. a restore test's checks) prints it on stdout like a
+    success would (JSON with `--json`: the payload plus the three error keys) and
+    writes it into the termination message with the error keys added.
     """
     entry = runner_contract.exit_code(code)
     message = result.scrub(" ".join(message.split()))
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
     termination: runner_contract.TerminationError = {
         "error": reason or (entry.reason if entry else "InternalError"),
         "message": message,
         "exit_code": code,
     }
-    result.write_termination(termination)
+    full: dict[str, Any] = {**(payload or {}), **termination}
+    if payload is not None and args is not None:
+        if getattr(args, "json", False):
+            result.print_json(full, sys.stdout)
+        else:
+            show = getattr(args, "show_result", None) or result.print_mapping
+            show(payload, sys.stdout)
+        sys.stdout.flush()
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    result.write_termination(full)
     return code
 
 
@@ -488,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     handler: logging.Handler | None = None
+    args: argparse.Namespace | None = None
     try:
         try:
             args = build_parser(argv).parse_args(argv)
@@ -507,7 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.write_termination(outcome.summary)
         return runner_contract.EXIT_OK
     except errors.DRError as exc:
-        return _fail(exc.exit_code, str(exc) or type(exc).__name__, exc.reason)
+        return _fail(
+            exc.exit_code, str(exc) or type(exc).__name__, exc.reason, payload=exc.result, args=args
+        )
     except Terminated:
         return _fail(
             runner_contract.EXIT_TERMINATED,

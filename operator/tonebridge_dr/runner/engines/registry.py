@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType, ModuleType
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
-Verb = Literal["backup", "restore"]
-VERBS: Final[tuple[Verb, ...]] = ("backup", "restore")
+Verb = Literal["backup", "restore", "restore-test"]
+VERBS: Final[tuple[Verb, ...]] = ("backup", "restore", "restore-test")
 
 
 @runtime_checkable
@@ -31,6 +31,10 @@ class Engine(Protocol):
     the returned dict: the stable `--json` result and the termination message.
     Failures are raised as `errors.DRError`. An engine that implements only one
     verb leaves the other pair out (`command` then answers None for it).
+
+    `restore-test` is optional (the functions `add_restore_test_arguments` and
+    `run_restore_test`): an engine whose backups can be restore-tested provides them
+    (api.runner_contract.EngineSpec.restore_test says which do).
     """
 
     def add_backup_arguments(self, parser: argparse.ArgumentParser) -> None: ...
@@ -75,8 +79,9 @@ def command(name: str, verb: Verb) -> Command | None:
     """Engine `name`'s `verb` (imports its module); None when the engine is not
     installed or does not implement `verb`."""
     module = commands_module(name)
-    add = getattr(module, f"add_{verb}_arguments", None)
-    run = getattr(module, f"run_{verb}", None)
+    function = verb.replace("-", "_")
+    add = getattr(module, f"add_{function}_arguments", None)
+    run = getattr(module, f"run_{function}", None)
     if add is None or run is None:
         return None
     return Command(add, run)

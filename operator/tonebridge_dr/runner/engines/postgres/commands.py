@@ -1,4 +1,5 @@
-"""Command-line glue for `tonebridge-dr backup postgres` and `restore postgres`.
+"""Command-line glue for `tonebridge-dr backup postgres`, `restore postgres` and
+`restore-test postgres`.
 
 Same protocol as every engine (`registry.Engine`): the runner CLI builds a
 sub-parser (with the shared `--repo` and `--json` already on it), calls
@@ -289,24 +290,198 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+# --- restore-test ---------------------------------------------------------------------------
+DEFAULT_TEST_NAME = "restore-test"
+
+
+def add_restore_test_arguments(parser: argparse.ArgumentParser) -> None:
+    _add(
+        parser,
+        "--backup",
+        default=None,
+        help="backup id (default: the newest complete backup of the method: a whole-database "
+        "logical dump, or a physical base backup)",
+    )
+    _add(
+        parser,
+        "--method",
+        choices=("logical", "physical"),
+        default=None,
+        help="default: logical with --scratch-dsn; with --scratch-instance the newest backup "
+        "of either method",
+    )
+    _add(
+        parser,
+        "--scratch-dsn",
+        metavar="DSN",
+        help="restore (logical) into this database: it must be empty or missing (then it is "
+        "created); whatever the test created is dropped afterwards (default "
+        f"${connection.TARGET_DSN_ENV}; password from PGPASSWORD or PGPASSFILE)",
+    )
+    _add(
+        parser,
+        "--scratch-instance",
+        type=Path,
+        metavar="DIR",
+        help="restore into a private PostgreSQL in this empty folder (initdb for a logical "
+        "backup, point-in-time recovery to the end of the archive for a physical one); "
+        "stopped and emptied afterwards",
+    )
+    _add(
+        parser,
+        "--database",
+        metavar="NAME",
+        help="with --scratch-instance: the database restored into and checked (default: the "
+        "backed-up database for a logical backup, $PGDATABASE or postgres for a physical one)",
+    )
+    _add(
+        parser,
+        "--checks",
+        type=Path,
+        metavar="FILE",
+        help="JSON list of checks, as the RestoreTest spec's checks "
+        '(e.g. [{"name": "users", "query": "SELECT count(*) FROM users", "expect": {"min": 1}}];'
+        " default $TONEBRIDGE_DR_CHECKS)",
+    )
+    _add(parser, "--checks-json", metavar="TEXT", help="the checks as JSON text")
+    _add(
+        parser,
+        "--rto",
+        metavar="DURATION",
+        help="recovery time objective: from the first repository read to the checks passing "
+        "(e.g. 15m, 1h30m, 90s, 500ms or seconds); a longer restore exits 16",
+    )
+    _add(
+        parser,
+        "--check-timeout",
+        metavar="DURATION",
+        default=None,
+        help="statement_timeout of each check (default 60s)",
+    )
+    _add(
+        parser,
+        "--name",
+        default=DEFAULT_TEST_NAME,
+        help="the test's name, in its report's key restore-tests/<UTC time>-<name>.json "
+        f"(default {DEFAULT_TEST_NAME})",
+    )
+    _add(
+        parser,
+        "--decrypt-key",
+        type=Path,
+        metavar="PRIVKEY_FILE",
+        help="OpenPGP secret key file for an encrypted backup",
+    )
+    _add(
+        parser,
+        "--timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="--scratch-instance: seconds to wait for the server to start and recover "
+        "(default 3600)",
+    )
+    _add(
+        parser,
+        "--run-as",
+        default="postgres",
+        help="--scratch-instance: OS user owning and running the server when run as root",
+    )
+
+
+def parse_seconds(text: str, option: str) -> float:
+    """`15m`, `1h30m` (the CRDs' durations), `500ms`, or seconds (`90`, `2.5`) -> seconds > 0;
+    UsageError otherwise."""
+    from tonebridge_dr.api import formats
+
+    value = text.strip().lower()
+    try:
+        if value.endswith("ms") and value[:-2].isdigit():
+            seconds = int(value[:-2]) / 1000
+        elif value.replace(".", "", 1).isdigit():
+            seconds = float(value)
+        else:
+            seconds = formats.parse_duration(value).total_seconds()
+    except ValueError as exc:
+        raise errors.UsageError(f"{option}: {exc}") from None
+    if seconds <= 0:
+        raise errors.UsageError(f"{option} {text!r}: must be longer than zero")
+    return seconds
+
+
+def run_restore_test(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+
+    from tonebridge_dr.runner.contract import runner_contract
+    from tonebridge_dr.runner.engines.postgres.restoretest import checks, run, scratch
+    from tonebridge_dr.runner.repository import ids, reports
+    from tonebridge_dr.runner.repository.catalog import Repository
+
+    name = reports.check_name(args.name)
+    if args.backup not in (None, "latest"):
+        ids.check_backup_id(args.backup)
+    if args.scratch_dsn and args.scratch_instance is not None:
+        raise errors.UsageError("give --scratch-dsn or --scratch-instance, not both")
+    target: scratch.ScratchDatabase | scratch.ScratchInstance
+    if args.scratch_instance is not None:
+        target = scratch.ScratchInstance(
+            args.scratch_instance, run_as=args.run_as, timeout=args.timeout
+        )
+        if args.database is not None:
+            check_database_name(args.database, option="--database")
+    else:
+        dsn = args.scratch_dsn or os.environ.get(connection.TARGET_DSN_ENV, "")
+        if not dsn:
+            raise errors.UsageError(
+                "no scratch target: pass --scratch-dsn DSN (or set "
+                f"{connection.TARGET_DSN_ENV}) or --scratch-instance DIR"
+            )
+        if args.method == "physical":
+            raise errors.UsageError(
+                "a physical restore test needs --scratch-instance DIR (a whole cluster is "
+                "restored, started and recovered)"
+            )
+        if args.database is not None:
+            raise errors.UsageError(
+                "--database goes with --scratch-instance; the scratch DSN names its database"
+            )
+        target = scratch.ScratchDatabase(connection.ConnInfo.parse(dsn))
+    options = run.TestOptions(
+        name=name,
+        backup_id=args.backup,
+        method=args.method,
+        checks=tuple(checks.load_checks(args.checks, args.checks_json)),
+        rto=parse_seconds(args.rto, "--rto") if args.rto is not None else None,
+        check_timeout=(
+            parse_seconds(args.check_timeout, "--check-timeout")
+            if args.check_timeout is not None
+            else checks.DEFAULT_TIMEOUT
+        ),
+        decrypt_key=args.decrypt_key,
+        passphrase=os.environ.get(runner_contract.ENV_DECRYPT_PASSPHRASE) or None,
+        database=args.database,
+    )
+    repo = Repository.open(repo_from_env(args.repo), create=False)
+    return run.run_restore_test(repo, target, options)
+
+
 #: PostgreSQL keeps NAMEDATALEN - 1 bytes of a name and silently cuts longer ones.
 MAX_NAME_BYTES = 63
 
 
-def check_database_name(name: str) -> str:
-    """A database name for --target-database: 1-63 bytes (UTF-8), no control characters,
-    no surrounding blanks (a longer name would be cut by the server, and a restore would
-    land in a database of another name). UsageError otherwise."""
+def check_database_name(name: str, *, option: str = "--target-database") -> str:
+    """A database name for `option`: 1-63 bytes (UTF-8), no control characters, no
+    surrounding blanks (a longer name would be cut by the server, and a restore would land
+    in a database of another name). UsageError otherwise."""
     if not name or name != name.strip():
         raise errors.UsageError(
-            f"--target-database {name!r}: a database name cannot be empty or start or end "
-            "with blanks"
+            f"{option} {name!r}: a database name cannot be empty or start or end with blanks"
         )
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        raise errors.UsageError(f"--target-database {name!r}: control characters are not allowed")
+        raise errors.UsageError(f"{option} {name!r}: control characters are not allowed")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise errors.UsageError(
-            f"--target-database {name[:20]!r}...: longer than {MAX_NAME_BYTES} bytes "
+            f"{option} {name[:20]!r}...: longer than {MAX_NAME_BYTES} bytes "
             "(PostgreSQL would cut it)"
         )
     return name
