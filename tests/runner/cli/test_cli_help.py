@@ -13,9 +13,10 @@ from tonebridge_dr.api import runner_contract
 COMMANDS = [
     [], ["backup"], ["restore"], ["backups"], ["backups", "list"], ["backups", "show"],
     ["backups", "verify"], ["backups", "prune"], ["check"], ["wal-push"], ["wal-fetch"],
-    ["wal-stream"], ["wal-status"], ["wal-prune"],
-    *([verb, spec.name] for spec in runner_contract.ENGINES for verb in ("backup", "restore")
-      if getattr(spec, verb)),
+    ["wal-stream"], ["wal-status"], ["wal-prune"], ["restore-test"], ["restore-tests"],
+    ["restore-tests", "list"],
+    *([verb, spec.name] for spec in runner_contract.ENGINES
+      for verb in ("backup", "restore", "restore-test") if getattr(spec, verb.replace("-", "_"))),
 ]
 
 
@@ -27,9 +28,10 @@ def test_help_works(command: list[str]) -> None:
     assert "usage:" in proc.stdout and proc.stderr == ""
 
 
-@pytest.mark.parametrize("verb", ["backup", "restore"])
+@pytest.mark.parametrize("verb", ["backup", "restore", "restore-test"])
 def test_help_lists_only_implemented_engines(verb: str) -> None:
     out = subprocess.run([WAL_COMMAND, verb, "--help"], capture_output=True, text=True,
                          check=True).stdout
     for spec in runner_contract.ENGINES:
-        assert (f"{verb} {spec.name}" in out) == getattr(spec, verb), spec.name
+        implemented = getattr(spec, verb.replace("-", "_"))
+        assert (f"{verb} {spec.name}" in out) == implemented, spec.name
