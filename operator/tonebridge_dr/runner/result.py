@@ -39,8 +39,8 @@ def scrub(text: str) -> str:
     return text
 
 
-#: `compact` first cuts long strings inside lists and dicts to these lengths, in turn.
-_NESTED_CUTS = (256, 64, 24)
+#: `compact` first cuts long strings: (inside lists and dicts, top-level), in turn.
+_CUTS: tuple[tuple[int, int | None], ...] = ((256, None), (64, None), (64, 512), (24, 512))
 
 
 def _cut(value: Any, length: int) -> Any:
@@ -54,20 +54,28 @@ def _cut(value: Any, length: int) -> Any:
     return value
 
 
+def _shorten(value: Any, nested: int, top: int | None) -> Any:
+    if isinstance(value, list | dict):
+        return _cut(value, nested)
+    if isinstance(value, str) and top is not None:
+        return _cut(value, top)
+    return value
+
+
 def compact(payload: Mapping[str, Any], limit: int = TERMINATION_LIMIT) -> bytes:
     """JSON of `payload` in at most `limit` bytes.
 
     In turn, until it fits: long strings inside lists and dicts are cut (so a restore
-    test's `checks` survive with shortened values and messages), bulky values are
-    dropped (largest first, replaced by "(omitted)"), then long top-level strings,
-    the message first, are cut.
+    test's `checks` survive with shortened values and messages), top-level strings
+    are cut to 512 characters, bulky values are dropped (largest first, replaced by
+    "(omitted)"), then long top-level strings, the message first, are cut to 64.
     """
     data = dict(payload)
     encoded = json.dumps(data, separators=(",", ":"), default=str).encode()
     if len(encoded) <= limit:
         return encoded
-    for length in _NESTED_CUTS:
-        cut = {k: _cut(v, length) if isinstance(v, list | dict) else v for k, v in data.items()}
+    for nested, top in _CUTS:
+        cut = {key: _shorten(value, nested, top) for key, value in data.items()}
         encoded = json.dumps(cut, separators=(",", ":"), default=str).encode()
         if len(encoded) <= limit:
             return encoded

@@ -65,7 +65,8 @@ def error_lines(res: CliResult) -> list[str]:
 
 
 def manifest_sha256(repo: str, backup_id: str) -> str:
-    return hashlib.sha256(open_storage(repo).get_bytes(f"base/{backup_id}/manifest.json")).hexdigest()
+    data = open_storage(repo).get_bytes(f"base/{backup_id}/manifest.json")
+    return hashlib.sha256(data).hexdigest()
 
 
 def stored_report(repo: str, key: str) -> dict[str, Any]:

@@ -365,11 +365,23 @@ def _keep_report(
     return None
 
 
+#: A ChecksFailed message names this many failed checks, each message cut to _SHORT.
+_NAMED = 5
+_SHORT = 160
+
+
+def _short(text: str | None) -> str:
+    text = text or "failed"
+    return text if len(text) <= _SHORT else text[:_SHORT] + "..."
+
+
 def _verdict(out: dict[str, Any], options: TestOptions) -> errors.DRError | None:
     """ChecksFailed or RTOMissed, or None when the test passed."""
     failed = [c for c in out["checks"] if not c["passed"]]
     if failed:
-        named = "; ".join(f"{c['name']} ({c['message']})" for c in failed)
+        named = "; ".join(f"{c['name']} ({_short(c['message'])})" for c in failed[:_NAMED])
+        if len(failed) > _NAMED:
+            named += f"; and {len(failed) - _NAMED} more"
         return errors.ChecksFailed(
             f"restore test {options.name}: {len(failed)} of {len(out['checks'])} checks failed: "
             f"{named}"
