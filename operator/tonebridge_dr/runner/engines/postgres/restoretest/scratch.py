@@ -359,15 +359,18 @@ class ScratchInstance(_Scratch):
         self.data_dir.mkdir(mode=0o700)
         self._give(self.data_dir)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        proc = subprocess.run(
-            [initdb, "-D", str(self.data_dir), "-U", INSTANCE_USER, "--auth-local=trust",
-             "--auth-host=reject", "-E", "UTF8", "--locale=C"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-            **_as_user(self.account),
-        )
+        try:
+            proc = subprocess.run(
+                [initdb, "-D", str(self.data_dir), "-U", INSTANCE_USER, "--auth-local=trust",
+                 "--auth-host=reject", "-E", "UTF8", "--locale=C"],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
+                **_as_user(self.account),
+            )
+        except OSError as exc:
+            raise errors.ToolError(f"cannot run {initdb} as {self.run_as}: {exc}") from None
         if proc.returncode != 0:
             raise errors.ToolError(
                 f"initdb of the scratch instance failed: {_last_line(proc.stderr)}"
