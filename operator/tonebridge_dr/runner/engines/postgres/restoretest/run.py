@@ -144,13 +144,17 @@ def _newest(repo: Repository, method: str | None) -> Manifest:
 def choose_backup(
     repo: Repository, options: TestOptions, instance: bool
 ) -> tuple[Manifest, bytes]:
-    """The backup to test and the bytes of its manifest.json (UsageError when it cannot be
-    tested this way)."""
+    """The backup to test and the exact bytes of its manifest.json (read, not yet checked:
+    `check_backup` says whether it can be tested this way)."""
     wanted = options.backup_id if options.backup_id not in (None, "latest") else None
     if wanted is None:
         method = options.method or (None if instance else "logical")
         wanted = _newest(repo, method).id
-    manifest, raw = repo.get_with_bytes(wanted)
+    return repo.get_with_bytes(wanted)
+
+
+def check_backup(manifest: Manifest, options: TestOptions, instance: bool) -> None:
+    """UsageError (or EncryptionError) when `manifest` cannot be restore-tested this way."""
     if manifest.engine != "postgres":
         raise errors.UsageError(f"backup {manifest.id} is a {manifest.engine} backup, not postgres")
     if manifest.method not in METHODS:
@@ -171,7 +175,6 @@ def choose_backup(
         )
     if manifest.method == "logical":
         restore.check_decrypt_key(manifest, options.decrypt_key)
-    return manifest, raw
 
 
 # --- restoring --------------------------------------------------------------------------------
@@ -233,17 +236,10 @@ def run_restore_test(
     repo: Repository, scratch: ScratchDatabase | ScratchInstance, options: TestOptions
 ) -> dict[str, Any]:
     """Test one backup (module docstring); the result, or a DRError carrying it."""
+    instance = isinstance(scratch, ScratchInstance)
     scratch.inspect()
     clock = _Clock()
-    manifest, raw = choose_backup(repo, options, isinstance(scratch, ScratchInstance))
-    log.info(
-        "restore test %s: restoring %s backup %s into scratch %s %s",
-        options.name,
-        manifest.method,
-        manifest.id,
-        scratch.kind,
-        scratch.describe(),
-    )
+    manifest, raw = choose_backup(repo, options, instance)
     out: dict[str, Any] = {
         "name": options.name,
         "engine": "postgres",
@@ -270,11 +266,24 @@ def run_restore_test(
     }
     clock.mark("backup_chosen")
     try:
+        check_backup(manifest, options, instance)
+        log.info(
+            "restore test %s: restoring %s backup %s into scratch %s %s",
+            options.name,
+            manifest.method,
+            manifest.id,
+            scratch.kind,
+            scratch.describe(),
+        )
         with scratch:
             info = _restore(repo, manifest, scratch, options, details)
             restored = clock.mark("restored")
-            log.info("restore test %s: restored in %.3f s; running %d checks",
-                     options.name, restored, len(options.checks))
+            log.info(
+                "restore test %s: restored in %.3f s; running %d checks",
+                options.name,
+                restored,
+                len(options.checks),
+            )
             outcomes = checks_.run_checks(info, options.checks, options.check_timeout)
             duration = clock.mark("checked")
             out["completed_at"] = format_time(dt.datetime.now(dt.UTC), timespec="milliseconds")
@@ -284,22 +293,21 @@ def run_restore_test(
             if options.rto is not None:
                 out["rto_met"] = bool(out["passed"]) and duration <= options.rto
             for outcome in outcomes:
-                log.info("check %s %s%s", outcome.name, "passed" if outcome.passed else
-                         "FAILED", f": {outcome.message}" if outcome.message else "")
-        details["cleaned_up"] = True
+                verdict = "passed" if outcome.passed else f"FAILED: {outcome.message}"
+                log.info("check %s %s", outcome.name, verdict)
     except BaseException as exc:
-        details["cleaned_up"] = details["cleaned_up"] or not _scratch_left(scratch)
+        details["cleaned_up"] = scratch.cleaned
         _failed(out, details, clock, options)
-        failure = _failure_fields(exc)
-        _keep_report(repo, clock, out, details, failure)
+        _keep_report(repo, clock, out, details, _failure_fields(exc))
         if isinstance(exc, errors.DRError) and exc.result is None:
             exc.result = out
         raise
-    verdict = _verdict(out, options)
-    stored = _keep_report(repo, clock, out, details, _failure_fields(verdict) if verdict else None)
-    if verdict is not None:
-        verdict.result = out  # with the report's key
-        raise verdict
+    details["cleaned_up"] = scratch.cleaned
+    failure = _verdict(out, options)
+    stored = _keep_report(repo, clock, out, details, _failure_fields(failure) if failure else None)
+    if failure is not None:
+        failure.result = out  # with the report's key
+        raise failure
     if stored is not None:
         raise errors.StorageError(
             f"restore test {options.name} passed, but its report could not be stored: {stored}",
@@ -309,19 +317,15 @@ def run_restore_test(
     return out
 
 
-def _scratch_left(scratch: ScratchDatabase | ScratchInstance) -> bool:
-    if isinstance(scratch, ScratchDatabase):
-        return scratch.created
-    return scratch.data_dir.exists()
-
-
 def _failed(
     out: dict[str, Any], details: dict[str, Any], clock: _Clock, options: TestOptions
 ) -> None:
-    """A run that did not end with its checks: no RTO measured, not passed."""
+    """A run that failed: when it did not get through its checks, it measured no RTO and
+    did not pass (a clean-up failure after them keeps what they found)."""
     details["failed_after_seconds"] = round(clock.elapsed(), 3)
-    if out["completed_at"] is None:
-        out["completed_at"] = format_time(dt.datetime.now(dt.UTC), timespec="milliseconds")
+    if out["restore_duration_seconds"] is not None:
+        return
+    out["completed_at"] = format_time(dt.datetime.now(dt.UTC), timespec="milliseconds")
     out["passed"] = False
     if options.rto is not None:
         out["rto_met"] = False

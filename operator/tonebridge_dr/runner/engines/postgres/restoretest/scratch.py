@@ -84,14 +84,20 @@ def signals_deferred() -> Iterator[None]:
 
 
 class _Scratch:
-    """The clean-up protocol of both kinds: `with scratch:` removes what the test created."""
+    """The clean-up protocol of both kinds: `with scratch:` removes what the test created.
+
+    `cleaned`: nothing the test created is left (true before the `with`, false inside it,
+    true again once the clean-up succeeded).
+    """
 
     kind = "scratch"
+    cleaned = True
 
     def cleanup(self) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> _Scratch:
+        self.cleaned = False
         return self
 
     def __exit__(
@@ -103,6 +109,7 @@ class _Scratch:
         with signals_deferred():
             try:
                 self.cleanup()
+                self.cleaned = True
             except Exception as failure:
                 log.error("could not remove the scratch %s: %s", self.kind, failure)
                 if exc is None:
