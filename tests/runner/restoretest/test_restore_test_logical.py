@@ -100,8 +100,6 @@ def test_a_passing_test_restores_into_a_scratch_database_that_it_drops_afterward
         ("large-object", True, "1", None),
     ]
     assert 0 < out["restore_duration_seconds"] < 3600
-    print(f"logical restore test of the sample database (scratch database): "
-          f"restore_duration_seconds={out['restore_duration_seconds']}")
     assert cli.termination() == out
     assert not pg.database_exists("rt_scratch_pass")  # created for the test, dropped after
 
@@ -121,6 +119,8 @@ def test_a_passing_test_restores_into_a_scratch_database_that_it_drops_afterward
     assert row["restore_duration_seconds"] == out["restore_duration_seconds"]
     human = cli("restore-tests", "list", "--repo", file_repo_url)
     assert human.code == 0 and "nightly" in human.out and backup_id in human.out
+    print(f"logical restore test of the sample database (scratch database): "
+          f"restore_duration_seconds={out['restore_duration_seconds']}")
 
 
 def test_an_existing_empty_database_is_restored_into_and_emptied_again(
@@ -153,8 +153,6 @@ def test_a_passing_test_into_a_scratch_instance(
     out = res.json
     assert out["passed"] is True and out["backup_id"] == backup_id and out["method"] == "logical"
     assert [c["value"] for c in out["checks"]] == ["300", "50", "25", "1"]
-    print(f"logical restore test of the sample database (scratch instance): "
-          f"restore_duration_seconds={out['restore_duration_seconds']}")
     assert not folder.exists()
     assert procs.mentioning(str(folder)) == []
     report = stored_report(file_repo_url, out["report_key"])
@@ -166,6 +164,8 @@ def test_a_passing_test_into_a_scratch_instance(
     assert again.code == 0, again.err
     assert existing.is_dir() and list(existing.iterdir()) == []
     assert procs.mentioning(str(existing)) == []
+    print(f"logical restore test of the sample database (scratch instance): "
+          f"restore_duration_seconds={out['restore_duration_seconds']}")
 
 
 def test_s3_repository_keeps_and_lists_reports_and_flags_a_changed_one(
