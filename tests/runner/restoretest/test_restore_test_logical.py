@@ -123,6 +123,21 @@ def test_a_passing_test_restores_into_a_scratch_database_that_it_drops_afterward
           f"restore_duration_seconds={out['restore_duration_seconds']}")
 
 
+def test_database_replaces_the_database_of_the_scratch_dsn(
+    pg: PgServer, cli: Cli, file_repo_url: str
+) -> None:
+    sample_backup(pg, cli, file_repo_url)
+    before = pg.query("postgres", "SELECT count(*) FROM pg_class")
+    res = restore_test(cli, file_repo_url, "--scratch-dsn", pg.dsn("postgres"),
+                       "--database", "rt_named")
+    assert res.code == 0, res.err
+    report = stored_report(file_repo_url, res.json["report_key"])
+    assert report["details"]["database"] == "rt_named"
+    assert report["details"]["target"].endswith("/rt_named")
+    assert not pg.database_exists("rt_named")
+    assert pg.query("postgres", "SELECT count(*) FROM pg_class") == before
+
+
 def test_an_existing_empty_database_is_restored_into_and_emptied_again(
     pg: PgServer, cli: Cli, file_repo_url: str
 ) -> None:

@@ -331,8 +331,9 @@ def add_restore_test_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--database",
         metavar="NAME",
-        help="with --scratch-instance: the database restored into and checked (default: the "
-        "backed-up database for a logical backup, $PGDATABASE or postgres for a physical one)",
+        help="the database restored into and checked: with --scratch-dsn it replaces the "
+        "DSN's (same server, same credentials); with --scratch-instance default the "
+        "backed-up database for a logical backup, $PGDATABASE or postgres for a physical one",
     )
     _add(
         parser,
@@ -422,13 +423,13 @@ def run_restore_test(args: argparse.Namespace) -> dict[str, Any]:
         ids.check_backup_id(args.backup)
     if args.scratch_dsn and args.scratch_instance is not None:
         raise errors.UsageError("give --scratch-dsn or --scratch-instance, not both")
+    if args.database is not None:
+        check_database_name(args.database, option="--database")
     target: scratch.ScratchDatabase | scratch.ScratchInstance
     if args.scratch_instance is not None:
         target = scratch.ScratchInstance(
             args.scratch_instance, run_as=args.run_as, timeout=args.timeout
         )
-        if args.database is not None:
-            check_database_name(args.database, option="--database")
     else:
         dsn = args.scratch_dsn or os.environ.get(connection.TARGET_DSN_ENV, "")
         if not dsn:
@@ -441,11 +442,10 @@ def run_restore_test(args: argparse.Namespace) -> dict[str, Any]:
                 "a physical restore test needs --scratch-instance DIR (a whole cluster is "
                 "restored, started and recovered)"
             )
+        info = connection.ConnInfo.parse(dsn)
         if args.database is not None:
-            raise errors.UsageError(
-                "--database goes with --scratch-instance; the scratch DSN names its database"
-            )
-        target = scratch.ScratchDatabase(connection.ConnInfo.parse(dsn))
+            info = info.with_dbname(args.database)
+        target = scratch.ScratchDatabase(info)
     options = run.TestOptions(
         name=name,
         backup_id=args.backup,

@@ -96,6 +96,7 @@ class TestOptions:
     decrypt_key: Path | None = None
     passphrase: str | None = None
     database: str | None = None  # scratch instance: the database restored into / checked
+    # (with a scratch database, --database is already in its connection info)
 
 
 class _Clock:
