@@ -122,3 +122,18 @@ def test_the_import_light_spool_spells_the_contract_values() -> None:
     assert spool.REPO_ENV == contract.ENV_REPO
     assert (spool.FETCH_DELIVERED, spool.FETCH_NOT_FOUND, spool.FETCH_ABORT) == (
         contract.WAL_FETCH_DELIVERED, contract.WAL_FETCH_NOT_FOUND, contract.WAL_FETCH_ABORT)
+
+
+def test_restore_test_results_are_the_contract_shape() -> None:
+    from tonebridge_dr.runner.engines.postgres.restoretest import checks, run
+    from tonebridge_dr.runner.repository import reports
+
+    assert tuple(contract.RestoreTestResult.__annotations__) == run.RESULT_KEYS
+    entry = checks.CheckResult("c", False, "0", "expected at least 1, got 0").result()
+    assert tuple(entry) == tuple(contract.RestoreTestCheck.__annotations__)
+    assert reports.PREFIX == contract.RESTORE_TEST_REPORTS
+    assert checks.CHECKS_ENV == contract.ENV_CHECKS
+    assert [e.reason for e in map(contract.exit_code, (15, 16)) if e] == [
+        errors.ChecksFailed.reason, errors.RTOMissed.reason]
+    assert {15, 16} <= set(contract.non_retriable_backup_codes())
+    assert {15, 16} <= set(contract.non_retriable_restore_codes())

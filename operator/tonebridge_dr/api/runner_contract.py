@@ -40,12 +40,15 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_TERMINATED",
+    "RESTORE_TEST_REPORTS",
     "TERMINATION_LIMIT",
     "WAL_FETCH_ABORT",
     "WAL_FETCH_DELIVERED",
     "WAL_FETCH_NOT_FOUND",
     "EngineSpec",
     "ExitCode",
+    "RestoreTestCheck",
+    "RestoreTestResult",
     "TerminationError",
     "exit_code",
     "non_retriable_backup_codes",
@@ -59,7 +62,7 @@ ENV_REPO: Final = "TONEBRIDGE_DR_REPO"
 ENV_DSN: Final = "TONEBRIDGE_DR_DSN"
 """libpq DSN of the database a backup reads (from a Secret, never a literal value)."""
 ENV_TARGET_DSN: Final = "TONEBRIDGE_DR_TARGET_DSN"
-"""libpq DSN of the database a restore writes."""
+"""libpq DSN of the database a restore writes (a restore test's scratch database)."""
 ENV_REDIS_URL: Final = "TONEBRIDGE_DR_REDIS_URL"
 """redis:// URL of the server a backup reads."""
 ENV_REDIS_TARGET_URL: Final = "TONEBRIDGE_DR_REDIS_TARGET_URL"
@@ -179,6 +182,44 @@ class TerminationError(TypedDict):
     error: str  # the ExitCode's reason (CamelCase: copied into a condition)
     message: str  # one line, secrets scrubbed
     exit_code: int
+
+
+class RestoreTestCheck(TypedDict):
+    """One check of a restore test's result."""
+
+    name: str
+    passed: bool
+    value: str | None  # the text of the first column of the first row; None: NULL or no row
+    message: str | None  # why it failed (the value got, or the SQL error); None when passed
+
+
+class RestoreTestResult(TypedDict):
+    """What `restore-test` prints with `--json` and writes as its termination message, in
+    this key order. Exit 0 writes it as is; ChecksFailed (15), RTOMissed (16) and any
+    failure after the backup was chosen write it with TerminationError's three keys
+    added. In the termination message long values and messages of `checks` may be cut
+    (ending in "...") to stay within TERMINATION_LIMIT.
+    """
+
+    name: str
+    engine: str
+    method: str  # logical | physical
+    backup_id: str
+    backup_finished_at: str  # RFC 3339, UTC
+    manifest_sha256: str  # of the backup's manifest.json bytes
+    started_at: str  # when the RTO clock started: the first repository read
+    completed_at: str | None  # when the checks finished (or the run failed)
+    restore_duration_seconds: float | None  # the measured RTO; None unless the checks ran
+    rto_seconds: float | None  # --rto; None without it
+    rto_met: bool | None  # the checks passed within rto_seconds; None without --rto
+    passed: bool  # every check passed
+    checks: list[RestoreTestCheck]
+    report_key: str | None  # the report in the repository; None when it could not be stored
+
+
+RESTORE_TEST_REPORTS: Final = "restore-tests/"
+"""Where restore tests keep their reports, relative to the repository (policy) folder:
+`<UTC start YYYYMMDDTHHMMSSZ>-<name>.json` and its `.json.sha256`."""
 
 
 # -- engines --------------------------------------------------------------------------------

@@ -26,11 +26,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
-PREFIX = "restore-tests/"
+PREFIX = runner_contract.RESTORE_TEST_REPORTS
 REPORT_SUFFIX = ".json"
 CHECKSUM_SUFFIX = ".sha256"
 #: Checksum states `list_reports` gives each report.

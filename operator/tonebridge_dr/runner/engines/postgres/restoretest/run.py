@@ -59,23 +59,8 @@ from tonebridge_dr.runner.repository.manifest import Manifest, format_time
 
 log = logging.getLogger(__name__)
 
-#: Keys of the result, in this order (the `--json` output and the termination message).
-RESULT_KEYS = (
-    "name",
-    "engine",
-    "method",
-    "backup_id",
-    "backup_finished_at",
-    "manifest_sha256",
-    "started_at",
-    "completed_at",
-    "restore_duration_seconds",
-    "rto_seconds",
-    "rto_met",
-    "passed",
-    "checks",
-    "report_key",
-)
+#: Keys of the result, in this order (the contract's RestoreTestResult).
+RESULT_KEYS: tuple[str, ...] = tuple(runner_contract.RestoreTestResult.__annotations__)
 METHODS = ("logical", "physical")
 #: The database a physical restore test checks when neither --database nor $PGDATABASE say.
 DEFAULT_PHYSICAL_DATABASE = "postgres"
