@@ -209,8 +209,9 @@ class ScratchDatabase(_Scratch):
     def prepare(self, manifest: Manifest) -> restore.Target:
         """Create the database when it does not exist; the restore target."""
         if not self.exists:
-            restore.create_database(self.info, manifest)
-            self.created = True
+            with signals_deferred():  # SIGTERM must not fall between CREATE and knowing it
+                restore.create_database(self.info, manifest)
+                self.created = True
         if self.major is None:
             with connection.connect(self.info, purpose="scratch database") as conn:
                 self.major = conn.info.server_version // 10000
