@@ -242,7 +242,7 @@ def test_non_retriable_exit_codes_fail_the_job_at_once() -> None:
     rules = cronjob["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob"
     assert rules[0]["onExitCodes"] == {
-        "containerName": "backup", "operator": "In", "values": [2, 3, 8, 10]
+        "containerName": "backup", "operator": "In", "values": [2, 3, 8, 10, 15, 16]
     }
     without = backup.build_backup_cronjobs(
         load_policy("02-redis-backup"), RunnerSettings(non_retriable_exit_codes=())

@@ -250,6 +250,8 @@ class RestoreTestStatus(StatusModel):
     """The metadata.generation last reconciled."""
     conditions: ConditionList | None = None
     """Ready, Passed, RTOMet."""
+    source: str | None = None
+    """Summary of the source for `kubectl get` (the BackupPolicy, or URL and policy name)."""
     last_run: TestRun | None = None
     """The newest run."""
     last_successful_run_time: Time | None = None

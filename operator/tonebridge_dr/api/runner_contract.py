@@ -21,6 +21,7 @@ from typing import Final, TypedDict
 __all__ = [
     "ENGINES",
     "ENGINE_NAMES",
+    "ENV_CHECKS",
     "ENV_CLAIM_HEARTBEAT",
     "ENV_COMPRESSION",
     "ENV_COMPRESSION_LEVEL",
@@ -78,6 +79,9 @@ ENV_STORAGE_TIMEOUT: Final = "TONEBRIDGE_DR_STORAGE_TIMEOUT"
 """Seconds an S3 call may go without progress over all its attempts (default 120)."""
 ENV_CLAIM_HEARTBEAT: Final = "TONEBRIDGE_DR_CLAIM_HEARTBEAT"
 """Seconds between two renewals of a running backup's claim (default 60; 0: off)."""
+ENV_CHECKS: Final = "TONEBRIDGE_DR_CHECKS"
+"""A restore test's integrity checks: the RestoreTest's `spec.checks` as a JSON list, keys
+as in the CRD (`[{"name": ..., "query": ..., "expect": {"min": 1, "nonEmpty": true}}]`)."""
 
 # -- exit codes ------------------------------------------------------------------------------
 
@@ -125,6 +129,11 @@ EXIT_CODES: Final[tuple[ExitCode, ...]] = (
     ExitCode(13, "Conflict", "a write would overwrite different existing content"),
     ExitCode(14, "RecoveryEndedEarly", "point-in-time recovery promoted before the end of "
              "its plan; the data directory is stopped and marked", restore_retryable=False),
+    ExitCode(15, "ChecksFailed", "a restore test restored the backup, but an integrity check "
+             "did not return what it expects", backup_retryable=False, restore_retryable=False),
+    ExitCode(16, "RTOMissed", "a restore test restored the backup and its checks passed, but "
+             "the restore took longer than the RTO", backup_retryable=False,
+             restore_retryable=False),
     ExitCode(EXIT_INTERRUPTED, "Cancelled", "interrupted (SIGINT)"),
     ExitCode(EXIT_TERMINATED, "Cancelled", "terminated (SIGTERM: the Job was deleted or "
              "ran past its deadline)"),
@@ -159,7 +168,10 @@ TERMINATION_LIMIT: Final = 4096
 
 
 class TerminationError(TypedDict):
-    """The termination message of a failed run; a succeeded run writes its result dict."""
+    """The termination message of a failed run; a succeeded run writes its result dict.
+
+    A restore test that restored the backup but failed its checks (15) or its RTO (16)
+    writes its whole result (as on success) with these three keys added."""
 
     error: str  # the ExitCode's reason (CamelCase: copied into a condition)
     message: str  # one line, secrets scrubbed

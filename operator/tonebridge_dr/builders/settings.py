@@ -18,7 +18,8 @@ def _default_resources() -> dict[str, Any]:
 
 DEFAULT_NON_RETRIABLE_EXIT_CODES: tuple[int, ...] = contract.non_retriable_backup_codes()
 """Runner exit codes that a retry of a backup cannot fix (api/runner_contract.py): usage (2),
-repository configuration (3), encryption (8), authentication (10)."""
+repository configuration (3), encryption (8), authentication (10), and the verdicts of a
+restore test (15 checks failed, 16 RTO missed: a backup never exits with them)."""
 
 
 @dataclass(frozen=True)
