@@ -240,7 +240,8 @@ class TestRun(StatusModel):
     checks: list[CheckResult] | None = None
     """Check outcomes."""
     message: str | None = None
-    """Error, if the run failed before the checks."""
+    """What the run found, in one line: the backup, the restore time and the checks, or
+    why it failed."""
 
 
 class RestoreTestStatus(StatusModel):
