@@ -56,20 +56,7 @@ def policy_name(controller: PolicyController, job: Mapping[str, Any]) -> str | N
     """The owning policy: a run-now Job is owned by it; a scheduled Job by its CronJob,
     which is owned by the policy. The policy label (shortened for very long names) is
     the last resort."""
-    metadata = job.get("metadata") or {}
-    direct = objects.owner(job, controller.kind)
-    if direct is not None:
-        return direct[0]
-    for owner in metadata.get("ownerReferences") or []:
-        if owner.get("kind") == "CronJob":
-            cronjob = controller.ctx.kube.get_or_none(
-                kube.CRONJOB, metadata.get("namespace"), str(owner.get("name"))
-            )
-            if cronjob is not None:
-                found = objects.owner(cronjob, controller.kind)
-                return found[0] if found is not None else None
-    label = (metadata.get("labels") or {}).get(names.LABEL_POLICY)
-    return str(label) if label else None
+    return jobs.owner_name(controller.ctx, job, controller.kind, names.LABEL_POLICY)
 
 
 def _describe(outcome: JobOutcome) -> str:

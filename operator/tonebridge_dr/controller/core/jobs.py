@@ -25,6 +25,28 @@ def attempts(job: Mapping[str, Any]) -> int:
     return int(counts.get("failed") or 0) + int(counts.get("succeeded") or 0)
 
 
+def owner_name(
+    ctx: Context, job: Mapping[str, Any], kind: kube.Kind, label: str | None = None
+) -> str | None:
+    """The name of the object of `kind` that owns `job`: directly (a run-now Job) or
+    through the CronJob that made it (a scheduled Job is owned by its CronJob, which is
+    owned by the object). When a CronJob made it that no longer exists, the value of the
+    Job's `label` is the last resort. Raises kube.ApiError on API trouble."""
+    direct = objects.owner(job, kind)
+    if direct is not None:
+        return direct[0]
+    metadata = job.get("metadata") or {}
+    for ref in metadata.get("ownerReferences") or []:
+        if ref.get("kind") == "CronJob":
+            cronjob = ctx.kube.get_or_none(kube.CRONJOB, metadata.get("namespace"),
+                                           str(ref.get("name")))
+            if cronjob is not None:
+                found = objects.owner(cronjob, kind)
+                return found[0] if found is not None else None
+    value = (metadata.get("labels") or {}).get(label) if label is not None else None
+    return str(value) if value else None
+
+
 def outcome(ctx: Context, job: Mapping[str, Any]) -> JobOutcome:
     """The Job's outcome from its pods' termination messages (one LIST of its pods).
     Raises kube.ApiError on API trouble."""
