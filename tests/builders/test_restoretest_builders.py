@@ -10,7 +10,6 @@ the diff.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from tests import fixtures
-from tests.fixtures import EXAMPLES
+from tests.fixtures import EXAMPLES, golden
 from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.kinds import BackupPolicy, RestoreTest
 from tonebridge_dr.builders import names, pods, restore
@@ -26,7 +25,6 @@ from tonebridge_dr.builders import restoretest as builders
 from tonebridge_dr.builders.settings import RunnerSettings
 
 GOLDEN = fixtures.GOLDEN / "restoretest"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 NAMESPACE = "tonebridge"
 RT_UID = "3c2b1a09-8f7e-4d6c-b5a4-0a9b8c7d0003"
 POLICY_UID = "8f0b6c1e-5a52-4f7e-9d3a-2c9e3f7a0001"
@@ -109,9 +107,6 @@ def golden_cases() -> list[tuple[str, str]]:
     ]
 
 
-def render(obj: Json) -> str:
-    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100)
-
 
 @pytest.mark.parametrize(("variant", "filename"), golden_cases())
 def test_manifest_matches_golden_file(variant: str, filename: str) -> None:
@@ -120,17 +115,12 @@ def test_manifest_matches_golden_file(variant: str, filename: str) -> None:
         if f"{o['kind'].lower()}-{o['metadata']['name']}.yaml" == filename
     )
     path = GOLDEN / variant / filename
-    text = render(obj)
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"{path} is missing: run UPDATE_GOLDEN=1 pytest {__file__}"
-    assert text == path.read_text(), f"{path} differs; if intended, regenerate (UPDATE_GOLDEN=1)"
+    golden.compare(path, obj)
 
 
 def test_no_stale_golden_files() -> None:
     expected = {GOLDEN / variant / name for variant, name in golden_cases()}
-    assert set(GOLDEN.rglob("*.yaml")) == expected
+    assert golden.stale(GOLDEN, expected) == []
 
 
 # --- the CronJob ------------------------------------------------------------------------------
@@ -387,6 +377,10 @@ def test_unused_settings_are_named() -> None:
         f"(runner image, spec.resources) on its volume at {builders.SCRATCH_MOUNT_PATH}"
     ]
     assert builders.unused_settings(restore_test(scratch=SCRATCH_DATABASE, method=None)) == []
+    named = {"database": {**SCRATCH_DATABASE["database"], "database": "scratch"}}
+    assert builders.unused_settings(restore_test(scratch=named, method=None)) == [
+        "scratch.database.database is not used: the test restores into the database its DSN "
+        "names"]
     both = restore_test(scratch={"instance": {"image": "postgres:16",
                                               "resources": {"limits": {"memory": "1Gi"}}}})
     assert builders.unused_settings(both)[0].startswith(

@@ -49,7 +49,13 @@ from typing import Any
 
 from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import TargetKind
-from tonebridge_dr.api.common import BackupMethod, Repository, SecretKeyRef, SecretRef
+from tonebridge_dr.api.common import (
+    BackupMethod,
+    Repository,
+    ResourceRequirements,
+    SecretKeyRef,
+    SecretRef,
+)
 from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.api.restorerequest import (
     AccessMode,
@@ -103,6 +109,8 @@ __all__ = [
     "decrypt_key_volume",
     "instance_name",
     "policy_repository_url",
+    "reader_job_spec",
+    "reader_pod",
     "resolve_backup_source",
     "resolve_source",
     "restore_job_name",
@@ -543,31 +551,47 @@ def build_restore_job(
     request = metadata.owner_name(rr)
     labels = _labels(rr, source, names.COMPONENT_RESTORE)
     volumes, mounts = _volumes(rr, source)
-    pod = pods.RunnerPod(
-        container=CONTAINER_RESTORE,
-        args=runner_args(rr, source),
-        env=restore_env(rr, source),
-        # Restores talk to the repository and the database, never to the Kubernetes API.
-        service_account=settings.restore_service_account,
-        requested_resources=rr.spec.resources,
-        volumes=volumes,
-        mounts=mounts,
-    )
-    non_retriable = set(settings.non_retriable_exit_codes) | set(NON_RETRIABLE_RESTORE_EXIT_CODES)
+    pod = reader_pod(CONTAINER_RESTORE, runner_args(rr, source), restore_env(rr, source),
+                     settings, resources=rr.spec.resources, volumes=volumes, mounts=mounts)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata.object_metadata(rr, restore_job_name(request), labels),
-        "spec": pods.runner_job_spec(
-            pod,
-            labels,
-            settings,
-            non_retriable_exit_codes=non_retriable,
-            # A failed physical attempt may leave files in the data directory, which a
-            # retry would only refuse (TargetNotEmpty), hiding the first error: no retry.
-            backoff_limit=0 if rr.spec.target.volume is not None else None,
-        ),
+        # A failed physical attempt may leave files in the data directory, which a retry
+        # would only refuse (TargetNotEmpty), hiding the first error: no retry.
+        "spec": reader_job_spec(pod, labels, settings,
+                                backoff_limit=0 if rr.spec.target.volume is not None else None),
     }
+
+
+def reader_pod(
+    container: str,
+    args: list[str],
+    env: list[Manifest],
+    settings: RunnerSettings,
+    *,
+    resources: ResourceRequirements | None,
+    volumes: list[Manifest],
+    mounts: list[Manifest],
+) -> pods.RunnerPod:
+    """A pod that reads backups (a restore, a restore test): the restore ServiceAccount
+    (spec 8.2), no Kubernetes API token (it talks to the repository and a database only)."""
+    return pods.RunnerPod(
+        container=container, args=args, env=env,
+        service_account=settings.restore_service_account, requested_resources=resources,
+        volumes=volumes, mounts=mounts,
+    )
+
+
+def reader_job_spec(
+    pod: pods.RunnerPod, labels: dict[str, str], settings: RunnerSettings, *,
+    backoff_limit: int | None = None,
+) -> Manifest:
+    """The Job spec of a `reader_pod`: besides the settings' codes, what a retry of a
+    restore cannot fix (NON_RETRIABLE_RESTORE_EXIT_CODES) fails it at once."""
+    non_retriable = set(settings.non_retriable_exit_codes) | set(NON_RETRIABLE_RESTORE_EXIT_CODES)
+    return pods.runner_job_spec(pod, labels, settings, non_retriable_exit_codes=non_retriable,
+                                backoff_limit=backoff_limit)
 
 
 # --- the volume and the instance ---------------------------------------------------------------

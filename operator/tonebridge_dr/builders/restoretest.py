@@ -24,8 +24,9 @@ The Job (contract with the runner verb, api/runner_contract.py):
   builders/pods.py, `spec.resources`; exit codes a retry cannot fix (among them 15
   ChecksFailed and 16 RTOMissed: a verdict, not an accident) fail the Job at once.
 
-`scratch.instance.image` and `scratch.instance.resources` are not used by this version:
-the scratch PostgreSQL runs inside the test Job's container (`unused_settings` says so).
+`scratch.instance.image`, `scratch.instance.resources` and `scratch.database.database`
+are not used by this version: the scratch PostgreSQL runs inside the test Job's container,
+and a scratch database is the one its DSN names (`unused_settings` says so).
 """
 
 from __future__ import annotations
@@ -178,21 +179,12 @@ def build_restore_test_cronjob(
     labels = names.restore_test_labels(source.policy_name, test)
     key_volumes, key_mounts = restore.decrypt_key_volume(source)
     scratch_volumes, scratch_mounts = _scratch_volume(rt, labels)
-    pod = pods.RunnerPod(
-        container=CONTAINER_RESTORE_TEST,
-        args=runner_args(rt, source),
-        env=pod_env(rt, source),
-        # A restore test reads the repository and writes scratch space only: the restore
-        # identity (spec 8.2), no Kubernetes API token.
-        service_account=settings.restore_service_account,
-        requested_resources=rt.spec.resources,
-        volumes=[*key_volumes, *scratch_volumes],
+    pod = restore.reader_pod(
+        CONTAINER_RESTORE_TEST, runner_args(rt, source), pod_env(rt, source), settings,
+        resources=rt.spec.resources, volumes=[*key_volumes, *scratch_volumes],
         mounts=[*key_mounts, *scratch_mounts],
     )
-    non_retriable = set(settings.non_retriable_exit_codes) | set(
-        restore.NON_RETRIABLE_RESTORE_EXIT_CODES
-    )
-    job_spec = pods.runner_job_spec(pod, labels, settings, non_retriable_exit_codes=non_retriable)
+    job_spec = restore.reader_job_spec(pod, labels, settings)
     spec = rt.spec
     return {
         "apiVersion": "batch/v1",
@@ -218,7 +210,11 @@ def build_run_now_job(
 
 def unused_settings(rt: RestoreTest) -> list[str]:
     """Spec fields this version accepts but does not act on, one sentence each."""
-    instance = rt.spec.scratch.instance
+    scratch = rt.spec.scratch
+    if scratch.database is not None and scratch.database.database is not None:
+        return ["scratch.database.database is not used: the test restores into the database "
+                "its DSN names"]
+    instance = scratch.instance
     if instance is None:
         return []
     unused = [field for field, value in (("image", instance.image),
