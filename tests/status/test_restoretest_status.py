@@ -253,7 +253,7 @@ def test_reconciled_sets_ready_source_and_generation() -> None:
 
 def test_notifications_once_per_change_of_state() -> None:
     def events(before: RestoreTestStatus | None, after: RestoreTestStatus) -> list[str]:
-        return [event.value for event, _ in rt_status.notifications(before, after)]
+        return [news.event.value for news in rt_status.notifications(before, after)]
 
     first = finish(None, outcome(result(), job="a", start="2030-01-01T00:00:00Z"))
     assert events(None, first) == ["RestoreTestPassed"]
@@ -265,9 +265,9 @@ def test_notifications_once_per_change_of_state() -> None:
     slow = finish(failed, outcome(failure(16, "RTOMissed", "slow", rto_met=False), code=16,
                                   job="d", start="2030-01-01T03:00:00Z"))
     news = rt_status.notifications(failed, slow)
-    assert [event for event, _ in news] == [NotificationEvent.RESTORE_TEST_PASSED,
-                                            NotificationEvent.RTO_MISSED]
-    assert news[1][1].reason == "RTOMissed"
+    assert [(n.event, n.state) for n in news] == [
+        (NotificationEvent.RESTORE_TEST_PASSED, "Passed"), (NotificationEvent.RTO_MISSED, "Missed")]
+    assert news[1].condition.reason == "RTOMissed"
     assert events(slow, finish(slow, outcome(failure(16, "RTOMissed", "slow", rto_met=False),
                                              code=16, job="e",
                                              start="2030-01-01T04:00:00Z"))) == []

@@ -35,6 +35,7 @@ from tonebridge_dr.status.jobs import JobOutcome, parse_time
 __all__ = [
     "PASSED",
     "RTO_MET",
+    "News",
     "Verdict",
     "finished_run",
     "notifications",
@@ -305,23 +306,32 @@ def run_vanished(
 
 # --- what is news -------------------------------------------------------------------------------
 
-_NEWS: tuple[tuple[NotificationEvent, str, conditions.StatusValue], ...] = (
-    (NotificationEvent.RESTORE_TEST_PASSED, PASSED, "True"),
-    (NotificationEvent.RESTORE_TEST_FAILED, PASSED, "False"),
-    (NotificationEvent.RTO_MISSED, RTO_MET, "False"),
+
+@dataclasses.dataclass(frozen=True)
+class News:
+    """One notification: the event, the payload's `state`, and why (the condition's
+    message)."""
+
+    event: NotificationEvent
+    state: str
+    condition: Condition
+
+
+_NEWS: tuple[tuple[NotificationEvent, str, str, conditions.StatusValue], ...] = (
+    (NotificationEvent.RESTORE_TEST_PASSED, "Passed", PASSED, "True"),
+    (NotificationEvent.RESTORE_TEST_FAILED, "Failed", PASSED, "False"),
+    (NotificationEvent.RTO_MISSED, "Missed", RTO_MET, "False"),
 )
 
 
-def notifications(
-    before: RestoreTestStatus | None, after: RestoreTestStatus
-) -> list[tuple[NotificationEvent, Condition]]:
+def notifications(before: RestoreTestStatus | None, after: RestoreTestStatus) -> list[News]:
     """The notifications a change of status deserves, once per change of state: Passed
     turned True (RestoreTestPassed) or False (RestoreTestFailed), RTOMet turned False
-    (RTOMissed); each with the condition that says why."""
+    (RTOMissed)."""
     old = before.conditions if before is not None else None
-    news: list[tuple[NotificationEvent, Condition]] = []
-    for event, kind, state in _NEWS:
-        changed = conditions.turned(old, after.conditions, kind, state)
+    news: list[News] = []
+    for event, state, kind, status in _NEWS:
+        changed = conditions.turned(old, after.conditions, kind, status)
         if changed is not None:
-            news.append((event, changed))
+            news.append(News(event, state, changed))
     return news

@@ -10,6 +10,23 @@ from tonebridge_dr.controller.core import kube, objects
 from tonebridge_dr.controller.core.context import Context
 from tonebridge_dr.status.jobs import LABEL_JOB_NAME, JobOutcome, job_outcome
 
+ANNOTATION_RECORDED = "dr.tonebridge.io/recorded"
+"""On a Job: its outcome is in its owner's status (value: succeeded / failed)."""
+
+
+def recorded(job: Mapping[str, Any]) -> bool:
+    """Whether the Job's outcome was recorded already (`mark_recorded`)."""
+    annotations = (job.get("metadata") or {}).get("annotations") or {}
+    return ANNOTATION_RECORDED in annotations
+
+
+def mark_recorded(ctx: Context, job: Mapping[str, Any], state: str) -> None:
+    """Annotate the Job: its outcome (`state`) is in its owner's status, so later events
+    of it cost nothing. Raises kube.ApiError on API trouble."""
+    namespace, name = objects.ident(job)
+    ctx.kube.merge_patch(kube.JOB, namespace, name,
+                         {"metadata": {"annotations": {ANNOTATION_RECORDED: state}}})
+
 
 def finished(job: Mapping[str, Any]) -> bool:
     """Whether the Job is Complete or Failed."""

@@ -30,12 +30,11 @@ from tonebridge_dr.api.restorerequest import RestorePhase, RestoreRequestStatus
 from tonebridge_dr.builders import names
 from tonebridge_dr.builders import restore as builders
 from tonebridge_dr.controller.core import kube, objects, secrets
-from tonebridge_dr.controller.core.kind import Cause
+from tonebridge_dr.controller.core.kind import Cause, Refusal
 from tonebridge_dr.controller.core.kube import ApiError
 from tonebridge_dr.controller.restorerequest import record
 from tonebridge_dr.controller.restorerequest.plan import (
     ClaimPlan,
-    Refusal,
     RestorePlan,
     plan_restore,
 )
