@@ -243,6 +243,11 @@ def test_reconciled_sets_ready_source_and_generation() -> None:
     again = rt_status.reconciled(without, rt(), source="s", message="m", now=NOW)
     assert cond(again, "RTOMet") == ("Unknown", "Pending",
                                     "no run measured against objectives.rto 4h yet")
+    unjudged = finish(without, outcome(result(rto_met=None)), rto=None)
+    assert "(12m30s)" in cond(unjudged, "RTOMet")[2]
+    kept_time = rt_status.reconciled(unjudged, rt(objectives=None), source="s", message="m",
+                                     now=NOW)
+    assert cond(kept_time, "RTOMet") == cond(unjudged, "RTOMet")  # not rewritten
     measured = finish(again, outcome(result()))
     kept = rt_status.reconciled(measured, rt(), source="s", message="m", now=NOW)
     assert cond(kept, "RTOMet") == cond(measured, "RTOMet") and cond(kept, "RTOMet")[0] == "True"

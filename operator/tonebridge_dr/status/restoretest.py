@@ -79,18 +79,20 @@ def reconciled(
         reason=Reason.RECONCILED.value, message=message, observed_generation=generation,
         now=now,
     )
-    objectives = rt.spec.objectives
+    rto = rt.spec.objectives.rto if rt.spec.objectives is not None else None
     rto_met = conditions.get_condition(updated, RTO_MET)
-    if objectives is None or objectives.rto is None:
+    # A run may have said NoObjective already, with its restore time: not rewritten.
+    said = rto_met is not None and rto_met.reason == Reason.NO_OBJECTIVE.value
+    if rto is None and not said:
         updated = conditions.set_condition(
             updated, type=RTO_MET, status="Unknown", reason=Reason.NO_OBJECTIVE.value,
             message="spec.objectives.rto is not set: restore times are measured, not judged",
             observed_generation=generation, now=now,
         )
-    elif rto_met is not None and rto_met.reason == Reason.NO_OBJECTIVE.value:
+    elif rto is not None and said:
         updated = conditions.set_condition(
             updated, type=RTO_MET, status="Unknown", reason=Reason.PENDING.value,
-            message=f"no run measured against objectives.rto {_rto_text(objectives.rto)} yet",
+            message=f"no run measured against objectives.rto {_rto_text(rto)} yet",
             observed_generation=generation, now=now,
         )
     return current.model_copy(
@@ -188,7 +190,8 @@ def verdict(outcome: JobOutcome, run: TestRun) -> Verdict:
     said_failed = (outcome.payload or {}).get("passed") is False
     if failed or outcome.reason == Reason.CHECKS_FAILED.value or said_failed:
         what = _describe_checks(failed, total) if failed else (
-            f"the checks failed: {outcome.message}")
+            f"the checks failed: {outcome.message}" if outcome.state == "failed"
+            else "the runner reported the checks as not passed")
         return Verdict(False, Reason.CHECKS_FAILED.value, f"{backup} restored{took}, but {what}")
     checks = f"{total} check{'s' if total != 1 else ''} passed" if total else "no checks to run"
     return Verdict(True, Reason.CHECKS_PASSED.value, f"{backup} restored{took}; {checks}")
