@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from tonebridge_dr.api.conditions import Reason
@@ -45,7 +45,7 @@ def wanted(job: Mapping[str, Any]) -> bool:
     return not jobs.recorded(job)
 
 
-def _rto(rt: RestoreTest) -> Any:
+def _rto(rt: RestoreTest) -> timedelta | None:
     return rt.spec.objectives.rto if rt.spec.objectives is not None else None
 
 
@@ -104,7 +104,7 @@ def observe(controller: TestController, job: Json, deleted: bool) -> None:
         changed = started(controller, body, job_name, job_start(job, now))
         if changed is not None and names.ANNOTATION_RUN_NOW not in annotations:
             controller.event(changed, Reason.RESTORE_TEST_STARTED,
-                             f"scheduled test Job {job_name} started", warning=False)
+                             f"test Job {job_name} started", warning=False)
         return
     finish(controller, rt, body, job)
 
