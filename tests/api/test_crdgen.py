@@ -102,7 +102,7 @@ def test_short_names_and_printer_columns() -> None:
         "bp": ["TARGET", "SCHEDULE", "LAST BACKUP", "RPO", "READY", "AGE"],
         "rr": ["PHASE", "SOURCE", "TARGET TIME", "DURATION", "AGE"],
         "fp": ["MODE", "PHASE", "STAGE", "AGE"],
-        "rt": ["SCHEDULE", "LAST RUN", "RESULT", "RTO", "AGE"],
+        "rt": ["SOURCE", "LAST RESULT", "RESTORE TIME", "RTO MET", "LAST RUN", "AGE"],
     }
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import fixtures
-from tests.fixtures import ROOT
+from tests.fixtures import ROOT, golden
 from tonebridge_dr.api import formats
 from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import TargetKind
@@ -30,7 +29,6 @@ from tonebridge_dr.builders.settings import RunnerSettings
 
 EXAMPLES = ROOT / "examples"
 GOLDEN = fixtures.GOLDEN / "builders"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
 SUPPORTED_EXAMPLES = ("00-local-demo", "01-postgres-backup", "02-redis-backup")
 UNSUPPORTED_EXAMPLES = {"06-config-backup": "kubernetes", "07-uploads-backup": "bucket"}
@@ -104,9 +102,6 @@ def golden_cases() -> list[tuple[str, str]]:
     return cases
 
 
-def render(obj: dict[str, Any]) -> str:
-    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100)
-
 
 @pytest.mark.parametrize(("example", "filename"), golden_cases())
 def test_manifest_matches_golden_file(example: str, filename: str) -> None:
@@ -116,19 +111,12 @@ def test_manifest_matches_golden_file(example: str, filename: str) -> None:
         if f"{o['kind'].lower()}-{o['metadata']['name']}.yaml" == filename
     )
     path = GOLDEN / example / filename
-    text = render(obj)
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"{path} is missing: run UPDATE_GOLDEN=1 pytest {__file__}"
-    assert text == path.read_text(), f"{path} differs; if intended, regenerate (UPDATE_GOLDEN=1)"
-    assert yaml.safe_load(path.read_text()) == obj
+    golden.compare(path, obj)
 
 
 def test_no_stale_golden_files() -> None:
     expected = {GOLDEN / example / name for example, name in golden_cases()}
-    present = set(GOLDEN.rglob("*.yaml"))
-    assert present == expected or UPDATE, f"stale golden files: {sorted(present - expected)}"
+    assert golden.stale(GOLDEN, expected) == []
 
 
 def test_golden_files_cover_every_object_kind() -> None:

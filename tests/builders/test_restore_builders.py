@@ -7,7 +7,6 @@ Regenerate the golden files after an intended change with
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from tests import fixtures
-from tests.fixtures import ROOT
+from tests.fixtures import ROOT, golden
 from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.builders import names
 from tonebridge_dr.builders import restore as builders
@@ -25,7 +24,6 @@ from tonebridge_dr.runner import cli
 
 EXAMPLES = ROOT / "examples"
 GOLDEN = fixtures.GOLDEN / "restore"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 NAMESPACE = "tonebridge"
 RR_UID = "5d1c0a9e-3b7f-4c2a-8e61-0a9b8c7d0002"
 POLICY_UID = "8f0b6c1e-5a52-4f7e-9d3a-2c9e3f7a0001"
@@ -100,9 +98,6 @@ def golden_cases() -> list[tuple[str, str]]:
     ]
 
 
-def render(obj: dict[str, Any]) -> str:
-    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=100)
-
 
 @pytest.mark.parametrize(("example", "filename"), golden_cases())
 def test_manifest_matches_golden_file(example: str, filename: str) -> None:
@@ -111,18 +106,12 @@ def test_manifest_matches_golden_file(example: str, filename: str) -> None:
         if f"{o['kind'].lower()}-{o['metadata']['name']}.yaml" == filename
     )
     path = GOLDEN / example.removesuffix(".yaml") / filename
-    text = render(obj)
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"{path} is missing: run UPDATE_GOLDEN=1 pytest {__file__}"
-    assert text == path.read_text(), f"{path} differs; if intended, regenerate (UPDATE_GOLDEN=1)"
+    golden.compare(path, obj)
 
 
 def test_no_stale_golden_files() -> None:
     expected = {GOLDEN / e.removesuffix(".yaml") / name for e, name in golden_cases()}
-    present = set(GOLDEN.rglob("*.yaml"))
-    assert present == expected or UPDATE, f"stale golden files: {sorted(present - expected)}"
+    assert golden.stale(GOLDEN, expected) == []
 
 
 def test_every_kind_of_restore_has_an_example() -> None:
@@ -159,7 +148,7 @@ def secret_values() -> list[str]:
 
 @pytest.mark.parametrize("example", REQUESTS)
 def test_no_secret_value_appears_in_any_manifest(example: str) -> None:
-    text = "\n".join(render(o) for o in objects(example))
+    text = "\n".join(golden.render(o) for o in objects(example))
     for value in secret_values():
         if value and not value.startswith("-----") and value not in ("(export with:",):
             assert value not in text
@@ -170,7 +159,7 @@ def test_restore_pods_read_with_the_restore_role_and_never_see_the_public_key(
     example: str,
 ) -> None:
     job = builders.build_restore_job(request(example), policy_for(request(example)), SETTINGS)
-    text = render(job)
+    text = golden.render(job)
     assert "tonebridge-backup-writer" not in text  # the write role stays with backups
     assert "tonebridge-backup-gpg" not in text  # backups' public key: not needed here
     pod = pod_spec(job)

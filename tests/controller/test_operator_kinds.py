@@ -1,6 +1,6 @@
 """The kind skeleton without a cluster: the retry policy, the one Secret check, Reason-only
-reasons, invalid specs refused once, FailoverPlan and RestoreTest reconciled to
-NotImplemented, and the one Job watch routed by component. A small fake of our own
+reasons, invalid specs refused once, FailoverPlan reconciled to NotImplemented, and the
+one Job watch routed by component. A small fake of our own
 `Kube` interface stands in for the API server (status writes, Events, Secrets)."""
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from tonebridge_dr.controller.core.settings import Settings
 from tonebridge_dr.controller.failoverplan import handlers as failoverplan
 from tonebridge_dr.controller.failoverplan import reconcile as failover_reconcile
 from tonebridge_dr.controller.restoretest import handlers as restoretest
-from tonebridge_dr.controller.restoretest import reconcile as restoretest_reconcile
 from tonebridge_dr.status import readiness
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -145,7 +144,6 @@ def test_events_and_refusals_take_reason_members_only() -> None:
     ("declaration", "example", "message"),
     [
         (failoverplan.KIND, "04-failover/failoverplan-region.yaml", failover_reconcile.MESSAGE),
-        (restoretest.KIND, "05-restore-test/restoretest.yaml", restoretest_reconcile.MESSAGE),
     ],
 )
 def test_accepted_kinds_say_they_are_not_implemented(
@@ -202,10 +200,10 @@ def test_not_ready_keeps_the_transition_time() -> None:
 # --- one Job watch ------------------------------------------------------------------------------
 def test_one_job_watch_for_every_kind_in_any_order() -> None:
     expected = ("app.kubernetes.io/managed-by=tonebridge-dr,"
-                "app.kubernetes.io/component in (backup,restore)")
+                "app.kubernetes.io/component in (backup,restore,restore-test)")
     assert registration.job_selector(main.KINDS) == expected
     assert registration.job_selector(tuple(reversed(main.KINDS))) == expected
-    assert registration.job_selector([failoverplan.KIND, restoretest.KIND]) is None
+    assert registration.job_selector([failoverplan.KIND]) is None
     ctx = _context(FakeKube())
     settings = kopf.OperatorSettings()
     registration.configure(settings, ctx, main.KINDS)

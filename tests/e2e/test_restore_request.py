@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.fixtures.gpg import GpgKeys
-from tests.fixtures.operator import OperatorProcess
+from tests.fixtures.operator import OperatorProcess, get_columns
 from tests.fixtures.pg_wal import batches, commit_batch, start_archiving, switch_wal, wait_archived
 from tests.fixtures.postgres import (
     ADMIN_PASSWORD,
@@ -178,12 +178,8 @@ class World:
 
 
 def printer_columns(world: World, name: str) -> dict[str, str]:
-    """`kubectl get rr NAME` as {column: cell}, cut at the header's column starts."""
-    out = world.sandbox.kubectl("get", "rr", name, "-n", world.namespace).stdout
-    header, row = out.splitlines()
-    starts = [0, *(match.end() for match in re.finditer(r"\s{2,}", header))]
-    ends = [*starts[1:], None]
-    return {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, ends, strict=True)}
+    """`kubectl get rr NAME` as {column: cell}."""
+    return get_columns(world.sandbox, world.namespace, "rr", name)
 
 
 def condition(body: Json, kind: str) -> Json:

@@ -101,6 +101,13 @@ class Reason(StrEnum):
     RESTORE_SUCCEEDED = "RestoreSucceeded"
     RESTORE_FAILED = "RestoreFailed"
     JOB_DELETED = "JobDeleted"
+    # RestoreTest: its runs, their verdict (Passed) and the measured restore time (RTOMet).
+    RESTORE_TEST_STARTED = "RestoreTestStarted"
+    RESTORE_TEST_PASSED = "RestoreTestPassed"
+    RESTORE_TEST_FAILED = "RestoreTestFailed"
+    RTO_MET = "RTOMet"
+    RTO_MISSED = "RTOMissed"
+    NOT_MEASURED = "NotMeasured"
     # Kinds this version accepts and validates but does not act on yet.
     NOT_IMPLEMENTED = "NotImplemented"
 

@@ -262,12 +262,19 @@ RESTORE_TEST = KindInfo(
     status_model=RestoreTestStatus,
     resource_model=RestoreTest,
     printer_columns=(
-        PrinterColumn("SCHEDULE", ".spec.schedule", description="When the test runs"),
+        PrinterColumn("SOURCE", ".status.source", description="Where the backups come from"),
+        PrinterColumn("LAST RESULT", ".status.lastRun.result",
+                      description="Running, Passed or Failed"),
+        PrinterColumn("RESTORE TIME", ".status.lastRun.restoreDuration",
+                      description="Measured restore time of the newest run"),
+        PrinterColumn("RTO MET", _condition("RTOMet"),
+                      description="Restore time within objectives.rto (Unknown: no objective)"),
         PrinterColumn("LAST RUN", ".status.lastRun.startedAt", "date", "Start of the newest run"),
-        PrinterColumn("RESULT", ".status.lastRun.result", description="Running, Passed, Failed"),
-        PrinterColumn("RTO", ".status.lastRun.restoreDuration", description="Measured restore"),
         AGE,
+        PrinterColumn("SCHEDULE", ".spec.schedule", priority=1),
         PrinterColumn("BACKUP", ".status.lastRun.backupId", priority=1),
+        PrinterColumn("READY", _condition("Ready"), priority=1),
+        PrinterColumn("MESSAGE", ".status.lastRun.message", priority=1),
     ),
 )
 

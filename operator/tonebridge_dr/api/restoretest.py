@@ -240,7 +240,8 @@ class TestRun(StatusModel):
     checks: list[CheckResult] | None = None
     """Check outcomes."""
     message: str | None = None
-    """Error, if the run failed before the checks."""
+    """What the run found, in one line: the backup, the restore time and the checks, or
+    why it failed."""
 
 
 class RestoreTestStatus(StatusModel):
@@ -250,6 +251,8 @@ class RestoreTestStatus(StatusModel):
     """The metadata.generation last reconciled."""
     conditions: ConditionList | None = None
     """Ready, Passed, RTOMet."""
+    source: str | None = None
+    """Summary of the source for `kubectl get` (the BackupPolicy, or URL and policy name)."""
     last_run: TestRun | None = None
     """The newest run."""
     last_successful_run_time: Time | None = None

@@ -22,8 +22,7 @@ runs the database.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from tonebridge_dr.api import runner_contract as contract
@@ -40,6 +39,7 @@ from tonebridge_dr.api.runner_contract import (  # re-exported: the runner envir
 from tonebridge_dr.builders import metadata, names, pods
 from tonebridge_dr.builders.names import CONTAINER_BACKUP, CONTAINER_WAL_STREAM
 from tonebridge_dr.builders.pods import TERMINATION_MESSAGE_PATH, TMP_MOUNT_PATH
+from tonebridge_dr.builders.pods import run_now_job as build_run_now_job
 from tonebridge_dr.builders.settings import RunnerSettings
 
 __all__ = [
@@ -232,22 +232,13 @@ def build_backup_cronjob(
     policy_name = metadata.owner_name(policy)
     labels = names.standard_labels(policy_name, names.COMPONENT_BACKUP, schedule.name)
     pod = _runner_pod(policy, settings, CONTAINER_BACKUP, runner_args(policy, schedule))
-    # The deadline makes a hung backup a failed one (reason DeadlineExceeded) instead of
-    # blocking every later run through concurrencyPolicy: Forbid.
     job_spec = pods.runner_job_spec(
         pod, labels, settings, non_retriable_exit_codes=settings.non_retriable_exit_codes
     )
-    spec: Manifest = {
-        "schedule": schedule.cron,
-        "concurrencyPolicy": "Forbid",
-        "startingDeadlineSeconds": settings.starting_deadline_seconds,
-        "suspend": policy.spec.suspend,
-        "successfulJobsHistoryLimit": settings.successful_jobs_history_limit,
-        "failedJobsHistoryLimit": settings.failed_jobs_history_limit,
-    }
-    if schedule.time_zone is not None:
-        spec["timeZone"] = schedule.time_zone
-    spec["jobTemplate"] = {"metadata": {"labels": dict(labels)}, "spec": job_spec}
+    spec = pods.runner_cronjob_spec(
+        schedule=schedule.cron, time_zone=schedule.time_zone, suspend=policy.spec.suspend,
+        labels=labels, job_spec=job_spec, settings=settings,
+    )
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
@@ -265,46 +256,6 @@ def build_backup_cronjobs(policy: BackupPolicy, settings: RunnerSettings) -> lis
     policy lacks metadata.name or metadata.uid.
     """
     return [build_backup_cronjob(policy, s, settings) for s in policy.spec.schedules]
-
-
-def build_run_now_job(
-    cronjob: Mapping[str, Any],
-    *,
-    name: str,
-    token: str,
-    owner_references: Sequence[Mapping[str, Any]] | None = None,
-) -> Manifest:
-    """A Job from `cronjob`'s jobTemplate, like `kubectl create job --from=cronjob/x`.
-
-    Labels and spec are the template's; annotations add `cronjob.kubernetes.io/instantiate:
-    manual` and `dr.tonebridge.io/run-now: <token>`. The owner is the BackupPolicy (the
-    CronJob's own owner references, or `owner_references`), not the CronJob, so the Job
-    does not count against the CronJob's concurrency or history and survives a CronJob
-    replacement; `ttlSecondsAfterFinished` cleans it up. Use `names.run_now_job_name`
-    for `name` so a repeated request creates nothing new.
-    """
-    template = cronjob["spec"]["jobTemplate"]
-    template_meta = template.get("metadata") or {}
-    cronjob_meta = cronjob["metadata"]
-    owners = owner_references if owner_references is not None else (
-        cronjob_meta.get("ownerReferences") or []
-    )
-    meta: Manifest = {"name": name}
-    if cronjob_meta.get("namespace"):
-        meta["namespace"] = cronjob_meta["namespace"]
-    meta["labels"] = dict(template_meta.get("labels") or cronjob_meta.get("labels") or {})
-    meta["annotations"] = {
-        **dict(template_meta.get("annotations") or {}),
-        names.ANNOTATION_INSTANTIATE: "manual",
-        names.ANNOTATION_RUN_NOW: token,
-    }
-    meta["ownerReferences"] = [dict(o) for o in owners]
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": meta,
-        "spec": copy.deepcopy(dict(template["spec"])),
-    }
 
 
 def build_run_now_jobs(

@@ -28,10 +28,12 @@ __all__ = [
     "COMPONENT_BACKUP",
     "COMPONENT_DATABASE",
     "COMPONENT_RESTORE",
+    "COMPONENT_RESTORE_TEST",
     "COMPONENT_WAL_STREAM",
     "CONTAINER_BACKUP",
     "CONTAINER_POSTGRES",
     "CONTAINER_RESTORE",
+    "CONTAINER_RESTORE_TEST",
     "CONTAINER_WAL_STREAM",
     "CRONJOB_NAME_LIMIT",
     "INSTANCE_NAME_LIMIT",
@@ -43,6 +45,7 @@ __all__ = [
     "LABEL_PART_OF",
     "LABEL_POLICY",
     "LABEL_RESTORE_REQUEST",
+    "LABEL_RESTORE_TEST",
     "LABEL_SCHEDULE",
     "MANAGED_BY",
     "NAME_LIMIT",
@@ -53,6 +56,9 @@ __all__ = [
     "restore_claim_name",
     "restore_job_name",
     "restore_labels",
+    "restore_test_cronjob_name",
+    "restore_test_labels",
+    "restore_test_run_now_job_name",
     "run_now_job_name",
     "selector_for_policy",
     "selector_for_request",
@@ -72,6 +78,8 @@ LABEL_SCHEDULE = "dr.tonebridge.io/schedule"
 """Name of the schedule (`spec.schedules[].name`) a CronJob / Job belongs to."""
 LABEL_RESTORE_REQUEST = "dr.tonebridge.io/restore-request"
 """Name of the RestoreRequest a Job, claim or instance belongs to (hash-shortened)."""
+LABEL_RESTORE_TEST = "dr.tonebridge.io/restore-test"
+"""Name of the RestoreTest a CronJob or Job belongs to (hash-shortened)."""
 
 APP_NAME = "tonebridge-dr"
 MANAGED_BY = "tonebridge-dr"
@@ -82,18 +90,20 @@ COMPONENT_WAL_STREAM = "wal-stream"
 COMPONENT_RESTORE = "restore"
 COMPONENT_DATABASE = "restored-database"
 """The restored volume and the PostgreSQL instance running on it."""
+COMPONENT_RESTORE_TEST = "restore-test"
 
 CONTAINER_BACKUP = "backup"
 CONTAINER_WAL_STREAM = "wal-stream"
 CONTAINER_RESTORE = "restore"
+CONTAINER_RESTORE_TEST = "restore-test"
 CONTAINER_POSTGRES = "postgres"
 """The PostgreSQL container of a restored instance."""
 
 ANNOTATION_RUN_NOW = "dr.tonebridge.io/run-now"
-"""Set on a BackupPolicy (any new value, e.g. a timestamp) to start its backups now; on a
-run-now Job it records the token the Job was created for."""
+"""Set on a BackupPolicy or RestoreTest (any new value, e.g. a timestamp) to start a run now;
+on a run-now Job it records the token the Job was created for."""
 ANNOTATION_RUN_NOW_HANDLED = "dr.tonebridge.io/run-now-handled"
-"""Stored on the BackupPolicy: the run-now value that was last handled."""
+"""Stored on the BackupPolicy or RestoreTest: the run-now value that was last handled."""
 ANNOTATION_INSTANTIATE = "cronjob.kubernetes.io/instantiate"
 """What `kubectl create job --from=cronjob/x` sets (value `manual`)."""
 ANNOTATION_DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
@@ -104,6 +114,7 @@ JOB_NAME_LIMIT = 63
 CRONJOB_NAME_LIMIT = 52
 INSTANCE_NAME_LIMIT = 52
 _RESTORE_JOB_SUFFIX = "-restore"
+_RESTORE_TEST_SUFFIX = "-restore-test"
 _HASH_LENGTH = 8
 _SLOT_LIMIT = 63  # NAMEDATALEN - 1
 _LABEL_VALUE_RE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
@@ -164,14 +175,26 @@ def selector_for_policy(policy_name: str, component: str | None = None) -> str:
     return ",".join(parts)
 
 
+def _labels_for(policy_name: str, component: str, owner_label: str, owner: str) -> dict[str, str]:
+    """The policy's standard labels with `owner` as `instance` and under `owner_label`."""
+    labels = standard_labels(policy_name, component)
+    value = label_value(owner)
+    labels[LABEL_INSTANCE] = value
+    labels[owner_label] = value
+    return labels
+
+
 def restore_labels(policy_name: str, request_name: str, component: str) -> dict[str, str]:
     """The labels of everything made for a RestoreRequest: the policy's standard labels
     with the request as `instance`, plus `dr.tonebridge.io/restore-request`."""
-    labels = standard_labels(policy_name, component)
-    request = label_value(request_name)
-    labels[LABEL_INSTANCE] = request
-    labels[LABEL_RESTORE_REQUEST] = request
-    return labels
+    return _labels_for(policy_name, component, LABEL_RESTORE_REQUEST, request_name)
+
+
+def restore_test_labels(policy_name: str, test_name: str) -> dict[str, str]:
+    """The labels of a RestoreTest's CronJob and Jobs: the labels of the policy whose
+    backups it restores, component `restore-test`, the test as `instance` and
+    `dr.tonebridge.io/restore-test`."""
+    return _labels_for(policy_name, COMPONENT_RESTORE_TEST, LABEL_RESTORE_TEST, test_name)
 
 
 def selector_for_request(request_name: str) -> str:
@@ -190,8 +213,11 @@ def run_now_job_name(policy_name: str, schedule_name: str, token: str) -> str:
     Deterministic in `token`: a handler that runs twice for the same run-now request
     computes the same name, and the API server refuses the duplicate (409 AlreadyExists).
     """
-    suffix = f"-now-{_digest(token)}"
-    return _fit(f"{policy_name}-{schedule_name}", JOB_NAME_LIMIT, suffix)
+    return _run_now_name(f"{policy_name}-{schedule_name}", token)
+
+
+def _run_now_name(base: str, token: str) -> str:
+    return _fit(base, JOB_NAME_LIMIT, f"-now-{_digest(token)}")
 
 
 def wal_stream_name(policy_name: str) -> str:
@@ -222,6 +248,17 @@ def restore_job_name(request_name: str) -> str:
     """`<request>-restore`, at most 63 characters; deterministic, so a handler that runs
     twice meets its own Job (409 AlreadyExists) instead of starting a second restore."""
     return _fit(request_name, JOB_NAME_LIMIT, _RESTORE_JOB_SUFFIX)
+
+
+def restore_test_cronjob_name(test_name: str) -> str:
+    """`<test>-restore-test`, at most 52 characters (a CronJob name)."""
+    return _fit(test_name, CRONJOB_NAME_LIMIT, _RESTORE_TEST_SUFFIX)
+
+
+def restore_test_run_now_job_name(test_name: str, token: str) -> str:
+    """`<test>-restore-test-now-<hash of token>`, at most 63 characters; deterministic in
+    `token` like `run_now_job_name`."""
+    return _run_now_name(f"{test_name}{_RESTORE_TEST_SUFFIX}", token)
 
 
 def restore_claim_name(request_name: str) -> str:

@@ -12,7 +12,9 @@ A runner pod has one container, `settings.command` plus the verb's arguments, an
   see values.
 
 Jobs fail at once on exit codes a retry cannot fix (`pod_failure_policy`, codes from
-`api.runner_contract`), and do not count evictions against their backoffLimit.
+`api.runner_contract`), and do not count evictions against their backoffLimit. Scheduled
+runs are CronJobs of such a Job (`runner_cronjob_spec`), and "run now" is a Job made from
+a CronJob's template (`run_now_job`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ __all__ = [
     "pod_template",
     "repository_env",
     "resources",
+    "run_now_job",
+    "runner_cronjob_spec",
     "runner_env",
     "runner_job_spec",
     "runner_pod_spec",
@@ -258,3 +262,72 @@ def runner_job_spec(
         spec["podFailurePolicy"] = failure_policy
     spec["template"] = pod_template(labels, runner_pod_spec(pod, settings))
     return spec
+
+
+def runner_cronjob_spec(
+    *,
+    schedule: str,
+    time_zone: str | None,
+    suspend: bool,
+    labels: Mapping[str, str],
+    job_spec: Manifest,
+    settings: RunnerSettings,
+) -> Manifest:
+    """The spec of a CronJob running `job_spec` (a `runner_job_spec`) on `schedule`.
+
+    One run at a time (`concurrencyPolicy: Forbid`; the Job's deadline makes a hung run a
+    failed one instead of blocking every later run), a starting deadline, the history
+    limits of `settings`; `suspend` stops scheduling (Jobs already running go on)."""
+    spec: Manifest = {
+        "schedule": schedule,
+        "concurrencyPolicy": "Forbid",
+        "startingDeadlineSeconds": settings.starting_deadline_seconds,
+        "suspend": suspend,
+        "successfulJobsHistoryLimit": settings.successful_jobs_history_limit,
+        "failedJobsHistoryLimit": settings.failed_jobs_history_limit,
+    }
+    if time_zone is not None:
+        spec["timeZone"] = time_zone
+    spec["jobTemplate"] = {"metadata": {"labels": dict(labels)}, "spec": job_spec}
+    return spec
+
+
+def run_now_job(
+    cronjob: Mapping[str, Any],
+    *,
+    name: str,
+    token: str,
+    owner_references: Sequence[Mapping[str, Any]] | None = None,
+) -> Manifest:
+    """A Job from `cronjob`'s jobTemplate, like `kubectl create job --from=cronjob/x`.
+
+    Labels and spec are the template's; annotations add `cronjob.kubernetes.io/instantiate:
+    manual` and `dr.tonebridge.io/run-now: <token>`. The owner is the CronJob's own owner
+    (the BackupPolicy or RestoreTest: the CronJob's owner references, or
+    `owner_references`), not the CronJob, so the Job does not count against the CronJob's
+    concurrency or history and survives a CronJob replacement; `ttlSecondsAfterFinished`
+    cleans it up. Name it deterministically from `token` (`names.run_now_job_name`,
+    `names.restore_test_run_now_job_name`) so a repeated request creates nothing new.
+    """
+    template = cronjob["spec"]["jobTemplate"]
+    template_meta = template.get("metadata") or {}
+    cronjob_meta = cronjob["metadata"]
+    owners = owner_references if owner_references is not None else (
+        cronjob_meta.get("ownerReferences") or []
+    )
+    meta: Manifest = {"name": name}
+    if cronjob_meta.get("namespace"):
+        meta["namespace"] = cronjob_meta["namespace"]
+    meta["labels"] = dict(template_meta.get("labels") or cronjob_meta.get("labels") or {})
+    meta["annotations"] = {
+        **dict(template_meta.get("annotations") or {}),
+        names.ANNOTATION_INSTANTIATE: "manual",
+        names.ANNOTATION_RUN_NOW: token,
+    }
+    meta["ownerReferences"] = [dict(o) for o in owners]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": copy.deepcopy(dict(template["spec"])),
+    }

@@ -49,13 +49,20 @@ from typing import Any
 
 from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import TargetKind
-from tonebridge_dr.api.common import Repository, SecretKeyRef, SecretRef
+from tonebridge_dr.api.common import (
+    BackupMethod,
+    Repository,
+    ResourceRequirements,
+    SecretKeyRef,
+    SecretRef,
+)
 from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.api.restorerequest import (
     AccessMode,
     DatabaseTarget,
     RedisRestoreTarget,
     RestoreRequestSpec,
+    RestoreSource,
 )
 from tonebridge_dr.api.runner_contract import (  # re-exported: the runner environment
     ENV_REDIS_TARGET_URL,
@@ -98,13 +105,20 @@ __all__ = [
     "build_restore_claim",
     "build_restore_job",
     "claim_name",
+    "decrypt_args",
+    "decrypt_key_volume",
     "instance_name",
     "policy_repository_url",
+    "reader_job_spec",
+    "reader_pod",
+    "resolve_backup_source",
     "resolve_source",
     "restore_job_name",
     "runner_args",
     "secret_requirements",
     "selector_for_request",
+    "source_env",
+    "source_secret_requirements",
     "target_description",
     "target_kind",
 ]
@@ -209,24 +223,27 @@ def _engine_of(rr: RestoreRequest) -> TargetKind | None:
     return None
 
 
-def _check_policy(rr: RestoreRequest, policy: BackupPolicy, engine: TargetKind) -> None:
-    spec = rr.spec
+def _check_policy(
+    policy: BackupPolicy, engine: TargetKind, method: BackupMethod | None, reader: str,
+    needs: str,
+) -> None:
     policy_name = policy.metadata.name or "?"
     target = policy.spec.target
     if target.kind is not engine:
         raise RestoreSpecError(
             "InvalidSpec",
             f'BackupPolicy "{policy_name}" backs up {target.kind.value}, not '
-            f"{_ENGINE_NAMES[engine]}: it has no backups this RestoreRequest could restore",
+            f"{_ENGINE_NAMES[engine]}: it has no backups {reader} could restore",
         )
-    method = spec.effective_method
+    if method is None:
+        return
     methods = {policy.spec.method_of(s) for s in policy.spec.schedules}
     if method not in methods:
         raise RestoreSpecError(
             "InvalidSpec",
             f'BackupPolicy "{policy_name}" takes no {method.value} backups (its schedules '
-            f"take {', '.join(sorted(m.value for m in methods))}): a {target_kind(rr)} "
-            f"target needs {method.value} backups",
+            f"take {', '.join(sorted(m.value for m in methods))}): {needs} needs "
+            f"{method.value} backups",
         )
 
 
@@ -236,15 +253,37 @@ def resolve_source(rr: RestoreRequest, policy: BackupPolicy | None) -> ResolvedS
     `policy` is the BackupPolicy named by `source.policyRef` (None for a repository given
     directly). Raises RestoreSpecError when the request cannot be served.
     """
-    spec = rr.spec
-    source = spec.source
     engine = _engine_of(rr)
     if engine is None:
         raise RestoreSpecError("UnsupportedTarget", _REFUSED_BY_PLATFORM)
+    return resolve_backup_source(
+        rr.spec.source, policy, engine=engine, method=rr.spec.effective_method,
+        reader="this RestoreRequest", needs=f"a {target_kind(rr)} target",
+    )
+
+
+def resolve_backup_source(
+    source: RestoreSource,
+    policy: BackupPolicy | None,
+    *,
+    engine: TargetKind,
+    method: BackupMethod | None,
+    reader: str,
+    needs: str,
+) -> ResolvedSource:
+    """Repository, folder, credentials and key of the backups `source` names, for whatever
+    reads them (a RestoreRequest, a RestoreTest): the one place spec 8.2's read role, the
+    policy folder and the decryption key are chosen.
+
+    `policy` is the BackupPolicy named by `source.policyRef` (None for a repository given
+    directly); it must back up `engine` and, when `method` is given, take such backups
+    (`reader` and `needs` word the refusal). Raises RestoreSpecError when the backups
+    cannot be read as asked.
+    """
     if source.policy_ref is not None:
         if policy is None or policy.metadata.name != source.policy_ref.name:
             raise ValueError(f'resolve_source needs BackupPolicy "{source.policy_ref.name}"')
-        _check_policy(rr, policy, engine)
+        _check_policy(policy, engine, method, reader, needs)
         repository = policy.spec.repository
         policy_name = source.policy_ref.name
         credentials = repository.restore_credentials_secret_ref
@@ -299,6 +338,12 @@ def secret_requirements(rr: RestoreRequest, source: ResolvedSource) -> list[Secr
     if target is not None:
         ref, purpose = target
         wanted.append(SecretRequirement(ref.name, (ref.key,), purpose))
+    return wanted + source_secret_requirements(source)
+
+
+def source_secret_requirements(source: ResolvedSource) -> list[SecretRequirement]:
+    """The Secrets a Job needs to read `source`: read credentials, the private key."""
+    wanted: list[SecretRequirement] = []
     if source.credentials is not None:
         keys = tuple(key for key, optional in pods.AWS_CREDENTIAL_KEYS if not optional)
         wanted.append(
@@ -425,10 +470,7 @@ def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
         args = ["restore", "redis", *_redis_args(spec, target.redis)]
     else:
         raise RestoreSpecError("UnsupportedTarget", _REFUSED_BY_PLATFORM)
-    if source.private_key is not None:
-        args += ["--decrypt-key", DECRYPT_KEY_PATH]
-    args.append("--json")
-    return args
+    return [*args, *decrypt_args(source), "--json"]
 
 
 def _labels(rr: RestoreRequest, source: ResolvedSource, component: str) -> dict[str, str]:
@@ -441,12 +483,18 @@ def owner_reference(rr: RestoreRequest) -> Manifest:
     return metadata.owner_reference(rr)
 
 
+def source_env(source: ResolvedSource) -> list[Manifest]:
+    """How a Job reads `source`: repository folder, read credentials (by secretKeyRef),
+    region, endpoint; never the write role's encryption settings."""
+    return pods.repository_env(
+        source.repository, source.repository_url, source.credentials, writes=False
+    )
+
+
 def restore_env(rr: RestoreRequest, source: ResolvedSource) -> list[Manifest]:
     """Environment of the restore container: repository folder, read credentials (by
     secretKeyRef), region, endpoint, the target DSN or Redis URL (by secretKeyRef), HOME."""
-    env = pods.repository_env(
-        source.repository, source.repository_url, source.credentials, writes=False
-    )
+    env = source_env(source)
     target = _target_secret(rr)
     if target is not None:
         name = ENV_REDIS_TARGET_URL if rr.spec.target.redis is not None else ENV_TARGET_DSN
@@ -454,24 +502,32 @@ def restore_env(rr: RestoreRequest, source: ResolvedSource) -> list[Manifest]:
     return pods.runner_env(env)
 
 
+def decrypt_key_volume(source: ResolvedSource) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, volumeMounts) of the OpenPGP private key file at DECRYPT_KEY_PATH (what
+    `--decrypt-key` names), or ([], []) for unencrypted backups."""
+    if source.private_key is None:
+        return [], []
+    ref = source.private_key
+    volume = {
+        "name": _KEY_VOLUME,
+        "secret": {
+            "secretName": ref.name,
+            "items": [{"key": ref.key, "path": DECRYPT_KEY_FILE}],
+            # Readable by the pod's user and fsGroup only.
+            "defaultMode": 0o440,
+        },
+    }
+    return [volume], [{"name": _KEY_VOLUME, "mountPath": KEY_MOUNT_PATH, "readOnly": True}]
+
+
+def decrypt_args(source: ResolvedSource) -> list[str]:
+    """`--decrypt-key DECRYPT_KEY_PATH` for encrypted backups, else nothing."""
+    return ["--decrypt-key", DECRYPT_KEY_PATH] if source.private_key is not None else []
+
+
 def _volumes(rr: RestoreRequest, source: ResolvedSource) -> tuple[list[Manifest], list[Manifest]]:
     """(volumes, volumeMounts) besides /tmp: the private key, the volume a restore fills."""
-    volumes: list[Manifest] = []
-    mounts: list[Manifest] = []
-    if source.private_key is not None:
-        ref = source.private_key
-        volumes.append(
-            {
-                "name": _KEY_VOLUME,
-                "secret": {
-                    "secretName": ref.name,
-                    "items": [{"key": ref.key, "path": DECRYPT_KEY_FILE}],
-                    # Readable by the pod's user and fsGroup only.
-                    "defaultMode": 0o440,
-                },
-            }
-        )
-        mounts.append({"name": _KEY_VOLUME, "mountPath": KEY_MOUNT_PATH, "readOnly": True})
+    volumes, mounts = decrypt_key_volume(source)
     claim = claim_name(rr)
     if claim is not None:
         volumes.append({"name": _DATA_VOLUME, "persistentVolumeClaim": {"claimName": claim}})
@@ -495,31 +551,47 @@ def build_restore_job(
     request = metadata.owner_name(rr)
     labels = _labels(rr, source, names.COMPONENT_RESTORE)
     volumes, mounts = _volumes(rr, source)
-    pod = pods.RunnerPod(
-        container=CONTAINER_RESTORE,
-        args=runner_args(rr, source),
-        env=restore_env(rr, source),
-        # Restores talk to the repository and the database, never to the Kubernetes API.
-        service_account=settings.restore_service_account,
-        requested_resources=rr.spec.resources,
-        volumes=volumes,
-        mounts=mounts,
-    )
-    non_retriable = set(settings.non_retriable_exit_codes) | set(NON_RETRIABLE_RESTORE_EXIT_CODES)
+    pod = reader_pod(CONTAINER_RESTORE, runner_args(rr, source), restore_env(rr, source),
+                     settings, resources=rr.spec.resources, volumes=volumes, mounts=mounts)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata.object_metadata(rr, restore_job_name(request), labels),
-        "spec": pods.runner_job_spec(
-            pod,
-            labels,
-            settings,
-            non_retriable_exit_codes=non_retriable,
-            # A failed physical attempt may leave files in the data directory, which a
-            # retry would only refuse (TargetNotEmpty), hiding the first error: no retry.
-            backoff_limit=0 if rr.spec.target.volume is not None else None,
-        ),
+        # A failed physical attempt may leave files in the data directory, which a retry
+        # would only refuse (TargetNotEmpty), hiding the first error: no retry.
+        "spec": reader_job_spec(pod, labels, settings,
+                                backoff_limit=0 if rr.spec.target.volume is not None else None),
     }
+
+
+def reader_pod(
+    container: str,
+    args: list[str],
+    env: list[Manifest],
+    settings: RunnerSettings,
+    *,
+    resources: ResourceRequirements | None,
+    volumes: list[Manifest],
+    mounts: list[Manifest],
+) -> pods.RunnerPod:
+    """A pod that reads backups (a restore, a restore test): the restore ServiceAccount
+    (spec 8.2), no Kubernetes API token (it talks to the repository and a database only)."""
+    return pods.RunnerPod(
+        container=container, args=args, env=env,
+        service_account=settings.restore_service_account, requested_resources=resources,
+        volumes=volumes, mounts=mounts,
+    )
+
+
+def reader_job_spec(
+    pod: pods.RunnerPod, labels: dict[str, str], settings: RunnerSettings, *,
+    backoff_limit: int | None = None,
+) -> Manifest:
+    """The Job spec of a `reader_pod`: besides the settings' codes, what a retry of a
+    restore cannot fix (NON_RETRIABLE_RESTORE_EXIT_CODES) fails it at once."""
+    non_retriable = set(settings.non_retriable_exit_codes) | set(NON_RETRIABLE_RESTORE_EXIT_CODES)
+    return pods.runner_job_spec(pod, labels, settings, non_retriable_exit_codes=non_retriable,
+                                backoff_limit=backoff_limit)
 
 
 # --- the volume and the instance ---------------------------------------------------------------

@@ -62,6 +62,11 @@ class JobOutcome:
     reason: str
     message: str
     exit_code: int | None = None
+    payload: dict[str, Any] | None = None
+    """The termination message of the attempt that decided the outcome, when it is a JSON
+    object: on success the same as `result`; on failure the runner's error, which for a
+    restore test that restored the backup but failed its checks (15) or its RTO (16) also
+    carries the whole result."""
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -205,6 +210,7 @@ def job_outcome(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Jo
         )
         result = None
         exit_code = None
+        payload = None
         for pod in own:  # the pod that succeeded is the newest one that says so
             terminated = _terminated(pod)
             if terminated is None or terminated.exit_code not in (0, None):
@@ -228,6 +234,7 @@ def job_outcome(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Jo
             reason="Succeeded",
             message=message,
             exit_code=exit_code,
+            payload=payload,
         )
 
     if failed is not None:
@@ -266,6 +273,7 @@ def _failed(
     log_tail: str | None = None
     exit_code: int | None = None
     container_reason: str | None = None
+    payload: dict[str, Any] | None = None
     for pod in pods:  # newest terminated pod: the last attempt
         terminated = _terminated(pod)
         if terminated is None:
@@ -306,4 +314,5 @@ def _failed(
         reason=reason,
         message=_clean(message),
         exit_code=exit_code,
+        payload=payload,
     )

@@ -235,6 +235,7 @@ def _statuses() -> dict[str, tuple[str, dict[str, Any], list[str]]]:
         kopf=kopf_data,
     )
     rt = RestoreTestStatus(
+        source="tonebridge-db",
         last_run=TestRun(
             started_at=when,
             result=TestResult.PASSED,
@@ -251,7 +252,7 @@ def _statuses() -> dict[str, tuple[str, dict[str, Any], list[str]]]:
         "bp": (BP, dump(bp), ["postgres/tonebridge_db", "daily-full,hourly-hot,daily-physical"]),
         "rr": (RR_PITR, dump(rr), ["Succeeded", "tonebridge-db", "12m30s"]),
         "fp": (FP, dump(fp), ["manual", "Running", "database"]),
-        "rt": (RT, dump(rt), ["0 3 1 1,4,7,10 *", "Passed", "12m34s"]),
+        "rt": (RT, dump(rt), ["tonebridge-db", "Passed", "12m34s"]),
     }
 
 

@@ -116,7 +116,7 @@ def test_examples_are_listed_by_category_and_short_names(sandbox: Any, namespace
         ("bp", "NAME TARGET SCHEDULE LAST BACKUP RPO READY AGE"),
         ("rr", "NAME PHASE SOURCE TARGET TIME DURATION AGE"),
         ("fp", "NAME MODE PHASE STAGE AGE"),
-        ("rt", "NAME SCHEDULE LAST RUN RESULT RTO AGE"),
+        ("rt", "NAME SOURCE LAST RESULT RESTORE TIME RTO MET LAST RUN AGE"),
     ):
         table = sandbox.kubectl("get", short, "-n", namespace).stdout.splitlines()
         assert " ".join(table[0].split()) == header

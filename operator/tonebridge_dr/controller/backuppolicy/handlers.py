@@ -27,6 +27,7 @@ from tonebridge_dr.builders import names
 from tonebridge_dr.controller.backuppolicy import freshness, reconcile, record, runnow
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
 from tonebridge_dr.controller.core import objects, registration
+from tonebridge_dr.controller.core import runnow as core_runnow
 from tonebridge_dr.controller.core.kind import Cause, HandlerIds, JobRoute, KindDeclaration, Trigger
 from tonebridge_dr.status import backuppolicy as policy_status
 
@@ -42,10 +43,6 @@ def _spread(interval: float) -> Callable[..., float]:
     return delay
 
 
-def _run_now_pending(body: kopf.Body, **_: Any) -> bool:
-    return runnow.pending_token(body) is not None
-
-
 def _monitor_tick(controller: PolicyController, body: kopf.Body, retry: int) -> None:
     if reconcile.needs_recheck(controller, body):
         controller.reconcile(body, Cause(Trigger.TIMER, retry))
@@ -57,15 +54,8 @@ def _monitor_tick(controller: PolicyController, body: kopf.Body, retry: int) -> 
 def _register_triggers(registry: kopf.OperatorRegistry, controller: PolicyController) -> None:
     interval = controller.ctx.settings.freshness_interval
     where = registration.resource(controller)
-
-    # The `when` filter runs in kopf's event loop: most watch events (status writes)
-    # never cost a worker thread.
-    @kopf.on.event(*where, id="run-now", registry=registry,
-                   annotations={names.ANNOTATION_RUN_NOW: kopf.PRESENT}, when=_run_now_pending)
-    def policy_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        if type != "DELETED":  # the monitor retries what fails here on its next tick
-            what = f"run-now of {body.metadata.namespace}/{body.metadata.name}"
-            controller.retry.run_event(lambda: runnow.handle(controller, body), what)
+    # The monitor retries on its next tick what fails here.
+    core_runnow.register(registry, controller, runnow.handle)
 
     @kopf.timer(*where, id="monitor", interval=interval, initial_delay=_spread(interval),
                 registry=registry)

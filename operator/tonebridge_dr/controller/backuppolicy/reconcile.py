@@ -76,16 +76,7 @@ def referenced_secrets(policy: BackupPolicy) -> list[secrets.SecretUse]:
     if repository.restore_credentials_secret_ref is not None:
         uses.append(use(repository.restore_credentials_secret_ref.name, secrets.REPOSITORY_KEYS,
                         "read-only repository credentials", blocking=False))
-    notifications = spec.notifications
-    if notifications is not None:
-        if notifications.webhook_secret_ref is not None:
-            ref = notifications.webhook_secret_ref
-            uses.append(use(ref.name, (ref.key,), "webhook URL", blocking=False))
-        for level in notifications.escalation or ():
-            if level.webhook_secret_ref is not None:
-                ref = level.webhook_secret_ref
-                uses.append(use(ref.name, (ref.key,), "escalation webhook URL", blocking=False))
-    return uses
+    return uses + secrets.notification_uses(spec.notifications)
 
 
 def observe_owned(ctx: Context, policy: BackupPolicy) -> list[Json]:

@@ -30,46 +30,25 @@ from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.conditions import Condition, ConditionStatus, Reason
 from tonebridge_dr.builders import names
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
-from tonebridge_dr.controller.core import jobs, kube, notify, objects
+from tonebridge_dr.controller.core import jobs, notify, objects
 from tonebridge_dr.status import backuppolicy as policy_status
 from tonebridge_dr.status.jobs import JobOutcome
 
 log = logging.getLogger(__name__)
 
-ANNOTATION_RECORDED = "dr.tonebridge.io/recorded"
-"""On a Job: its outcome is in the policy status (value: succeeded / failed)."""
-
 Json = dict[str, Any]
-
-
-def recorded(job: Mapping[str, Any]) -> bool:
-    annotations = (job.get("metadata") or {}).get("annotations") or {}
-    return ANNOTATION_RECORDED in annotations
 
 
 def to_record(job: Mapping[str, Any]) -> bool:
     """Whether a Job event can matter: the Job finished and is not recorded yet."""
-    return jobs.finished(job) and not recorded(job)
+    return jobs.finished(job) and not jobs.recorded(job)
 
 
 def policy_name(controller: PolicyController, job: Mapping[str, Any]) -> str | None:
     """The owning policy: a run-now Job is owned by it; a scheduled Job by its CronJob,
     which is owned by the policy. The policy label (shortened for very long names) is
     the last resort."""
-    metadata = job.get("metadata") or {}
-    direct = objects.owner(job, controller.kind)
-    if direct is not None:
-        return direct[0]
-    for owner in metadata.get("ownerReferences") or []:
-        if owner.get("kind") == "CronJob":
-            cronjob = controller.ctx.kube.get_or_none(
-                kube.CRONJOB, metadata.get("namespace"), str(owner.get("name"))
-            )
-            if cronjob is not None:
-                found = objects.owner(cronjob, controller.kind)
-                return found[0] if found is not None else None
-    label = (metadata.get("labels") or {}).get(names.LABEL_POLICY)
-    return str(label) if label else None
+    return jobs.owner_name(controller.ctx, job, controller.kind, names.LABEL_POLICY)
 
 
 def _describe(outcome: JobOutcome) -> str:
@@ -100,7 +79,7 @@ def record(controller: PolicyController, job: Mapping[str, Any]) -> JobOutcome |
     if not to_record(job):
         return None
     ctx = controller.ctx
-    namespace, job_name = objects.ident(job)
+    namespace = objects.ident(job)[0]
     owner = policy_name(controller, job)
     if owner is None:
         return None
@@ -126,10 +105,7 @@ def record(controller: PolicyController, job: Mapping[str, Any]) -> JobOutcome |
     log.info("%s/%s: %s", namespace, owner, message)
     _report(controller, policy_body, outcome, message)
     _report_aof(controller, policy_body, aof[0])
-    ctx.kube.merge_patch(
-        kube.JOB, namespace, job_name,
-        {"metadata": {"annotations": {ANNOTATION_RECORDED: outcome.state}}},
-    )
+    jobs.mark_recorded(ctx, job, outcome.state)
     return outcome
 
 

@@ -118,6 +118,15 @@ class Refused(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class Refusal:
+    """What a kind's pure planning says when an object cannot be served as written:
+    the condition's reason and one sentence (final or not, as the kind decides)."""
+
+    reason: Reason
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
 class HandlerIds:
     """kopf handler ids (kopf keeps per-handler progress under them: shipped, so a
     kind keeps its ids across releases). `update` None: the kind ignores spec changes;

@@ -1,9 +1,11 @@
-"""Prometheus metrics of the operator, per policy (labels `namespace`, `policy`).
+"""Prometheus metrics of the operator, per policy (labels `namespace`, `policy`) and per
+RestoreTest (labels `namespace`, `restore_test`).
 
 Values come from two places: the repository catalog (read by the freshness
 monitor: the newest backup's time, duration and size, the RPO age) and finished
-Jobs (failures). Counters restart at zero with the operator, as Prometheus
-expects; gauges are refilled by the first catalog read after a restart.
+Jobs (failures, restore tests). Counters restart at zero with the operator, as Prometheus
+expects; gauges are refilled by the first catalog read after a restart (a RestoreTest's
+from its status, when it is reconciled).
 
 Each `Metrics` has its own registry (plus process metrics such as RSS), so
 several can live in one process (tests) without clashing.
@@ -22,26 +24,34 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 log = logging.getLogger(__name__)
 
 LABELS = ("namespace", "policy")
+RESTORE_TEST_LABELS = ("namespace", "restore_test")
 PREFIX = "tonebridge_dr"
 
 
-#: Every per-policy series: attribute, type, name after the prefix, help text.
-_SERIES: tuple[tuple[str, type[Gauge] | type[Counter], str, str], ...] = (
+#: Every series: attribute, type, name after the prefix, help text, labels.
+_SERIES: tuple[tuple[str, type[Gauge] | type[Counter], str, str, tuple[str, ...]], ...] = (
     ("last_success", Gauge, "backup_last_success_timestamp_seconds",
-     "Unix time of the newest complete backup in the repository"),
+     "Unix time of the newest complete backup in the repository", LABELS),
     ("last_duration", Gauge, "backup_last_duration_seconds",
-     "How long the newest complete backup took"),
+     "How long the newest complete backup took", LABELS),
     ("last_size", Gauge, "backup_last_size_bytes",
-     "Stored size of the newest complete backup"),
+     "Stored size of the newest complete backup", LABELS),
     ("failures", Counter, "backup_failures",
-     "Backup Jobs that failed (since the operator started)"),
+     "Backup Jobs that failed (since the operator started)", LABELS),
     ("rpo_age", Gauge, "rpo_age_seconds",
-     "Age of the newest recovery point (last backup or archived WAL)"),
-    ("backups", Gauge, "backups", "Complete backups in the repository"),
+     "Age of the newest recovery point (last backup or archived WAL)", LABELS),
+    ("backups", Gauge, "backups", "Complete backups in the repository", LABELS),
     ("repository_up", Gauge, "repository_up",
-     "1 when the last catalog read succeeded, else 0"),
+     "1 when the last catalog read succeeded, else 0", LABELS),
     ("catalog_reads", Counter, "catalog_reads",
-     "Reads of the repository catalog by the freshness monitor"),
+     "Reads of the repository catalog by the freshness monitor", LABELS),
+    ("restore_test_duration", Gauge, "restore_test_duration_seconds",
+     "Measured restore time of the newest restore test run", RESTORE_TEST_LABELS),
+    ("restore_test_last_success", Gauge, "restore_test_last_success_timestamp_seconds",
+     "Unix time the newest passed restore test run completed", RESTORE_TEST_LABELS),
+    ("restore_test_passed", Gauge, "restore_test_passed",
+     "1 when the newest restore test run restored the backup and every check passed, else 0",
+     RESTORE_TEST_LABELS),
 )
 
 
@@ -56,20 +66,23 @@ class Metrics:
     backups: Gauge
     repository_up: Gauge
     catalog_reads: Counter
+    restore_test_duration: Gauge
+    restore_test_last_success: Gauge
+    restore_test_passed: Gauge
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         prometheus_client.ProcessCollector(registry=self.registry)
         prometheus_client.PlatformCollector(registry=self.registry)
-        for attribute, kind, name, documentation in _SERIES:
-            metric = kind(f"{PREFIX}_{name}", documentation, LABELS, registry=self.registry)
+        for attribute, kind, name, documentation, labels in _SERIES:
+            metric = kind(f"{PREFIX}_{name}", documentation, labels, registry=self.registry)
             setattr(self, attribute, metric)
         self._known: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._server: Any = None
 
-    def _gauges(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, attribute) for attribute, *_ in _SERIES)
+    def _series(self, labels: tuple[str, ...]) -> tuple[Any, ...]:
+        return tuple(getattr(self, entry[0]) for entry in _SERIES if entry[4] == labels)
 
     def track(self, namespace: str, policy: str) -> None:
         """Make the policy's counters visible (at 0) before anything happened."""
@@ -83,7 +96,7 @@ class Metrics:
         """Drop every series of a deleted policy."""
         with self._lock:
             self._known.discard((namespace, policy))
-        for metric in self._gauges():
+        for metric in self._series(LABELS):
             with contextlib.suppress(KeyError):
                 metric.remove(namespace, policy)
 
@@ -124,6 +137,29 @@ class Metrics:
             self.rpo_age.labels(namespace, policy).set(rpo_age_seconds)
         if backups is not None:
             self.backups.labels(namespace, policy).set(backups)
+
+    def restore_test_run(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        passed: bool,
+        duration_seconds: float | None,
+        last_success: float | None,
+    ) -> None:
+        """The newest run of RestoreTest `name`: passed or not, its restore time, and the
+        completion time of the newest passed run (None: keep what is there)."""
+        self.restore_test_passed.labels(namespace, name).set(1 if passed else 0)
+        if duration_seconds is not None:
+            self.restore_test_duration.labels(namespace, name).set(duration_seconds)
+        if last_success is not None:
+            self.restore_test_last_success.labels(namespace, name).set(last_success)
+
+    def forget_restore_test(self, namespace: str, name: str) -> None:
+        """Drop every series of a deleted RestoreTest."""
+        for metric in self._series(RESTORE_TEST_LABELS):
+            with contextlib.suppress(KeyError):
+                metric.remove(namespace, name)
 
     def render(self) -> bytes:
         """The exposition text (what /metrics serves)."""

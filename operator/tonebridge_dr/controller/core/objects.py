@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import pydantic
 
 from tonebridge_dr.api.kinds import plain_value
+from tonebridge_dr.controller.core import kube
 from tonebridge_dr.controller.core.context import Context
 from tonebridge_dr.controller.core.kube import Kind
 
@@ -159,3 +160,16 @@ def update_status(
 
     first = plain(body) if body is not None else None
     return ctx.kube.write_status(kind, namespace, name, compute, body=first)
+
+
+def service_account_missing(ctx: Context, namespace: str, account: str) -> bool:
+    """Whether the ServiceAccount a Job runs as is known to be missing (without it the Job
+    controller cannot create the pod and the run would look stuck). An operator not
+    allowed to read ServiceAccounts skips the check. Raises kube.ApiError on other API
+    trouble."""
+    try:
+        return ctx.kube.get_or_none(kube.SERVICE_ACCOUNT, namespace, account) is None
+    except kube.ApiError as exc:
+        if exc.status == 403:
+            return False
+        raise

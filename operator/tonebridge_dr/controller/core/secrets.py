@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from tonebridge_dr.api.common import Notifications
 from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.controller.core.kube import Kube
 
@@ -51,6 +52,23 @@ class SecretProblem:
         if not self.missing_keys:
             return f"{where} not found"
         return f"{where} has no key " + ", ".join(f'"{key}"' for key in self.missing_keys)
+
+
+def notification_uses(notifications: Notifications | None) -> list[SecretUse]:
+    """The webhook Secrets of `spec.notifications` (the main one, then each escalation
+    level's); never blocking: only notifications read them."""
+    uses: list[SecretUse] = []
+    if notifications is None:
+        return uses
+    if notifications.webhook_secret_ref is not None:
+        ref = notifications.webhook_secret_ref
+        uses.append(SecretUse(ref.name, (ref.key,), "webhook URL", blocking=False))
+    for level in notifications.escalation or ():
+        if level.webhook_secret_ref is not None:
+            ref = level.webhook_secret_ref
+            uses.append(SecretUse(ref.name, (ref.key,), "escalation webhook URL",
+                                  blocking=False))
+    return uses
 
 
 def check(kube: Kube, namespace: str, uses: Sequence[SecretUse]) -> list[SecretProblem]:

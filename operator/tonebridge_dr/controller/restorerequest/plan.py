@@ -17,18 +17,11 @@ from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.builders import restore as builders
 from tonebridge_dr.builders.settings import RunnerSettings
+from tonebridge_dr.controller.core.kind import Refusal
 from tonebridge_dr.controller.core.secrets import SecretUse
 from tonebridge_dr.status import restorerequest as rr_status
 
 Json = dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Refusal:
-    """The request cannot be served as written (it fails for good)."""
-
-    reason: Reason
-    message: str
 
 
 @dataclasses.dataclass(frozen=True)

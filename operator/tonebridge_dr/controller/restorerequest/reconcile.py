@@ -30,12 +30,11 @@ from tonebridge_dr.api.restorerequest import RestorePhase, RestoreRequestStatus
 from tonebridge_dr.builders import names
 from tonebridge_dr.builders import restore as builders
 from tonebridge_dr.controller.core import kube, objects, secrets
-from tonebridge_dr.controller.core.kind import Cause
+from tonebridge_dr.controller.core.kind import Cause, Refusal
 from tonebridge_dr.controller.core.kube import ApiError
 from tonebridge_dr.controller.restorerequest import record
 from tonebridge_dr.controller.restorerequest.plan import (
     ClaimPlan,
-    Refusal,
     RestorePlan,
     plan_restore,
 )
@@ -93,7 +92,7 @@ def _act(controller: RequestController, rr: RestoreRequest, body: Json, plan: Re
     if problems:
         return _wait(controller, body, problems[0].reason, secrets.describe(problems),
                      source_text)
-    if _service_account_missing(controller, namespace, plan.service_account):
+    if objects.service_account_missing(ctx, namespace, plan.service_account):
         return _wait(controller, body, Reason.SERVICE_ACCOUNT_NOT_FOUND,
                      f'ServiceAccount "{plan.service_account}" (restore Jobs run as it) not '
                      f'found in namespace "{namespace}"; create it (the Helm chart\'s restore '
@@ -144,19 +143,6 @@ def _refuse(controller: RequestController, body: Json, reason: Reason, message: 
     """Fail the request for good (a Warning Event says why); nothing to wait for."""
     controller.refuse(body, reason, message,
                       transition=functools.partial(rr_status.refused, source=source))
-
-
-def _service_account_missing(controller: RequestController, namespace: str,
-                             account: str) -> bool:
-    """Whether the restore ServiceAccount is known to be missing (without it the Job
-    controller cannot create the pod and the request would look stuck). An operator
-    not allowed to read ServiceAccounts skips the check."""
-    try:
-        return controller.ctx.kube.get_or_none(kube.SERVICE_ACCOUNT, namespace, account) is None
-    except ApiError as exc:
-        if exc.status == 403:
-            return False
-        raise
 
 
 def _prepare_claim(controller: RequestController, rr: RestoreRequest,

@@ -15,11 +15,11 @@ from typing import Any
 
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.conditions import Reason
-from tonebridge_dr.api.kinds import BACKUP_POLICY, BackupPolicy, RestoreRequest
+from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.api.restorerequest import RestorePhase, RestoreRequestStatus
 from tonebridge_dr.builders import restore as builders
-from tonebridge_dr.controller.core import jobs, notify, objects
-from tonebridge_dr.controller.core.kind import Controller, api_kind
+from tonebridge_dr.controller.core import jobs, notify, objects, sources
+from tonebridge_dr.controller.core.kind import Controller
 from tonebridge_dr.controller.core.kube import ApiError
 from tonebridge_dr.controller.restorerequest.plan import target_info
 from tonebridge_dr.status import restorerequest as rr_status
@@ -29,17 +29,12 @@ log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 RequestController = Controller[RestoreRequest, RestoreRequestStatus]
-POLICY_KIND = api_kind(BACKUP_POLICY)
 
 
 def read_policy(controller: RequestController, rr: RestoreRequest) -> BackupPolicy | None:
     """The BackupPolicy of `source.policyRef`; None without one or when it does not
     exist; objects.InvalidSpec when it does not parse."""
-    ref = rr.spec.source.policy_ref
-    if ref is None:
-        return None
-    return objects.read(controller.ctx, POLICY_KIND, BackupPolicy,
-                        rr.metadata.namespace or "default", ref.name)
+    return sources.read_policy(controller.ctx, rr.spec.source, rr.metadata.namespace or "default")
 
 
 def observe(controller: RequestController, job: Json, deleted: bool) -> None:
