@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fixtures.operator import WebhookReceiver
+from tests.status import test_restorable_status
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.kinds import BackupPolicy
+from tonebridge_dr.api.restoretest import TestResult
 from tonebridge_dr.controller import main as controller_main
-from tonebridge_dr.controller.backuppolicy import freshness, reconcile, runnow
+from tonebridge_dr.controller.backuppolicy import freshness, reconcile, restorable, runnow
 from tonebridge_dr.controller.core import catalog, notify, objects, secrets
 from tonebridge_dr.controller.core import settings as settings_mod
+from tonebridge_dr.controller.core.kube import ApiError
 from tonebridge_dr.controller.core.metrics import Metrics
 from tonebridge_dr.runner.storage import open_storage
+from tonebridge_dr.status import restorable as restorable_status
 
 
 def _policy(spec_extra: dict[str, Any] | None = None, **metadata: Any) -> BackupPolicy:
@@ -180,6 +185,51 @@ def test_only_significant_status_changes_are_written() -> None:
     assert check(base, ready_message)
     assert check(base, {**older, "backupCount": 2})
     assert freshness.refresh_after(1) == 300 and freshness.refresh_after(120) == 600
+
+
+def test_the_growing_age_in_restorable_messages_is_not_worth_a_write() -> None:
+    tests = {"quarterly": test_restorable_status.status(TestResult.PASSED)}
+    now = test_restorable_status.NOW
+    first = restorable_status.assess_restorable(None, tests, rto=None, generation=1, now=now)
+    aged = restorable_status.assess_restorable(first, tests, rto=None, generation=1,
+                                               now=now + timedelta(minutes=1))
+    newer = {"quarterly": test_restorable_status.status(TestResult.PASSED, backup_id="b2")}
+    other = restorable_status.assess_restorable(first, newer, rto=None, generation=1, now=now)
+    check = freshness.significant(300)
+    dump = [s.model_dump(mode="json", exclude_none=True) for s in (first, aged, other)]
+    assert not check(dump[0], dump[1])
+    assert check(dump[0], dump[2])
+
+
+class _ListingKube:
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items, self.calls = items, 0
+
+    def list(self, kind: Any, namespace: str) -> list[dict[str, Any]]:
+        self.calls += 1
+        if isinstance(self.items, Exception):
+            raise self.items
+        return self.items
+
+
+def test_restore_tests_are_listed_once_per_namespace_and_interval() -> None:
+    def rt(name: str, policy: str, result: str | None = None) -> dict[str, Any]:
+        status = {"lastRun": {"result": result}} if result else {}
+        return {"metadata": {"namespace": "ns", "name": name},
+                "spec": {"source": {"policyRef": {"name": policy}}}, "status": status}
+
+    fake = _ListingKube([rt("a", "pg", "Passed"), rt("b", "other"), rt("c", "pg")])
+    clock = [0.0]
+    tests = restorable.RestoreTests(fake, ttl=60, clock=lambda: clock[0])  # type: ignore[arg-type]
+    found = tests.of_policy("ns", "pg")
+    assert found is not None and sorted(found) == ["a", "c"]
+    assert found["a"] is not None and found["a"].last_run is not None
+    assert found["c"] is None
+    assert tests.of_policy("ns", "other") is not None and fake.calls == 1
+    clock[0] = 61.0
+    fake.items = ApiError(503, "ServiceUnavailable", "down")  # type: ignore[assignment]
+    assert tests.of_policy("ns", "pg") is None and fake.calls == 2
+    assert tests.of_policy("ns", "pg") is None and fake.calls == 3  # a failure is not cached
 
 
 # --- run-now ----------------------------------------------------------------------------------

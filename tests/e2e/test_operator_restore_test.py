@@ -6,23 +6,31 @@ and garbage-collection controllers, the node agent running the pods, moto S3.
 - a run of the CronJob's template whose container writes a ChecksFailed result (exit 15,
   the runner contract) -> lastRun, Passed=False, RTOMet, Event, ONE notification, metrics;
 - run-now -> a Job with the runner verb's args, env and scratch volume; lastRun names it;
-- the real thing: a logical backup restored into a scratch database by the runner verb
-  `restore-test`, `kubectl wait --for=condition=Passed`.
+- the real thing (`real`: PostgreSQL, a backup in moto S3, run-now Jobs running the runner
+  verb `restore-test` into a scratch database on that server): a pass,
+  `kubectl wait --for=condition=Passed`, the policy Restorable; a failing check (one
+  notification, the policy not Restorable) then a pass over its RTO; a corrupt object
+  (IntegrityCheckFailed, no scratch database left); the test deleted mid-run (its Job
+  goes, the runner gets SIGTERM, nothing of the scratch database is left).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.fixtures import procs, s3
 from tests.fixtures.operator import (
     WebhookReceiver,
     apply_docs,
     condition,
+    condition_is,
     get_columns,
     get_json,
     policy_doc,
@@ -242,50 +250,184 @@ def test_schedule_run_now_and_a_result_flowing_into_status(
              and get_json(sandbox, namespace, "jobs")["items"] == [], 60)
 
 
-def test_a_real_logical_backup_restored_into_a_scratch_database_passes(
+def slow_check(seconds: float) -> Json:
+    """A check that takes `seconds` (read-only, passes)."""
+    return {"name": "slow", "query": f"SELECT 1 FROM pg_sleep({seconds})",
+            "expect": {"nonEmpty": True}}
+
+
+@dataclasses.dataclass
+class RealTest:
+    """A RestoreTest of a real backup, its operator and where it restores."""
+
+    op: Any
+    repo: str
+    backup_id: str
+    scratch: str
+    """The scratch database (on `pg`, named by scratch.database.database)."""
+
+    def run_now(self, sandbox: Sandbox, namespace: str, token: str) -> Json:
+        """Annotate run-now with `token`; the finished lastRun of its Job."""
+        before = last_run(sandbox, namespace).get("jobName")
+        sandbox.kubectl("annotate", "-n", namespace, f"restoretest/{TEST}",
+                        f"dr.tonebridge.io/run-now={token}", "--overwrite")
+        return dict(wait_for(lambda: (r := last_run(sandbox, namespace)).get("jobName") != before
+                             and r.get("result") in ("Passed", "Failed") and r, 240,
+                             message=self.op.log_tail))
+
+
+@pytest.fixture
+def real(
     sandbox: Sandbox, namespace: str, pg: PgServer, cli: Cli, s3_repo_url: str,
     moto_server: str, operator_factory: Any, webhook: WebhookReceiver,
-) -> None:
-    source = pg.create_database("src")
-    populate_sample(pg, source.rsplit("dbname=", 1)[1], rows=120)
-    backup = cli("backup", "postgres", "--dsn", source, "--repo", f"{s3_repo_url}/{POLICY}",
-                 "--json")
-    assert backup.code == 0, backup.err
-    backup_id = backup.json["id"]
-    scratch = pg.create_database("scratch").rsplit("dbname=", 1)[1]
-    uri = f"postgresql://{pg.user}:{pg.password}@127.0.0.1:{pg.port}/{scratch}"
+) -> Callable[..., RealTest]:
+    """`real(**spec)`: a logical backup of the sample database (120 rows, plus an empty
+    table `empty_rows`) in S3, the policy, a RestoreTest (`spec` wins) restoring into a
+    scratch database on `pg`, the operator, Ready."""
 
-    sandbox.kubectl("create", "serviceaccount", RESTORE_SA, "-n", namespace)
-    apply_docs(
-        sandbox, namespace,
-        *s3_secrets(f"w-{uuid.uuid4().hex}", f"r-{uuid.uuid4().hex}"),
-        secret_doc("hook", {"url": webhook.url}),
-        secret_doc("scratch-db", {"dsn": uri}),
-        policy_doc(POLICY, repo_url=s3_repo_url, endpoint=moto_server),
-        restore_test_doc(scratch={"database": {"dsnSecretRef": {"name": "scratch-db",
-                                                                 "key": "dsn"}}},
-                         objectives={"rto": "1h"}),
-    )
-    op = operator_factory(namespace)
-    wait_for(lambda: rt_condition(sandbox, namespace, "Ready", "True"), 60,
-             message=op.log_tail)
-    sandbox.kubectl("annotate", "-n", namespace, f"restoretest/{TEST}",
-                    "dr.tonebridge.io/run-now=real", "--overwrite")
-    run = wait_for(lambda: (r := last_run(sandbox, namespace)).get("result") in (
-        "Passed", "Failed") and r, 240, message=op.log_tail)
+    def start(*, scratch_exists: bool = False, **spec: Any) -> RealTest:
+        source = pg.create_database("src").rsplit("dbname=", 1)[1]
+        populate_sample(pg, source, rows=120)
+        pg.execute(source, "CREATE TABLE empty_rows (id int)")
+        repo = f"{s3_repo_url}/{POLICY}"
+        backup = cli("backup", "postgres", "--dsn", pg.dsn(source), "--repo", repo, "--json")
+        assert backup.code == 0, backup.err
+        scratch = f"rt_scratch_{uuid.uuid4().hex[:8]}"
+        if scratch_exists:
+            pg.execute("postgres", f'CREATE DATABASE "{scratch}"')
+        uri = f"postgresql://{pg.user}:{pg.password}@127.0.0.1:{pg.port}/postgres"
+        sandbox.kubectl("create", "serviceaccount", RESTORE_SA, "-n", namespace)
+        scratch_spec = {"database": {"dsnSecretRef": {"name": "scratch-db", "key": "dsn"},
+                                     "database": scratch}}
+        apply_docs(
+            sandbox, namespace,
+            *s3_secrets(f"w-{uuid.uuid4().hex}", f"r-{uuid.uuid4().hex}"),
+            secret_doc("hook", {"url": webhook.url}), secret_doc("scratch-db", {"dsn": uri}),
+            policy_doc(POLICY, repo_url=s3_repo_url, endpoint=moto_server),
+            restore_test_doc(**{"scratch": scratch_spec, **spec}),
+        )
+        op = operator_factory(namespace)
+        wait_for(lambda: rt_condition(sandbox, namespace, "Ready", "True"), 60,
+                 message=op.log_tail)
+        return RealTest(op, repo, backup.json["id"], scratch)
+
+    return start
+
+
+def test_a_real_logical_backup_restored_into_a_scratch_database_passes(
+    sandbox: Sandbox, namespace: str, pg: PgServer, real: Callable[..., RealTest],
+    webhook: WebhookReceiver,
+) -> None:
+    rt = real(scratch_exists=True, objectives={"rto": "1h"})
+    run = rt.run_now(sandbox, namespace, "real")
     waited = sandbox.kubectl("wait", "--for=condition=Passed", f"rt/{TEST}", "-n", namespace,
                              "--timeout=10s", timeout=40, check=False)
     assert "condition met" in waited.stdout, f"{waited.stderr.strip()}; lastRun: {run}"
 
     body = get_test(sandbox, namespace)
     run = body["status"]["lastRun"]
-    assert (run["result"], run["backupId"], run["rtoMet"]) == ("Passed", backup_id, True)
+    assert (run["result"], run["backupId"], run["rtoMet"]) == ("Passed", rt.backup_id, True)
     assert run["restoreDurationSeconds"] > 0 and run["restoreDuration"]
     assert [(c["name"], c["passed"]) for c in run["checks"]] == [
         ("transformations-present", True), ("analytics-rows", True)]
     assert run["checks"][0]["value"] == "120"
     assert condition(body, "RTOMet")["status"] == "True"  # type: ignore[index]
     assert body["status"]["lastSuccessfulRunTime"]
+    assert pg.database_exists(rt.scratch)  # it existed before: emptied, not dropped
     wait_for(lambda: webhook.payloads("RestoreTestPassed"), 30)
-    assert wait_for(lambda: op.metric("tonebridge_dr_restore_test_passed", namespace, TEST,
-                                      label="restore_test") == 1.0, 30)
+    assert wait_for(lambda: rt.op.metric("tonebridge_dr_restore_test_passed", namespace, TEST,
+                                         label="restore_test") == 1.0, 30)
+
+    # The policy shows it: Restorable (column RESTORABLE), RTOMet, the run in short.
+    policy = wait_for(lambda: condition_is(sandbox, namespace, POLICY, "Restorable", "True",
+                                           "RestoreTestPassed"), 30, message=rt.op.log_tail)
+    assert condition(policy, "Restorable")["message"].startswith(  # type: ignore[index]
+        f"RestoreTest {TEST} passed ")
+    assert condition(policy, "RTOMet")["status"] == "True"  # type: ignore[index]
+    summary = policy["status"]["lastRestoreTest"]
+    assert (summary["name"], summary["passed"], summary["backupId"]) == (
+        TEST, True, rt.backup_id)
+    assert get_columns(sandbox, namespace, "bp", POLICY)["RESTORABLE"] == "True"
+
+
+def test_a_failing_check_then_a_pass_over_its_rto(
+    sandbox: Sandbox, namespace: str, real: Callable[..., RealTest], webhook: WebhookReceiver,
+) -> None:
+    empty = {"name": "empty-has-rows", "query": "SELECT count(*) FROM empty_rows",
+             "expect": {"min": 1}}
+    rt = real(checks=[empty], objectives={"rto": "1s"})  # 1s: the smallest duration
+    run = rt.run_now(sandbox, namespace, "failing")
+    assert run["result"] == "Failed"
+    assert run["checks"] == [{"name": "empty-has-rows", "passed": False, "value": "0",
+                              "message": "expected at least 1, got 0"}]
+    body = rt_condition(sandbox, namespace, "Passed", "False", "ChecksFailed")
+    assert body is not None, condition(get_test(sandbox, namespace), "Passed")
+    wait_for(lambda: condition_is(sandbox, namespace, POLICY, "Restorable", "False",
+                                  "RestoreTestFailed"), 30, message=rt.op.log_tail)
+    assert len(webhook.payloads("RestoreTestFailed")) == 1
+
+    # Passing checks, one of them slower than the RTO: Passed, RTOMet False, measured.
+    sandbox.kubectl("patch", "-n", namespace, f"restoretest/{TEST}", "--type=merge", "-p",
+                    json.dumps({"spec": {"checks": [*CHECKS, slow_check(1.2)]}}))
+    run = rt.run_now(sandbox, namespace, "slow")
+    assert (run["result"], run["rtoMet"]) == ("Passed", False)
+    assert run["restoreDurationSeconds"] > 1.2
+    body = get_test(sandbox, namespace)
+    rto = condition(body, "RTOMet")
+    assert rto is not None and (rto["status"], rto["reason"]) == ("False", "RTOMissed")
+    assert f"restored in {run['restoreDuration']}, over objectives.rto 1s" in rto["message"]
+    assert condition(body, "Passed")["status"] == "True"  # type: ignore[index]
+    policy = wait_for(lambda: condition_is(sandbox, namespace, POLICY, "Restorable", "True"),
+                      30, message=rt.op.log_tail)
+    assert condition(policy, "RTOMet")["reason"] == "RTOMissed"  # type: ignore[index]
+    wait_for(lambda: webhook.payloads("RestoreTestPassed"), 30)
+    assert len(webhook.payloads("RestoreTestFailed")) == 1
+
+
+def _corrupt_latest(repo: str, endpoint: str, backup_id: str) -> str:
+    """Flip a byte in the middle of the backup's dump object; its key."""
+    bucket, prefix = repo.removeprefix("s3://").split("/", 1)
+    client = s3.client(endpoint)
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/base/{backup_id}/")
+    (key,) = [o["Key"] for o in listed["Contents"] if "/database.dump" in o["Key"]]
+    data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x55
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    return key
+
+
+def test_a_corrupt_object_in_the_latest_backup_fails_and_leaves_no_scratch_database(
+    sandbox: Sandbox, namespace: str, pg: PgServer, moto_server: str,
+    real: Callable[..., RealTest],
+) -> None:
+    rt = real()
+    key = _corrupt_latest(rt.repo, moto_server, rt.backup_id)
+    run = rt.run_now(sandbox, namespace, "corrupt")
+    assert (run["result"], run["backupId"]) == ("Failed", rt.backup_id)
+    body = rt_condition(sandbox, namespace, "Passed", "False", "IntegrityCheckFailed")
+    assert body is not None, condition(get_test(sandbox, namespace), "Passed")
+    assert key.rsplit("/", 1)[1] in run["message"]
+    assert not pg.database_exists(rt.scratch) and procs.mentioning(rt.scratch) == []
+
+
+def test_deleting_a_test_mid_run_stops_its_runner_and_leaves_nothing(
+    sandbox: Sandbox, namespace: str, pg: PgServer, cli: Cli, real: Callable[..., RealTest],
+) -> None:
+    rt = real(checks=[slow_check(60)])
+    sandbox.kubectl("annotate", "-n", namespace, f"restoretest/{TEST}",
+                    "dr.tonebridge.io/run-now=slow", "--overwrite")
+    # The restore is done and the slow check runs: the runner (its argv names the
+    # scratch database) and the check's server backend are alive.
+    wait_for(lambda: pg.query("postgres", "SELECT 1 FROM pg_stat_activity WHERE datname = %s"
+                              " AND query LIKE '%%pg_sleep%%'", (rt.scratch,)), 120,
+             message=rt.op.log_tail)
+    assert procs.mentioning(rt.scratch)
+    sandbox.kubectl("delete", "-n", namespace, f"restoretest/{TEST}", "--wait=false")
+    wait_for(lambda: get_json(sandbox, namespace, "jobs")["items"] == [], 60)
+    wait_for(lambda: procs.mentioning(rt.scratch) == [], 60)
+    assert not pg.database_exists(rt.scratch)
+    # The runner was stopped by SIGTERM, cleaned up, and said so in its report.
+    listed = cli("restore-tests", "list", "--repo", rt.repo, "--json")
+    assert listed.code == 0, listed.err
+    (report,) = listed.json
+    assert (report["error"], report["passed"]) == ("Cancelled", False), report

@@ -49,6 +49,7 @@ __all__ = [
     "KubernetesTarget",
     "PostgresTarget",
     "RedisTarget",
+    "RestoreTestSummary",
     "Schedule",
     "Target",
     "TargetKind",
@@ -423,13 +424,33 @@ class WalStatus(StatusModel):
     """Name of the WAL streamer Deployment (stream mode)."""
 
 
+class RestoreTestSummary(StatusModel):
+    """The newest finished run of the RestoreTests that test this policy: the evidence
+    behind the Restorable and RTOMet conditions."""
+
+    name: str
+    """The RestoreTest."""
+    passed: bool
+    """Whether its run restored the backup and every check passed."""
+    reason: str | None = None
+    """Why it did not pass (the test's Passed reason, e.g. ChecksFailed)."""
+    completed_at: Time | None = None
+    """When the run finished."""
+    backup_id: str | None = None
+    """Backup it restored."""
+    restore_duration_seconds: Annotated[float, Field(ge=0)] | None = None
+    """Measured restore time."""
+    rto_met: bool | None = None
+    """The test's own judgement against its objectives.rto."""
+
+
 class BackupPolicyStatus(StatusModel):
     """Observed state of a BackupPolicy, computed from Jobs and the repository catalog."""
 
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The metadata.generation last reconciled."""
     conditions: ConditionList | None = None
-    """Ready, RPOMet, BackupStale."""
+    """Ready, LastBackupSucceeded, RPOMet, BackupStale, Restorable, RTOMet."""
     target: str | None = None
     """Summary of the target for `kubectl get`, e.g. postgres/tonebridge_db."""
     schedules: str | None = None
@@ -450,5 +471,7 @@ class BackupPolicyStatus(StatusModel):
     """Age of the recovery point when status was last written."""
     wal: WalStatus | None = None
     """WAL archiving state (postgres targets with walArchive)."""
+    last_restore_test: RestoreTestSummary | None = None
+    """The newest finished run of a RestoreTest of this policy (spec.source.policyRef)."""
     kopf: FreeForm | None = None
     """Reserved for the kopf framework's own bookkeeping."""

@@ -36,13 +36,17 @@ class ConditionType(StrEnum):
     RPO_MET = "RPOMet"
     """BackupPolicy: the newest recovery point is younger than `objectives.rpo`."""
     RTO_MET = "RTOMet"
-    """RestoreTest / FailoverPlan: the measured recovery time is within the objective."""
+    """RestoreTest / FailoverPlan: the measured recovery time is within the objective;
+    BackupPolicy: the newest finished RestoreTest of the policy restored within
+    `objectives.rto` (the policy's, else the test's)."""
     BACKUP_STALE = "BackupStale"
     """BackupPolicy: the newest backup in the repository is older than allowed."""
     HEALTHY = "Healthy"
     """FailoverPlan: the health-checked primary answers."""
     PASSED = "Passed"
     """RestoreTest: the last run restored and every check passed."""
+    RESTORABLE = "Restorable"
+    """BackupPolicy: the newest finished RestoreTest of the policy passed."""
 
 
 class Reason(StrEnum):
@@ -108,6 +112,8 @@ class Reason(StrEnum):
     RTO_MET = "RTOMet"
     RTO_MISSED = "RTOMissed"
     NOT_MEASURED = "NotMeasured"
+    # BackupPolicy: what its RestoreTests proved (Restorable, RTOMet).
+    NEVER_TESTED = "NeverTested"
     # Kinds this version accepts and validates but does not act on yet.
     NOT_IMPLEMENTED = "NotImplemented"
 

@@ -203,6 +203,8 @@ BACKUP_POLICY = KindInfo(
             "LAST BACKUP", ".status.lastSuccessfulBackup.time", "date", "Newest complete backup"
         ),
         PrinterColumn("RPO", ".status.recoveryPoint", "date", "Age of the newest recovery point"),
+        PrinterColumn("RESTORABLE", _condition("Restorable"),
+                      description="The newest finished RestoreTest of the policy passed"),
         PrinterColumn("READY", _condition("Ready"), description="Ready condition"),
         AGE,
         PrinterColumn("MESSAGE", _condition("Ready", "message"), priority=1),

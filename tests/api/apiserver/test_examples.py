@@ -113,7 +113,7 @@ def test_examples_are_listed_by_category_and_short_names(sandbox: Any, namespace
         ]
     )
     for short, header in (
-        ("bp", "NAME TARGET SCHEDULE LAST BACKUP RPO READY AGE"),
+        ("bp", "NAME TARGET SCHEDULE LAST BACKUP RPO RESTORABLE READY AGE"),
         ("rr", "NAME PHASE SOURCE TARGET TIME DURATION AGE"),
         ("fp", "NAME MODE PHASE STAGE AGE"),
         ("rt", "NAME SOURCE LAST RESULT RESTORE TIME RTO MET LAST RUN AGE"),

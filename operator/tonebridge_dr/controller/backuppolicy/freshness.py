@@ -8,8 +8,11 @@ state lives in the status, so an operator restart does not notify again. An empt
 or unreachable repository is a condition (NoBackups / RepositoryUnreachable), never
 a crash.
 
+The same tick, in the same status write, sets Restorable and RTOMet from the policy's
+RestoreTests (`status.restorable.assess_restorable`) when the caller passes them.
+
 Writes are kept few: the age of the recovery point grows on every tick, so a status
-whose only difference is that age (and the age in condition messages) is written
+whose only difference is that age (and the ages in condition messages) is written
 when the stored age is at least `refresh_after(interval)` old; metrics are updated
 on every tick.
 """
@@ -25,15 +28,17 @@ from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.api.kinds import BackupPolicy
+from tonebridge_dr.api.restoretest import RestoreTestStatus
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
 from tonebridge_dr.controller.core import notify, objects
-from tonebridge_dr.status import conditions
+from tonebridge_dr.status import conditions, restorable
 from tonebridge_dr.status.freshness import CatalogSummary, FreshnessChange, assess_freshness
 
 log = logging.getLogger(__name__)
 
 REFRESH_MIN_SECONDS = 300.0
-_VOLATILE_CONDITIONS = frozenset({conditions.RPO_MET, conditions.BACKUP_STALE})
+_VOLATILE_CONDITIONS = frozenset({conditions.RPO_MET, conditions.BACKUP_STALE,
+                                  restorable.RESTORABLE, restorable.RTO_MET})
 
 Json = dict[str, Any]
 
@@ -66,8 +71,14 @@ def significant(refresh: float) -> Callable[[Json, Json], bool]:
     return check
 
 
-def tick(controller: PolicyController, body: Mapping[str, Any]) -> FreshnessChange | None:
-    """One monitoring round for one policy; returns the RPOMet change, if any."""
+def tick(
+    controller: PolicyController,
+    body: Mapping[str, Any],
+    restore_tests: Mapping[str, RestoreTestStatus | None] | None = None,
+) -> FreshnessChange | None:
+    """One monitoring round for one policy; returns the RPOMet change, if any.
+    `restore_tests` (name -> status of the policy's RestoreTests; None: unknown this
+    tick) decides Restorable and RTOMet."""
     ctx = controller.ctx
     metadata = body.get("metadata") or {}
     namespace, name = objects.ident(body)
@@ -88,6 +99,10 @@ def tick(controller: PolicyController, body: Mapping[str, Any]) -> FreshnessChan
         new, change = assess_freshness(status, summary, objectives, generation=generation,
                                        now=now)
         changes[0] = change
+        if restore_tests is not None:
+            new = restorable.assess_restorable(
+                new, restore_tests, rto=objectives.rto if objectives is not None else None,
+                generation=generation, now=now)
         return new
 
     refresh = refresh_after(ctx.settings.freshness_interval)

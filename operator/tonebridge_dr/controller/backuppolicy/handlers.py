@@ -8,7 +8,7 @@ common ones and the retry policy.
 | operator (re)started | `resume` | the same, also deleting stale owned objects |
 | `spec` changed | `reconcile-spec` | the same (labels, annotations, status: ignored) |
 | any policy watch event | `run-now` | `runnow.handle`, when a new token is there |
-| every `freshness_interval` | `monitor` | re-check missing Secrets, run-now, `freshness.tick` |
+| every `freshness_interval` | `monitor` | Secrets, run-now, `freshness.tick` + `restorable` |
 | policy deleted | `forget` | drop its metrics (owned objects go by garbage collection) |
 | backup Job events | `job-event` (core) | `record.observe`: finished Jobs -> policy status |
 """
@@ -24,7 +24,7 @@ import kopf
 from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.kinds import BACKUP_POLICY, BackupPolicy
 from tonebridge_dr.builders import names
-from tonebridge_dr.controller.backuppolicy import freshness, reconcile, record, runnow
+from tonebridge_dr.controller.backuppolicy import freshness, reconcile, record, restorable, runnow
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
 from tonebridge_dr.controller.core import objects, registration
 from tonebridge_dr.controller.core import runnow as core_runnow
@@ -43,17 +43,19 @@ def _spread(interval: float) -> Callable[..., float]:
     return delay
 
 
-def _monitor_tick(controller: PolicyController, body: kopf.Body, retry: int) -> None:
+def _monitor_tick(controller: PolicyController, tests: restorable.RestoreTests,
+                  body: kopf.Body, retry: int) -> None:
     if reconcile.needs_recheck(controller, body):
         controller.reconcile(body, Cause(Trigger.TIMER, retry))
     if runnow.pending_token(body) is not None:
         runnow.handle(controller, body)
-    freshness.tick(controller, body)
+    freshness.tick(controller, body, tests.of_policy(*objects.ident(body)))
 
 
 def _register_triggers(registry: kopf.OperatorRegistry, controller: PolicyController) -> None:
     interval = controller.ctx.settings.freshness_interval
     where = registration.resource(controller)
+    tests = restorable.RestoreTests(controller.ctx.kube, ttl=interval)
     # The monitor retries on its next tick what fails here.
     core_runnow.register(registry, controller, runnow.handle)
 
@@ -61,7 +63,7 @@ def _register_triggers(registry: kopf.OperatorRegistry, controller: PolicyContro
                 registry=registry)
     def monitor(body: kopf.Body, **kwargs: Any) -> None:
         retry = int(kwargs.get("retry") or 0)
-        controller.attempt(lambda: _monitor_tick(controller, body, retry), retry)
+        controller.attempt(lambda: _monitor_tick(controller, tests, body, retry), retry)
 
 
 def _forget(controller: PolicyController, body: dict[str, Any]) -> None:
