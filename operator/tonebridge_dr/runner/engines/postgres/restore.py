@@ -547,17 +547,17 @@ def restore_tables(
     ):
         os.close(read_fd)
         try:
-            os.write(write_fd, BEGIN)
+            _send(write_fd, BEGIN)
             # The tables' schemas may be missing in the target (created, never dropped; only
             # the missing ones: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the database).
             for schema in dict.fromkeys(t.schema for t in plan.names):
                 if schema in existing_schemas:
                     continue
                 statement = f"CREATE SCHEMA IF NOT EXISTS {catalog.quote_ident(schema)};\n"
-                os.write(write_fd, statement.encode())
+                _send(write_fd, statement.encode())
             if options.clean:
                 names = ", ".join(t.sql() for t in plan.names)
-                os.write(write_fd, f"DROP TABLE IF EXISTS {names};\n".encode())
+                _send(write_fd, f"DROP TABLE IF EXISTS {names};\n".encode())
             for n, section in enumerate(passes):
                 for name, selection in selections.items():
                     listfile = Path(tmp) / f"{n}-{secrets.token_hex(4)}.list"
@@ -574,7 +574,7 @@ def restore_tables(
                         sink,
                         verify=(n == 0),
                     )
-            _commit(write_fd)
+            _send(write_fd, COMMIT)
         except BaseException:
             sink.terminate()  # before our end of its stdin closes: psql must not COMMIT
             raise
@@ -657,11 +657,12 @@ BEGIN = b"BEGIN;\n"
 COMMIT = b"\nCOMMIT;\n"
 
 
-def _commit(fd: int) -> None:
-    """Write COMMIT to psql's stdin; a psql that stopped already (ON_ERROR_STOP) says why
-    through its exit status, not through our write."""
+def _send(fd: int, statement: bytes) -> None:
+    """Write one of our statements to psql's stdin; a psql that stopped already
+    (ON_ERROR_STOP, a lost connection) says why through its exit status, not through a
+    broken pipe of ours."""
     with contextlib.suppress(BrokenPipeError):
-        os.write(fd, COMMIT)
+        os.write(fd, statement)
 
 
 def _psql_script(target: Target) -> list[str]:
