@@ -8,11 +8,14 @@ committed: the tool is terminated and the transaction rolls back.
 
 Tables (`--table`, or a backup made with `--table`): the entries of the chosen
 tables are picked from the archive's table of contents (see toc.py), rendered as
-SQL by `pg_restore -L list -f -` and run by ONE `psql --single-transaction
--v ON_ERROR_STOP=1` whose stdin we hold: psql only commits when we close its
-input, which happens after every object was read to its end and verified
+SQL by `pg_restore -L list -f -` and run by ONE `psql -v ON_ERROR_STOP=1` whose
+stdin we hold, inside a transaction the script itself opens (`BEGIN`): the
+`COMMIT` is written only after every object was read to its end and verified
 (pg_restore stops reading after the last entry it needs; the rest is drained).
-On any failure psql is killed first, so the server rolls back. With several
+Input that ends without it (we were killed with SIGKILL, a tool died) ends psql's
+session and the server rolls back; `psql --single-transaction` would COMMIT
+whatever it had read at the end of its input. On any failure psql is killed
+first. With several
 table archives the definitions and data of all tables go first and indexes,
 constraints and foreign keys second, so foreign keys between restored tables
 work whatever the order.
@@ -39,8 +42,10 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import itertools
 import logging
 import os
 import secrets
@@ -544,16 +549,17 @@ def restore_tables(
     ):
         os.close(read_fd)
         try:
+            _send(write_fd, BEGIN)
             # The tables' schemas may be missing in the target (created, never dropped; only
             # the missing ones: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the database).
             for schema in dict.fromkeys(t.schema for t in plan.names):
                 if schema in existing_schemas:
                     continue
                 statement = f"CREATE SCHEMA IF NOT EXISTS {catalog.quote_ident(schema)};\n"
-                os.write(write_fd, statement.encode())
+                _send(write_fd, statement.encode())
             if options.clean:
                 names = ", ".join(t.sql() for t in plan.names)
-                os.write(write_fd, f"DROP TABLE IF EXISTS {names};\n".encode())
+                _send(write_fd, f"DROP TABLE IF EXISTS {names};\n".encode())
             for n, section in enumerate(passes):
                 for name, selection in selections.items():
                     listfile = Path(tmp) / f"{n}-{secrets.token_hex(4)}.list"
@@ -570,6 +576,7 @@ def restore_tables(
                         sink,
                         verify=(n == 0),
                     )
+            _send(write_fd, COMMIT)
         except BaseException:
             sink.terminate()  # before our end of its stdin closes: psql must not COMMIT
             raise
@@ -644,8 +651,25 @@ def _globals_line(line: bytes, tag: str) -> bytes:
     return line
 
 
+#: The transaction of a psql script is opened and committed by the script itself: psql
+#: `--single-transaction` sends COMMIT at the end of its input, and its input also ends when
+#: the runner dies mid-stream (SIGKILL, OOM), which would commit a partial restore. Input
+#: ending without COMMIT ends psql's session instead, and the server rolls back.
+BEGIN = b"BEGIN;\n"
+COMMIT = b"\nCOMMIT;\n"
+
+
+def _send(fd: int, statement: bytes) -> None:
+    """Write one of our statements to psql's stdin; a psql that stopped already
+    (ON_ERROR_STOP, a lost connection) says why through its exit status, not through a
+    broken pipe of ours."""
+    with contextlib.suppress(BrokenPipeError):
+        os.write(fd, statement)
+
+
 def _psql_script(target: Target) -> list[str]:
-    """psql running the SQL on its stdin in one transaction, stopping at the first error."""
+    """psql running the SQL on its stdin, stopping at the first error. The script opens its
+    transaction (BEGIN) and commits it last (COMMIT), after everything was verified."""
     return [
         target.tool("psql"),
         "--dbname",
@@ -654,7 +678,6 @@ def _psql_script(target: Target) -> list[str]:
         "--no-psqlrc",
         "--quiet",
         "--set=ON_ERROR_STOP=1",
-        "--single-transaction",
         "--file=-",
     ]
 
@@ -669,6 +692,7 @@ def restore_globals(
     with process.ToolProcess(
         psql, env=target.info.child_env(), stdin=process.PIPE, scrub=target.info.scrub
     ) as tool:
-        complete = tool.feed(_globals_sql(chunks))
+        # COMMIT follows the last byte of the verified stream, never a truncated one.
+        complete = tool.feed(itertools.chain([BEGIN], _globals_sql(chunks), [COMMIT]))
         if tool.wait() != 0 or not complete:
             raise _explain_failure(tool, chunks, sink=None)
