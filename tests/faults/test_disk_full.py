@@ -19,11 +19,9 @@ import pytest
 
 from tests.faults import harness
 from tests.faults.conftest import PgSource, RedisSource
-from tests.test_runner_os_errors import tiny_filesystem
+from tests.fixtures.filesystems import tiny_filesystem
 from tonebridge_dr.runner.engines.postgres.wal import catalog, naming
 from tonebridge_dr.runner.storage import open_storage
-
-pytestmark = pytest.mark.postgres
 
 FAULTS = 10
 #: Free space is drawn from [0, SPREAD x what one backup needs]: most runs cannot fit.

@@ -20,8 +20,6 @@ import pytest
 from tests.faults import harness
 from tests.faults.conftest import PgSource, RedisSource
 
-pytestmark = pytest.mark.postgres
-
 TIMED = 10
 #: Redis has no progress view to count bytes by: its kills all come by timer.
 REDIS_TIMED = 16

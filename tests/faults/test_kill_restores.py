@@ -20,8 +20,6 @@ import pytest
 from tests.faults import harness
 from tests.faults.conftest import RESTORED_TABLES, PgSource
 
-pytestmark = pytest.mark.postgres
-
 TIMED = 8
 COUNTED = 8
 

@@ -28,8 +28,6 @@ from tests.faults import harness
 from tests.faults.conftest import PgSource, RedisSource
 from tests.fixtures import s3 as s3_fixtures
 
-pytestmark = pytest.mark.postgres
-
 TIMEOUT = 4
 #: How long after the fault a runner may still run: the deadline over all attempts of the
 #: call that hangs, the calls after it, and start-up on a busy machine.

@@ -4,32 +4,19 @@ permission denied) are storage errors (4), hostile repository URLs configuration
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.filesystems import tiny_filesystem
 from tests.fixtures.pg_wal import SMALL_SEGMENT, WAL_COMMAND, write_segment
 from tests.fixtures.postgres import Cli, PgServer, _as_postgres, populate_sample
 from tonebridge_dr.runner import cli as runner_cli
 from tonebridge_dr.runner.engines.postgres.wal import naming
 from tonebridge_dr.runner.repository import Repository
-
-
-@contextlib.contextmanager
-def tiny_filesystem(folder: Path, size: str = "16k") -> Iterator[Path]:
-    """A real tmpfs of `size` at `folder` (we are root), unmounted afterwards."""
-    folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                   check=True)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.mark.parametrize(
