@@ -1,4 +1,5 @@
-"""`python -m bench [postgres|redis|wal|operator|restoretest] [ARGS...]` (`make bench BENCH_ARGS=...`).
+"""`python -m bench [postgres|redis|wal|operator|restoretest] [ARGS...]`
+(`make bench BENCH_ARGS=...`).
 
 - `postgres` (default): bench/pg_dump_bench.py, our logical backup vs pg_dump and the
   spec's pg_dump + tar + upload pipeline.
@@ -31,7 +32,8 @@ def main(argv: list[str]) -> int:
         sys.argv = [str(script), *rest]
         runpy.run_path(str(script), run_name="__main__")
         return 0
-    print(f"unknown benchmark {name!r}: use postgres, redis, wal, operator or restoretest", file=sys.stderr)
+    print(f"unknown benchmark {name!r}: use postgres, redis, wal, operator or restoretest",
+          file=sys.stderr)
     return 2
 
 

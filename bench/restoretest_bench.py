@@ -1,4 +1,4 @@
-"""Benchmark: the RTO `tonebridge-dr restore-test postgres` measures, against plain PostgreSQL tools.
+"""Benchmark: the RTO `tonebridge-dr restore-test postgres` measures, beside plain PostgreSQL.
 
 For each database (the tests' sample database, then `documents` grown server-side with
 `generate_series` to each `--sizes-mb`, as bench/pg_dump_bench.py does), on a private
@@ -73,7 +73,8 @@ def _baseline_logical(pgfix: Any, server: Any, tmp: Path, env: dict[str, str]) -
     factory = pgfix.PgFactory()
     started = time.monotonic()
     try:
-        scratch = factory.start("baseline-logical")
+        # fsync on, as the scratch instance has it (the test clusters turn it off)
+        scratch = factory.start("baseline-logical", fsync="on", synchronous_commit="on")
         scratch.execute("postgres", f"CREATE DATABASE {DB}")
         subprocess.run([str(pgfix.PG_BIN / "pg_restore"), "--single-transaction", "--no-owner",
                         "--no-acl", "-d", scratch.dsn(DB), str(dump)],
@@ -115,9 +116,10 @@ def _baseline_physical(pgfix: Any, server: Any, tmp: Path, env: dict[str, str]) 
 
 def measure_size(size_mb: int | None, tmp: Path, baselines: bool) -> dict[str, Any]:
     """One database (None: the tests' sample database), backed up and restore-tested."""
-    from bench import pg_dump_bench
     from tests.fixtures import pg_wal
     from tests.fixtures import postgres as pgfix
+
+    from bench import pg_dump_bench
     from tonebridge_dr.runner.engines.postgres import basebackup, dump
     from tonebridge_dr.runner.repository import Repository
 

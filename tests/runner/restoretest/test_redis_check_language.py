@@ -60,7 +60,7 @@ def test_parse_checks_names_the_check() -> None:
     good = Check.model_validate({"name": "a", "query": "DBSIZE", "expect": {"min": 1}})
     bad = Check.model_validate({"name": "b", "query": "DEL x", "expect": {"min": 1}})
     assert parse_checks([good]) == [(good, Query(0, "DBSIZE"))]
-    with pytest.raises(errors.UsageError, match="^check b: 'DEL' is not allowed"):
+    with pytest.raises(errors.UsageError, match=r"^check b: 'DEL' is not allowed"):
         parse_checks([good, bad])
 
 
@@ -83,5 +83,5 @@ def test_expectations_on_one_reply(
 
 
 def test_the_usage_example_is_redis() -> None:
-    with pytest.raises(errors.UsageError, match="COUNT user:"):
+    with pytest.raises(errors.UsageError, match=r"COUNT user:"):
         checks.parse_checks("{}", "--checks-json", WORDING)

@@ -113,7 +113,8 @@ def test_a_corrupt_snapshot_exits_7_and_leaves_nothing(
     folder.mkdir()
     res = restore_test(cli, file_repo_url, folder, CHECKS)
     assert res.code == 7, res.err
-    assert res.json["error"] == "IntegrityCheckFailed" and res.json["restore_duration_seconds"] is None
+    assert res.json["error"] == "IntegrityCheckFailed"
+    assert res.json["restore_duration_seconds"] is None
     assert list(folder.iterdir()) == [] and procs.mentioning(str(folder)) == []
     [report] = reports.list_reports(open_storage(file_repo_url))
     assert report.data is not None and report.data["exit_code"] == 7
