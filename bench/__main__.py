@@ -1,10 +1,13 @@
-"""`python -m bench [postgres|redis|wal|operator] [ARGS...]` (`make bench BENCH_ARGS=...`).
+"""`python -m bench [postgres|redis|wal|operator|restoretest] [ARGS...]`
+(`make bench BENCH_ARGS=...`).
 
 - `postgres` (default): bench/pg_dump_bench.py, our logical backup vs pg_dump and the
   spec's pg_dump + tar + upload pipeline.
 - `redis`: bench/redis_bench.py, our Redis backup vs `redis-cli --rdb`.
 - `wal`: bench/wal_bench.py, wal-push / wal-fetch vs per-call uploads and `cp`.
 - `operator`: bench/operator_bench.py, apply-to-CronJob latency and operator RSS.
+- `restoretest`: bench/restoretest_bench.py, the RTO restore-test postgres measures vs
+  pg_restore and a base backup copy + start.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ def main(argv: list[str]) -> int:
         from bench import pg_dump_bench
 
         return pg_dump_bench.main(rest)
-    scripts = {"redis": "redis_bench.py", "wal": "wal_bench.py", "operator": "operator_bench.py"}
+    scripts = {"redis": "redis_bench.py", "wal": "wal_bench.py", "operator": "operator_bench.py",
+               "restoretest": "restoretest_bench.py"}
     if name in scripts:
         script = HERE / scripts[name]
         sys.argv = [str(script), *rest]
         runpy.run_path(str(script), run_name="__main__")
         return 0
-    print(f"unknown benchmark {name!r}: use postgres, redis, wal or operator", file=sys.stderr)
+    print(f"unknown benchmark {name!r}: use postgres, redis, wal, operator or restoretest",
+          file=sys.stderr)
     return 2
 
 

@@ -189,7 +189,8 @@ class RestoreTestCheck(TypedDict):
 
     name: str
     passed: bool
-    value: str | None  # the text of the first column of the first row; None: NULL or no row
+    value: str | None  # postgres: the first column of the first row, as text; redis: the
+    # reply as text; None: NULL, no row or nil
     message: str | None  # why it failed (the value got, or the SQL error); None when passed
 
 
@@ -203,7 +204,7 @@ class RestoreTestResult(TypedDict):
 
     name: str
     engine: str
-    method: str  # logical | physical
+    method: str  # postgres: logical | physical; redis: rdb
     backup_id: str
     backup_finished_at: str  # RFC 3339, UTC
     manifest_sha256: str  # of the backup's manifest.json bytes
@@ -252,7 +253,7 @@ ENGINES: Final[tuple[EngineSpec, ...]] = (
     EngineSpec("postgres", "PostgreSQL", ("logical", "physical"), backup=True, restore=True,
                restore_test=True),
     EngineSpec("redis", "Redis", ("snapshot",), (("rdb", "snapshot"),), backup=True,
-               restore=True),
+               restore=True, restore_test=True),
     EngineSpec("kubernetes", "Kubernetes", ("export",)),
     EngineSpec("bucket", "object storage bucket", ("sync",), (("copy", "sync"),)),
 )

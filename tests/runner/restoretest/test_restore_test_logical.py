@@ -361,11 +361,9 @@ def test_bad_input_is_a_usage_error_before_any_work(
         [line] = res.err_lines
         assert line.startswith("error: ") and needle in line, (args, line)
     assert not pg.database_exists("x")
-    unsupported = cli("restore-test", "redis", "--repo", file_repo_url)
+    unsupported = cli("restore-test", "bucket", "--repo", file_repo_url)
     assert unsupported.code == 2
-    assert unsupported.err_lines == [
-        "error: tonebridge-dr restore-test redis: the Redis engine has no restore-test in this "
-        "version (restore-test works for: postgres)"
-    ]
+    assert unsupported.err_lines[-1].startswith("error: tonebridge-dr restore-test bucket: ")
+    assert "(restore-test works for: postgres, redis)" in unsupported.err_lines[-1]
     helped = cli("--help")
     assert helped.code == 0 and "restore-test" in helped.out and "restore-tests" in helped.out

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres import connection
+from tonebridge_dr.runner.engines.restoretest import options as test_options
 from tonebridge_dr.runner.storage import open_storage, repo_from_env
 
 if TYPE_CHECKING:
@@ -291,7 +292,8 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- restore-test ---------------------------------------------------------------------------
-DEFAULT_TEST_NAME = "restore-test"
+DEFAULT_TEST_NAME = test_options.DEFAULT_TEST_NAME
+parse_seconds = test_options.parse_seconds
 
 
 def add_restore_test_arguments(parser: argparse.ArgumentParser) -> None:
@@ -388,26 +390,6 @@ def add_restore_test_arguments(parser: argparse.ArgumentParser) -> None:
         default="postgres",
         help="--scratch-instance: OS user owning and running the server when run as root",
     )
-
-
-def parse_seconds(text: str, option: str) -> float:
-    """`15m`, `1h30m` (the CRDs' durations), `500ms`, or seconds (`90`, `2.5`) -> seconds > 0;
-    UsageError otherwise."""
-    from tonebridge_dr.api import formats
-
-    value = text.strip().lower()
-    try:
-        if value.endswith("ms") and value[:-2].isdigit():
-            seconds = int(value[:-2]) / 1000
-        elif value.replace(".", "", 1).isdigit():
-            seconds = float(value)
-        else:
-            seconds = formats.parse_duration(value).total_seconds()
-    except ValueError as exc:
-        raise errors.UsageError(f"{option}: {exc}") from None
-    if seconds <= 0:
-        raise errors.UsageError(f"{option} {text!r}: must be longer than zero")
-    return seconds
 
 
 def run_restore_test(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Command-line glue for `tonebridge-dr backup redis` and `restore redis`.
+"""Command-line glue for `tonebridge-dr backup redis`, `restore redis` and `restore-test redis`.
 
 The engine protocol (`registry.Engine`): the runner CLI builds a sub-parser,
 calls `add_*_arguments(parser)` and later `run_*(args)`, printing the returned
@@ -20,6 +20,7 @@ from typing import Any
 from tonebridge_dr.runner import errors, storage
 from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.engines.redis import backup, endpoints, replication, restore, scratch
+from tonebridge_dr.runner.engines.restoretest import options as test_options
 from tonebridge_dr.runner.repository.catalog import Repository
 
 
@@ -168,3 +169,54 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
         redis_server=args.redis_server,
         batch_size=args.batch_size,
     )
+
+
+# --- restore-test -------------------------------------------------------------------------------
+def add_restore_test_arguments(parser: argparse.ArgumentParser) -> None:
+    _add(parser, "--repo", help=_REPO_HELP)
+    _add(parser, "--backup", default=None,
+         help="backup id (default: the newest complete Redis backup)")
+    _add(parser, "--scratch-instance", type=Path, metavar="DIR", required=True,
+         help="an empty (or missing) folder: the RDB is loaded into a private redis-server "
+         "there (Unix socket only, no persistence), stopped and emptied afterwards")
+    _add(parser, "--checks", type=Path, metavar="FILE",
+         help="JSON list of checks, as the RestoreTest spec's checks (e.g. "
+         '[{"name": "users", "query": "COUNT user:*", "expect": {"min": 1}}]; '
+         f"default ${runner_contract.ENV_CHECKS})")
+    _add(parser, "--checks-json", metavar="TEXT", help="the checks as JSON text")
+    _add(parser, "--rto", metavar="DURATION",
+         help="recovery time objective: from the first repository read to the checks passing "
+         "(e.g. 15m, 1h30m, 90s, 500ms or seconds); a longer restore exits 16")
+    _add(parser, "--name", default=test_options.DEFAULT_TEST_NAME,
+         help="the test's name, in its report's key restore-tests/<UTC time>-<name>.json "
+         f"(default {test_options.DEFAULT_TEST_NAME})")
+    _add(parser, "--decrypt-key", type=Path, metavar="PRIVKEY_FILE",
+         help="OpenPGP secret key file for an encrypted backup")
+    _add(parser, "--redis-server", default=scratch.DEFAULT_BINARY,
+         help="the redis-server binary of the scratch server (default from PATH)")
+    _add(parser, "--timeout", type=_positive, default=scratch.DEFAULT_LOAD_TIMEOUT,
+         metavar="SECONDS", help="seconds the scratch server may take to load the RDB")
+    _add(parser, "--json", action="store_true", help="print the result as JSON")
+
+
+def run_restore_test(args: argparse.Namespace) -> dict[str, Any]:
+    from tonebridge_dr.runner.engines.redis import restoretest
+    from tonebridge_dr.runner.engines.restoretest import checks
+    from tonebridge_dr.runner.repository import ids, reports
+
+    name = reports.check_name(args.name)
+    if args.backup not in (None, "latest"):
+        ids.check_backup_id(args.backup)
+    options = restoretest.TestOptions(
+        name=name,
+        backup_id=args.backup,
+        checks=tuple(checks.load_checks(args.checks, args.checks_json, restoretest.WORDING)),
+        rto=test_options.parse_seconds(args.rto, "--rto") if args.rto is not None else None,
+        decrypt_key=args.decrypt_key,
+    )
+    restoretest.parse_checks(options.checks)  # the language, before anything is read
+    target = restoretest.ScratchRedis(
+        args.scratch_instance, binary=args.redis_server, load_timeout=args.timeout
+    )
+    repo = Repository.open(storage.repo_from_env(args.repo), create=False)
+    return restoretest.run_restore_test(repo, target, options)

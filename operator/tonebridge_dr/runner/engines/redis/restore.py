@@ -86,7 +86,7 @@ def fetch_verified(
     return info
 
 
-def _rdb_databases(manifest: manifests.Manifest) -> int:
+def rdb_databases(manifest: manifests.Manifest) -> int:
     """How many logical databases the scratch server needs for this backup."""
     dbs = manifest.extra.get("redis", {}).get("databases", {})
     numbers = [int(n) for n in dbs if str(n).isdigit()]
@@ -289,7 +289,7 @@ def restore_to_server(
         os.chmod(work, 0o700)
         info = fetch_verified(repo, manifest, work / scratch.RDB_NAME, decrypt_key=decrypt_key)
         with scratch.ScratchServer(
-            work, binary=redis_server, databases=_rdb_databases(manifest)
+            work, binary=redis_server, databases=rdb_databases(manifest)
         ) as server:
             dbs = _scratch_dbs(server)
             if db is not None:

@@ -1,9 +1,8 @@
 """Scratch targets of a restore test: where the backup is restored, and how it is removed.
 
-Two kinds, each used as a context manager whose exit removes everything the test
-created, whatever happened (success, failed checks, a corrupt backup, SIGTERM:
-the front door turns SIGTERM into an exception, so the exit runs; SIGTERM and
-SIGINT are held back while it runs and delivered afterwards):
+Two kinds, each a `restoretest.scratch.Scratch`: a context manager whose exit removes
+everything the test created, whatever happened (success, failed checks, a corrupt backup,
+SIGTERM):
 
 `ScratchDatabase` (`--scratch-dsn`): a database on an existing server. `inspect`
 (before anything is read from the repository) connects: a database holding user
@@ -37,12 +36,8 @@ import logging
 import os
 import pwd
 import shutil
-import signal
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import psycopg
@@ -52,6 +47,11 @@ from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres import catalog, connection, restore, tools
 from tonebridge_dr.runner.engines.postgres.wal import pitr
 from tonebridge_dr.runner.engines.postgres.wal.pitr import server as pitr_server
+from tonebridge_dr.runner.engines.restoretest.scratch import (
+    Scratch,
+    ScratchFolder,
+    signals_deferred,
+)
 from tonebridge_dr.runner.repository.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -66,57 +66,6 @@ _TRUST_SOCKET_ONLY = (
     "# tonebridge-dr restore test: only the private Unix socket, trusted\n"
     "local all all trust\n"
 )
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGTERM and SIGINT back while the block runs (clean-up must finish); they are
-    delivered, and act, right after it. Outside the main thread: nothing to hold."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {signal.SIGTERM, signal.SIGINT}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-class _Scratch:
-    """The clean-up protocol of both kinds: `with scratch:` removes what the test created.
-
-    `cleaned`: nothing the test created is left (true before the `with`, false inside it,
-    true again once the clean-up succeeded).
-    """
-
-    kind = "scratch"
-    cleaned = True
-
-    def cleanup(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> _Scratch:
-        self.cleaned = False
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with signals_deferred():
-            try:
-                self.cleanup()
-                self.cleaned = True
-            except Exception as failure:
-                log.error("could not remove the scratch %s: %s", self.kind, failure)
-                if exc is None:
-                    raise errors.ToolError(
-                        f"the restore test could not remove its scratch {self.kind}: {failure}"
-                    ) from failure
-                # the error in flight explains the run; this one is logged
 
 
 # --- a database on an existing server ---------------------------------------------------------
@@ -171,7 +120,7 @@ def _objects(conn: psycopg.Connection[Any]) -> dict[tuple[int, int], int]:
     return {(int(classid), int(objid)): int(rank) for rank, classid, objid in rows}
 
 
-class ScratchDatabase(_Scratch):
+class ScratchDatabase(Scratch):
     """A scratch database on an existing server (see the module docstring)."""
 
     kind = "database"
@@ -298,13 +247,14 @@ def _describe(conn: psycopg.Connection[Any], classid: int, objid: int) -> str:
 
 
 # --- a private server -------------------------------------------------------------------------
-class ScratchInstance(_Scratch):
+class ScratchInstance(Scratch):
     """A private PostgreSQL in `folder` (see the module docstring)."""
 
     kind = "instance"
 
     def __init__(self, folder: Path, *, run_as: str = "postgres", timeout: float = 3600.0) -> None:
-        self.folder = folder.absolute()
+        self.scratch_folder = ScratchFolder(folder)
+        self.folder = self.scratch_folder.path
         self.data_dir = self.folder / "data"
         self.run_as = run_as
         self.timeout = timeout
@@ -314,7 +264,6 @@ class ScratchInstance(_Scratch):
         self.account: pwd.struct_passwd | None = None
         self.socket_dir: Path | None = None
         self.major: int | None = None
-        self._created_folder = False
         self._hba_file = self.folder / "pg_hba.restore-test.conf"
 
     def describe(self) -> str:
@@ -323,19 +272,11 @@ class ScratchInstance(_Scratch):
     def inspect(self) -> None:
         """Refuse a DIR with anything in it; know the account that runs the server."""
         self.account = pitr_server.user(self.run_as)
-        if self.folder.exists() and not self.folder.is_dir():
-            raise errors.TargetNotEmpty(f"scratch instance folder {self.folder} is not a folder")
-        if self.folder.is_dir() and any(self.folder.iterdir()):
-            raise errors.TargetNotEmpty(
-                f"scratch instance folder {self.folder} is not empty; a restore test uses an "
-                "empty folder and removes what it put there afterwards"
-            )
+        self.scratch_folder.inspect()
 
     def _setup(self) -> None:
         """DIR (created when missing) and the private socket folder."""
-        if not self.folder.exists():
-            self.folder.mkdir(parents=True)
-            self._created_folder = True
+        self.scratch_folder.create()
         self.socket_dir = pitr_server.private_socket_dir(self.account)
 
     def _give(self, path: Path) -> None:
@@ -432,15 +373,7 @@ class ScratchInstance(_Scratch):
         if self.socket_dir is not None:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
             self.socket_dir = None
-        if self._created_folder:
-            shutil.rmtree(self.folder)
-            self._created_folder = False
-        elif self.folder.is_dir():
-            for entry in self.folder.iterdir():
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+        self.scratch_folder.empty()
         log.info("removed the scratch instance in %s", self.folder)
 
 
