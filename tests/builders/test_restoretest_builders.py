@@ -70,15 +70,26 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
                       "limits": {"memory": "2Gi"}},
     },
+    "restoretest-redis": {
+        "source": {"policyRef": {"name": "tonebridge-redis"}},
+        "method": None,
+        "checks": [
+            {"name": "sessions-present", "query": "COUNT session:*", "expect": {"min": 1}},
+            {"name": "config-is-a-hash", "query": "TYPE config", "expect": {"equals": "hash"}},
+        ],
+    },
 }
-"""The golden cases: the example as it is, and a test into an existing scratch database."""
+"""The golden cases: the example as it is, a test into an existing scratch database, and a
+Redis policy's snapshots into a private redis-server."""
+POLICY_OF = {"restoretest-redis": "02-redis-backup"}
 
 
 def objects(variant: str) -> list[Json]:
     rt = restore_test(**VARIANTS[variant])
+    source = policy(POLICY_OF.get(variant, "01-postgres-backup"))
     return [
-        builders.build_restore_test_cronjob(rt, policy(), SETTINGS),
-        builders.build_run_now_job(rt, policy(), SETTINGS, TOKEN),
+        builders.build_restore_test_cronjob(rt, source, SETTINGS),
+        builders.build_run_now_job(rt, source, SETTINGS, TOKEN),
     ]
 
 
@@ -386,3 +397,18 @@ def test_unused_settings_are_named() -> None:
                                               "resources": {"limits": {"memory": "1Gi"}}}})
     assert builders.unused_settings(both)[0].startswith(
         "scratch.instance.image and scratch.instance.resources are not used")
+
+
+def test_a_redis_policy_is_tested_with_the_redis_verb_and_a_private_server() -> None:
+    rt = restore_test(**VARIANTS["restoretest-redis"])
+    job = builders.build_run_now_job(rt, policy("02-redis-backup"), SETTINGS, TOKEN)
+    args = container(job)["args"]
+    assert args[:3] == ["restore-test", "redis", "--json"]
+    assert "--method" not in args and "--database" not in args
+    assert args[args.index("--scratch-instance") + 1] == builders.SCRATCH_MOUNT_PATH
+    into_database = restore_test(**{**VARIANTS["restoretest-redis"], "scratch": SCRATCH_DATABASE})
+    with pytest.raises(restore.RestoreSpecError, match=r"use scratch\.instance"):
+        builders.resolve_source(into_database, policy("02-redis-backup"))
+    postgres_only = restore_test(**{**VARIANTS["restoretest-redis"], "method": "logical"})
+    with pytest.raises(restore.RestoreSpecError, match="backs up redis"):
+        builders.resolve_source(postgres_only, policy("02-redis-backup"))

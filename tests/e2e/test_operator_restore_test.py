@@ -39,6 +39,7 @@ from tests.fixtures.operator import (
     wait_for,
 )
 from tests.fixtures.postgres import Cli, PgServer, populate_sample
+from tests.fixtures.redis import RedisFactory, populate
 from tonebridge_dr.sandbox.runtime import Sandbox
 
 pytestmark = pytest.mark.timeout(300)
@@ -431,3 +432,53 @@ def test_deleting_a_test_mid_run_stops_its_runner_and_leaves_nothing(
     assert listed.code == 0, listed.err
     (report,) = listed.json
     assert (report["error"], report["passed"]) == ("Cancelled", False), report
+
+
+def test_a_redis_policy_is_restore_tested_in_a_private_redis_server(
+    sandbox: Sandbox, namespace: str, redis_factory: RedisFactory, cli: Cli, s3_repo_url: str,
+    moto_server: str, operator_factory: Any, webhook: WebhookReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A snapshot of a real Redis in S3, a RestoreTest of its policy (engine inferred from
+    the policy, no method): the Job restores it into a redis-server of its own and runs
+    the Redis checks; nothing of that server is left afterwards."""
+    source = redis_factory.start(appendonly=False)
+    populate(source)
+    monkeypatch.delenv("REDIS_PASSWORD", raising=False)
+    repo = f"{s3_repo_url}/cache"
+    backup = cli("backup", "redis", "--url", source.url(), "--repo", repo, "--json")
+    assert backup.code == 0, backup.err
+    sandbox.kubectl("create", "serviceaccount", RESTORE_SA, "-n", namespace)
+    policy = policy_doc("cache", repo_url=s3_repo_url, endpoint=moto_server)
+    policy["spec"]["target"] = {"redis": {"urlSecretRef": {"name": "cache-url", "key": "url"}}}
+    policy["spec"]["schedules"] = [{"name": "hourly", "cron": "@hourly"}]
+    checks = [
+        {"name": "keys-present", "query": "DBSIZE", "expect": {"min": 10}},
+        {"name": "hash-kept", "query": "TYPE hash:big", "expect": {"equals": "hash"}},
+        {"name": "list-length", "query": "LLEN list:big", "expect": {"equals": "3000"}},
+    ]
+    apply_docs(
+        sandbox, namespace,
+        *s3_secrets(f"w-{uuid.uuid4().hex}", f"r-{uuid.uuid4().hex}"),
+        secret_doc("hook", {"url": webhook.url}), secret_doc("cache-url", {"url": source.url()}),
+        policy,
+        restore_test_doc(source={"policyRef": {"name": "cache"}}, checks=checks,
+                         scratch={"instance": {}}),
+    )
+    op = operator_factory(namespace)
+    wait_for(lambda: rt_condition(sandbox, namespace, "Ready", "True"), 60, message=op.log_tail)
+    cronjob = get_json(sandbox, namespace, "cronjob", CRONJOB)
+    args = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["restore-test", "redis"]
+    rt = RealTest(op, repo, backup.json["id"], scratch="")
+    servers_before = set(procs.mentioning("redis-server"))
+    run = rt.run_now(sandbox, namespace, "redis")
+    assert run["result"] == "Passed", run
+    assert run["backupId"] == backup.json["id"]
+    assert [(c["name"], c["passed"], c["value"]) for c in run["checks"]] == [
+        ("keys-present", True, run["checks"][0]["value"]), ("hash-kept", True, "hash"),
+        ("list-length", True, "3000")]
+    assert int(run["checks"][0]["value"]) >= 10
+    assert condition(get_test(sandbox, namespace), "Passed")["status"] == "True"  # type: ignore[index]
+    # The Job's own redis-server is gone with it (the others are the fixtures' servers).
+    wait_for(lambda: set(procs.mentioning("redis-server")) <= servers_before, 30)

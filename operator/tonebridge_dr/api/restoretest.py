@@ -149,7 +149,8 @@ class RestoreTestSpec(SpecModel):
     latest: StrictBool | None = None
     """Test the newest complete backup (the default)."""
     method: BackupMethod | None = None
-    """logical or physical (default: logical with scratch.database, else the newest backup's)."""
+    """logical or physical for PostgreSQL (default: logical with scratch.database, else the
+    newest backup's); snapshot for Redis (the default when the policy backs up Redis)."""
     scratch: Scratch
     """Where to restore to."""
     checks: (
@@ -181,9 +182,17 @@ class RestoreTestSpec(SpecModel):
             lambda t: t.backup_id is None or t.latest is not True,
         ),
         Rule(
-            "!has(self.method) || self.method == 'logical' || self.method == 'physical'",
-            "RestoreTests restore PostgreSQL backups: method must be logical or physical",
-            lambda t: t.method in (None, BackupMethod.LOGICAL, BackupMethod.PHYSICAL),
+            "!has(self.method) || self.method == 'logical' || self.method == 'physical'"
+            " || self.method == 'snapshot'",
+            "RestoreTests restore PostgreSQL (method logical or physical) and Redis (method "
+            "snapshot) backups",
+            lambda t: t.method
+            in (None, BackupMethod.LOGICAL, BackupMethod.PHYSICAL, BackupMethod.SNAPSHOT),
+        ),
+        Rule(
+            "!has(self.method) || self.method != 'snapshot' || has(self.scratch.instance)",
+            "a Redis restore test needs scratch.instance (a private redis-server in the Job)",
+            lambda t: t.method != BackupMethod.SNAPSHOT or t.scratch.instance is not None,
         ),
         Rule(
             "!has(self.method) || self.method != 'physical' || has(self.scratch.instance)",

@@ -198,6 +198,8 @@ class ResolvedSource:
     uses_write_credentials: bool
     """True when the policy has no restoreCredentialsSecretRef and the restore falls back
     to its backup credentials (warn: spec 8.2 wants a separate read-only role)."""
+    engine: TargetKind = TargetKind.POSTGRES
+    """Whose backups these are (what the runner restores)."""
 
     def describe(self) -> str:
         """One line for the SOURCE column and messages (no secrets: URLs carry none)."""
@@ -317,6 +319,7 @@ def resolve_backup_source(
         credentials=credentials,
         private_key=private_key,
         uses_write_credentials=fallback,
+        engine=engine,
     )
 
 

@@ -76,6 +76,16 @@ SCRATCH_MOUNT_PATH = "/var/lib/tonebridge-dr/scratch"
 _SCRATCH_VOLUME = "scratch"
 
 
+def engine_of(rt: RestoreTest, policy: BackupPolicy | None) -> TargetKind:
+    """Redis for `method: snapshot` or a policy that backs up Redis; PostgreSQL otherwise
+    (a repository source without a method holds PostgreSQL backups)."""
+    if rt.spec.method == BackupMethod.SNAPSHOT:
+        return TargetKind.REDIS
+    if rt.spec.method is None and policy is not None and policy.spec.target.redis is not None:
+        return TargetKind.REDIS
+    return TargetKind.POSTGRES
+
+
 def effective_method(rt: RestoreTest) -> BackupMethod | None:
     """`spec.method`; logical for `scratch.database` (the only restore a database takes);
     None otherwise: the runner restores the newest backup's method."""
@@ -89,10 +99,22 @@ def resolve_source(rt: RestoreTest, policy: BackupPolicy | None) -> ResolvedSour
     """Repository folder, read credentials and key of the backups the test restores.
     `policy` must be the BackupPolicy of `source.policyRef` when there is one. Raises
     RestoreSpecError when they cannot be tested as asked."""
+    engine = engine_of(rt, policy)
+    if engine is TargetKind.REDIS:
+        if rt.spec.scratch.database is not None:
+            raise restore.RestoreSpecError(
+                "InvalidSpec",
+                "a Redis restore test restores into a private redis-server in the test Job: "
+                "use scratch.instance, not scratch.database",
+            )
+        return restore.resolve_backup_source(
+            rt.spec.source, policy, engine=engine, method=None,
+            reader="this RestoreTest", needs="a Redis restore test",
+        )
     method = effective_method(rt)
     needs = "scratch.database" if rt.spec.method is None else f"spec.method {rt.spec.method}"
     return restore.resolve_backup_source(
-        rt.spec.source, policy, engine=TargetKind.POSTGRES, method=method,
+        rt.spec.source, policy, engine=engine, method=method,
         reader="this RestoreTest", needs=needs,
     )
 
@@ -122,11 +144,11 @@ def runner_args(rt: RestoreTest, source: ResolvedSource) -> list[str]:
     the scratch DSN and the checks come from the environment (never arguments: anyone
     who can read the pod sees those)."""
     spec = rt.spec
-    args = ["restore-test", "postgres", "--json"]
+    args = ["restore-test", source.engine.value, "--json"]
     if spec.backup_id is not None:
         args += ["--backup", spec.backup_id]
     method = effective_method(rt)
-    if method is not None:
+    if method is not None and source.engine is TargetKind.POSTGRES:
         args += ["--method", method.value]
     if spec.scratch.instance is not None:
         args += ["--scratch-instance", SCRATCH_MOUNT_PATH]

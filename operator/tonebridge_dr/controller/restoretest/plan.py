@@ -67,8 +67,9 @@ def summary(rt: RestoreTest, source: builders.ResolvedSource, cronjob: Json) -> 
     kind = f" {method.value}" if method is not None else ""
     backup = f"backup {spec.backup_id}" if spec.backup_id else f"the latest{kind} backup"
     database = spec.scratch.database
+    server = "redis-server" if source.engine.value == "redis" else "PostgreSQL"
     into = (f'the database of Secret "{database.dsn_secret_ref.name}"' if database is not None
-            else "a throwaway PostgreSQL in the test Job")
+            else f"a throwaway {server} in the test Job")
     count = len(spec.checks or ())
     parts = [
         f"CronJob {cronjob['metadata']['name']} runs {when}: restores {backup} from "
