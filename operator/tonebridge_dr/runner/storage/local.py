@@ -248,13 +248,7 @@ class LocalStorage(base.Storage):
         if self.root not in path.parents or _PART_RE.fullmatch(path.name) is None:
             raise errors.UsageError(f"not a leftover of {self.url}: {leftover.handle}")
         path.unlink(missing_ok=True)
-        parent = path.parent
-        while parent != self.root and parent.is_dir():
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-            parent = parent.parent
+        self._drop_empty_folders(path.parent)
 
     def head(self, key: str) -> base.ObjectInfo | None:
         try:
@@ -274,8 +268,10 @@ class LocalStorage(base.Storage):
         path = self._path(key)
         with _os_errors("delete", key, self.url):
             path.unlink(missing_ok=True)
-        # Drop now-empty folders so listings stay small; never the root.
-        parent = path.parent
+        self._drop_empty_folders(path.parent)
+
+    def _drop_empty_folders(self, parent: Path) -> None:
+        """Remove `parent` and its parents while empty (listings stay small); never the root."""
         while parent != self.root and parent.is_dir():
             try:
                 parent.rmdir()

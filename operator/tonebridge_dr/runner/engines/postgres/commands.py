@@ -40,6 +40,16 @@ def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs: Any) -> None:
     parser.add_argument(*flags, **kwargs)
 
 
+def _add_decrypt_key(parser: argparse.ArgumentParser) -> None:
+    _add(
+        parser,
+        "--decrypt-key",
+        type=Path,
+        metavar="PRIVKEY_FILE",
+        help="OpenPGP secret key file for an encrypted backup",
+    )
+
+
 def add_backup_arguments(parser: argparse.ArgumentParser) -> None:
     _add(
         parser,
@@ -199,13 +209,7 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep object owners and grants (default: the restoring role owns everything)",
     )
-    _add(
-        parser,
-        "--decrypt-key",
-        type=Path,
-        metavar="PRIVKEY_FILE",
-        help="OpenPGP secret key file for an encrypted backup",
-    )
+    _add_decrypt_key(parser)
     _add(
         parser,
         "--repair-column",
@@ -368,13 +372,7 @@ def add_restore_test_arguments(parser: argparse.ArgumentParser) -> None:
         help="the test's name, in its report's key restore-tests/<UTC time>-<name>.json "
         f"(default {DEFAULT_TEST_NAME})",
     )
-    _add(
-        parser,
-        "--decrypt-key",
-        type=Path,
-        metavar="PRIVKEY_FILE",
-        help="OpenPGP secret key file for an encrypted backup",
-    )
+    _add_decrypt_key(parser)
     _add(
         parser,
         "--timeout",
