@@ -288,7 +288,9 @@ def _prefetch_loop(
     try:
         while data_dir.is_dir() and _recovering(data_dir):
             now = time.monotonic()
-            if _postmaster_alive(data_dir):
+            if now - server_seen < 1.0:
+                pass  # seen within the last second: no need to read postmaster.pid again
+            elif _postmaster_alive(data_dir):
                 server_seen = now
             elif now - server_seen > ORPHAN_EXIT:
                 log.info("no PostgreSQL runs on %s any more, exiting", data_dir)
