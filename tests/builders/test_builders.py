@@ -482,19 +482,21 @@ def test_runner_args_per_schedule() -> None:
     daily, hourly, physical = policy.spec.schedules
     codec = ["--compression", "zstd", "--level", "6",
              "--encrypt-to", "/etc/tonebridge-dr/encryption/public.asc",
-             "--storage-class", "STANDARD_IA", "--json"]
+             "--storage-class", "STANDARD_IA"]
     assert backup.runner_args(policy, daily) == ["backup", "postgres", "--method", "logical",
-                                                 *codec]
+                                                 *codec, "--schedule", "daily-full", "--json"]
     assert backup.runner_args(policy, hourly) == [
         "backup", "postgres", "--method", "logical",
         "--table", "transformations", "--table", "analytics", "--table", "usage_tracking",
-        *codec,
+        *codec, "--schedule", "hourly-hot", "--json",
     ]
-    assert backup.runner_args(policy, physical) == ["backup", "postgres", "--method",
-                                                    "physical", *codec]
+    assert backup.runner_args(policy, physical) == [
+        "backup", "postgres", "--method", "physical", *codec,
+        "--schedule", "daily-physical", "--json"]
     redis = load_policy("02-redis-backup")
     assert backup.runner_args(redis, redis.spec.schedules[0]) == [
-        "backup", "redis", "--compression", "zstd", "--json"
+        "backup", "redis", "--compression", "zstd",
+        "--schedule", redis.spec.schedules[0].name, "--json"
     ]
 
 
@@ -516,7 +518,8 @@ def test_method_defaults_to_the_targets_default() -> None:
 def test_compression_flags(compression: dict[str, Any], expected: list[str]) -> None:
     policy = load_policy("02-redis-backup", compression=compression)
     args = backup.runner_args(policy, policy.spec.schedules[0])
-    assert args == ["backup", "redis", *expected, "--json"]
+    assert args == [
+        "backup", "redis", *expected, "--schedule", policy.spec.schedules[0].name, "--json"]
 
 
 @pytest.mark.parametrize("example", SUPPORTED_EXAMPLES)

@@ -173,7 +173,7 @@ def runner_args(policy: BackupPolicy, schedule: Schedule) -> list[str]:
             for table in schedule.tables or ():
                 args += ["--table", table]
     args += _codec_args(policy)
-    args.append("--json")
+    args += ["--schedule", schedule.name, "--json"]
     return args
 
 

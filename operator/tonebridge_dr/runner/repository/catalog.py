@@ -193,6 +193,7 @@ class Repository:
         encrypt_to: Path | None = None,
         level: int | None = None,
         storage_class: str | None = None,
+        schedule: str | None = None,
         now: dt.datetime | None = None,
         heartbeat: float | None = None,
     ) -> BackupWriter:
@@ -228,6 +229,7 @@ class Repository:
             encryption=encryption,
             level=level,
             storage_class=storage_class,
+            schedule=schedule,
             started_at=started_at,
             heartbeat=_heartbeat() if heartbeat is None else heartbeat,
         )

@@ -88,6 +88,7 @@ class Manifest(_Model):
     compression: str
     encryption: Encryption | None = None
     storage_class: str | None = None
+    schedule: str | None = None  # the BackupPolicy schedule that made it (retention groups)
     objects: list[ObjectEntry] = []
     wal: WalRange | None = None
     extra: dict[str, Any] = {}
@@ -193,6 +194,8 @@ class Manifest(_Model):
                 self.encryption.recipient_fingerprint if self.encryption else None
             ),
             "storage_class": self.storage_class,
+            "schedule": self.schedule,
+            "tables": list(self.extra.get("tables") or []),
             "server_version": self.server_version,
             "tool_version": self.tool_version,
             "wal": self.wal.model_dump() if self.wal else None,

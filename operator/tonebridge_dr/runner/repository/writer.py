@@ -77,6 +77,7 @@ class BackupWriter:
         encryption: manifests.Encryption | None,
         level: int | None,
         storage_class: str | None,
+        schedule: str | None = None,
         started_at: dt.datetime,
         heartbeat: float | None = None,
     ) -> None:
@@ -88,6 +89,7 @@ class BackupWriter:
         self.compression = compression
         self.encryption = encryption
         self.storage_class = storage_class
+        self.schedule = schedule
         self.objects: list[manifests.ObjectEntry] = []
         self.manifest: manifests.Manifest | None = None
         self._claim_key = claim_key
@@ -203,6 +205,7 @@ class BackupWriter:
             compression=self.compression,
             encryption=self.encryption,
             storage_class=self.storage_class,
+            schedule=self.schedule,
             objects=list(self.objects),
             wal=wal,
             extra=dict(extra or {}),

@@ -52,6 +52,7 @@ class PhysicalBackupOptions:
     level: int | None = None
     encrypt_to: Path | None = None
     storage_class: str | None = None
+    schedule: str | None = None
 
 
 def parse_lsn(text: str) -> int:
@@ -177,6 +178,7 @@ def backup_physical(repo: Repository, dsn: str, options: PhysicalBackupOptions) 
         encrypt_to=options.encrypt_to,
         level=dump.default_level(options.compression, options.level),
         storage_class=options.storage_class,
+        schedule=options.schedule,
     ) as writer:
         label = f"tonebridge-dr {writer.id}"
         argv = [

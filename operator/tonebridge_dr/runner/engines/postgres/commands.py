@@ -85,6 +85,12 @@ def add_backup_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--storage-class", default=None, help="storage class of the stored objects")
     _add(
         parser,
+        "--schedule",
+        default=None,
+        help="name of the BackupPolicy schedule this backup belongs to (for retention)",
+    )
+    _add(
+        parser,
         "--no-globals",
         action="store_true",
         help="logical: do not store roles and tablespaces (globals.sql)",
@@ -128,6 +134,7 @@ def run_backup(args: argparse.Namespace) -> dict[str, Any]:
                 level=args.level,
                 encrypt_to=args.encrypt_to,
                 storage_class=args.storage_class,
+                schedule=args.schedule,
             ),
         )
     else:
@@ -144,6 +151,7 @@ def run_backup(args: argparse.Namespace) -> dict[str, Any]:
                 level=args.level,
                 encrypt_to=args.encrypt_to,
                 storage_class=args.storage_class,
+                schedule=args.schedule,
             ),
         )
     return manifest.result()

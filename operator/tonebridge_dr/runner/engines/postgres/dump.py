@@ -70,6 +70,7 @@ class LogicalBackupOptions:
     level: int | None = None  # None: DEFAULT_ZSTD_LEVEL for zstd, the codec default otherwise
     encrypt_to: Path | None = None
     storage_class: str | None = None
+    schedule: str | None = None
 
 
 def default_level(compression: str, level: int | None) -> int | None:
@@ -236,6 +237,7 @@ def backup_logical(
             encrypt_to=options.encrypt_to,
             level=default_level(options.compression, options.level),
             storage_class=options.storage_class,
+            schedule=options.schedule,
         ) as writer:
             log.info("logical backup %s of %s to %s", writer.id, info.masked(), repository.url)
             if first is not None:

@@ -39,6 +39,7 @@ def backup(
     encrypt_to: Path | None = None,
     level: int | None = None,
     storage_class: str | None = None,
+    schedule: str | None = None,
     timeout: float = replication.DEFAULT_TIMEOUT,
     chunk_size: int = replication.DEFAULT_CHUNK_SIZE,
 ) -> dict[str, Any]:
@@ -62,6 +63,7 @@ def backup(
             encrypt_to=encrypt_to,
             level=level,
             storage_class=storage_class,
+            schedule=schedule,
         ) as writer:
             log.info("backup %s: SYNC from Redis at %s", writer.id, endpoint)
             began = time.monotonic()

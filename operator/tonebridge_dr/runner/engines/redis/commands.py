@@ -64,6 +64,12 @@ def add_backup_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--storage-class", default=None, help="storage class of the stored objects")
     _add(
         parser,
+        "--schedule",
+        default=None,
+        help="name of the BackupPolicy schedule this backup belongs to (for retention)",
+    )
+    _add(
+        parser,
         "--timeout",
         type=_positive,
         default=replication.DEFAULT_TIMEOUT,
@@ -82,6 +88,7 @@ def run_backup(args: argparse.Namespace) -> dict[str, Any]:
         encrypt_to=args.encrypt_to,
         level=getattr(args, "level", None),
         storage_class=getattr(args, "storage_class", None),
+        schedule=getattr(args, "schedule", None),
         timeout=getattr(args, "timeout", replication.DEFAULT_TIMEOUT),
     )
 
