@@ -424,6 +424,38 @@ class WalStatus(StatusModel):
     """Name of the WAL streamer Deployment (stream mode)."""
 
 
+class RetentionStatus(StatusModel):
+    """The last retention run of the operator (after each backup, and daily)."""
+
+    last_run_time: Time | None = None
+    """When it ran."""
+    trigger: str | None = None
+    """What started it: backup (a backup Job succeeded) or schedule (the daily run)."""
+    rules: str | None = None
+    """The rules applied, e.g. "schedule daily-full: daily=30 monthly=12 yearly=7"."""
+    kept: Annotated[int, Field(ge=0)] | None = None
+    """Complete backups kept."""
+    deleted: Annotated[int, Field(ge=0)] | None = None
+    """Backups deleted by the last run."""
+    deleted_ids: list[str] | None = None
+    """Their ids (at most 20; the BackupsPruned Event and the operator log have all)."""
+    protected_ids: list[str] | None = None
+    """Backups the rules let go but a running restore or restore test uses: kept for now."""
+    oldest_kept_time: Time | None = None
+    """Start of the oldest backup kept."""
+    oldest_kept_id: str | None = None
+    """Its id."""
+    wal_deleted: Annotated[int, Field(ge=0)] | None = None
+    """Archived WAL files deleted by the last run (older than every retained physical backup)."""
+    pitr_window_start: Time | None = None
+    """Earliest point-in-time recovery target: the end of the oldest retained physical
+    backup (None without a physical backup: no PITR)."""
+    pitr_window_end: Time | None = None
+    """Latest point-in-time recovery target: the newest archived WAL."""
+    message: str | None = None
+    """What happened, in one sentence (also on the RetentionApplied condition)."""
+
+
 class RestoreTestSummary(StatusModel):
     """The newest finished run of the RestoreTests that test this policy: the evidence
     behind the Restorable and RTOMet conditions."""
@@ -473,5 +505,7 @@ class BackupPolicyStatus(StatusModel):
     """WAL archiving state (postgres targets with walArchive)."""
     last_restore_test: RestoreTestSummary | None = None
     """The newest finished run of a RestoreTest of this policy (spec.source.policyRef)."""
+    retention: RetentionStatus | None = None
+    """The last retention run of the operator."""
     kopf: FreeForm | None = None
     """Reserved for the kopf framework's own bookkeeping."""

@@ -47,6 +47,8 @@ class ConditionType(StrEnum):
     """RestoreTest: the last run restored and every check passed."""
     RESTORABLE = "Restorable"
     """BackupPolicy: the newest finished RestoreTest of the policy passed."""
+    RETENTION_APPLIED = "RetentionApplied"
+    """BackupPolicy: the last retention run applied the rules (or found nothing to do)."""
 
 
 class Reason(StrEnum):
@@ -114,6 +116,13 @@ class Reason(StrEnum):
     NOT_MEASURED = "NotMeasured"
     # BackupPolicy: what its RestoreTests proved (Restorable, RTOMet).
     NEVER_TESTED = "NeverTested"
+    # BackupPolicy: retention run by the operator (RetentionApplied, Events).
+    PRUNED = "Pruned"
+    NOTHING_TO_PRUNE = "NothingToPrune"
+    PRUNE_FAILED = "PruneFailed"
+    PRUNE_DEFERRED = "PruneDeferred"
+    NO_RETENTION_RULES = "NoRetentionRules"
+    BACKUPS_PRUNED = "BackupsPruned"
     # Kinds this version accepts and validates but does not act on yet.
     NOT_IMPLEMENTED = "NotImplemented"
 

@@ -207,6 +207,10 @@ BACKUP_POLICY = KindInfo(
                       description="The newest finished RestoreTest of the policy passed"),
         PrinterColumn("READY", _condition("Ready"), description="Ready condition"),
         AGE,
+        PrinterColumn("KEPT", ".status.retention.kept", "integer",
+                      "Backups the last retention run kept", priority=1),
+        PrinterColumn("PITR FROM", ".status.retention.pitrWindowStart", "date",
+                      "Earliest point-in-time recovery target", priority=1),
         PrinterColumn("MESSAGE", _condition("Ready", "message"), priority=1),
     ),
 )

@@ -169,7 +169,7 @@ def test_manifest_json_and_result(repo: Repository) -> None:
     assert list(raw) == [
         "format_version", "id", "engine", "method", "databases", "started_at", "finished_at",
         "server_version", "tool_version", "tools", "compression", "encryption", "storage_class",
-        "objects", "wal", "extra",
+        "schedule", "objects", "wal", "extra",
     ]  # fmt: skip
     assert raw["format_version"] == 1
     assert raw["started_at"] == "2026-11-29T02:41:00Z"
@@ -183,6 +183,7 @@ def test_manifest_json_and_result(repo: Repository) -> None:
     assert result["duration_seconds"] == 12.5
     assert result["size_bytes"] == m.size_bytes and result["objects"] == 1
     assert result["encrypted"] is False and result["method"] == "physical"
+    assert result["schedule"] is None and result["tables"] == []
     assert json.loads(json.dumps(result)) == result
     assert Manifest.from_json(m.to_json()) == m
 
@@ -553,10 +554,11 @@ def test_prune_applies_policy_and_removes_orphans(repo: Repository) -> None:
 
     again = repo.prune(policy, now=now, engine="postgres")
     assert again.deleted == [] and again.orphans == [] and again.kept == dry.kept
-    # Without an engine filter the redis backup competes, and the newest is always kept.
+    # Without an engine filter the rule applies to each series on its own: the redis
+    # backup never competes with the PostgreSQL dumps, and each keeps its newest.
     everything = repo.prune(RetentionPolicy(keep_last=1), now=now)
-    assert everything.kept == [written[-1].id]
-    assert [m.id for m in repo.list_backups()] == [written[-1].id]
+    assert sorted(everything.kept) == sorted([redis.id, written[-1].id])
+    assert [m.id for m in repo.list_backups()] == sorted([redis.id, written[-1].id])
 
 
 def test_prune_never_deletes_the_newest_or_young_backups(repo: Repository) -> None:

@@ -190,6 +190,55 @@ def test_backups_and_prunes_in_a_loop_never_leave_a_broken_backup(repo: Reposito
         assert repo.verify(backup_id).ok, backup_id
 
 
+def test_retention_racing_20_concurrent_backups_leaves_only_whole_backups(
+    repo: Repository,
+) -> None:
+    """Twenty writers commit at once while prunes with real rules (keep the newest 3 of
+    each series) run in a loop: no commit fails, every prune keeps the newest of each
+    series, and every manifest that exists afterwards verifies."""
+    rule = RetentionPolicy(keep_last=3)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    committed: list[str] = []
+    reports: list[catalog_mod.PruneReport] = []
+
+    def write(seed: int) -> None:
+        try:
+            schedule = "hot" if seed % 2 else "daily"
+            with repo.begin(engine="postgres", method="logical", heartbeat=0.1,
+                            schedule=schedule) as writer:
+                for index in range(2):
+                    writer.put_object(f"t{index}.dump", _slow(bytes([seed, index]) * 3000, 0.02))
+                committed.append(writer.commit(databases=["app"], server_version="15",
+                                               tools={}).id)
+        except BaseException as exc:
+            failures.append(exc)
+
+    def prune() -> None:
+        while not stop.is_set():
+            reports.append(repo.prune(rule, now=dt.datetime.now(UTC),
+                                      orphan_grace=dt.timedelta(seconds=5)))
+
+    pruners = [threading.Thread(target=prune) for _ in range(2)]  # two prunes at once too
+    writers = [threading.Thread(target=write, args=(seed,)) for seed in range(20)]
+    for thread in [*pruners, *writers]:
+        thread.start()
+    for thread in writers:
+        thread.join(timeout=300)
+    stop.set()
+    for thread in pruners:
+        thread.join(timeout=60)
+    assert failures == []
+    assert len(committed) == 20 and reports
+    assert all(report.orphans == [] for report in reports)  # no running write was taken
+    final = repo.prune(rule, now=dt.datetime.now(UTC))
+    listed = repo.list_backups()
+    assert sorted(m.id for m in listed) == sorted(final.kept)
+    assert sorted(m.schedule or "" for m in listed) == ["daily"] * 3 + ["hot"] * 3
+    for manifest in listed:
+        assert repo.verify(manifest.id).ok, manifest.id
+
+
 def test_prune_removes_old_temp_files_of_crashed_writes_and_their_folders(
     tmp_path: Path,
 ) -> None:

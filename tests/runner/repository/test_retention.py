@@ -11,9 +11,14 @@ from hypothesis import strategies as st
 
 from tonebridge_dr.runner.repository import ids
 from tonebridge_dr.runner.repository.retention import (
+    Candidate,
+    RetentionPlan,
     RetentionPolicy,
+    Rule,
     explain_keep,
+    explain_plan,
     select_keep,
+    zone,
 )
 
 UTC = dt.UTC
@@ -286,7 +291,9 @@ def test_invalid_input_is_refused():
 
 def test_describe():
     policy = RetentionPolicy(keep_last=3, daily=30, yearly=7, min_age=dt.timedelta(hours=6))
-    assert policy.describe() == "last=3 daily=30 yearly=7 min_age=6:00:00"
+    assert policy.describe() == "last=3 daily=30 yearly=7 min_age=6h"
+    assert RetentionPolicy(daily=1, min_age=dt.timedelta(days=1, hours=12, seconds=5)).describe(
+    ) == "daily=1 min_age=1d12h5s"
     assert RetentionPolicy().describe() == "keep everything"
 
 
@@ -304,3 +311,105 @@ def test_backup_ids():
     assert ids.id_time("20261129T024100Z-3") == dt.datetime(2026, 11, 29, 2, 41, tzinfo=UTC)
     with pytest.raises(ValueError):
         ids.new_backup_id(dt.datetime(2026, 1, 1))
+
+
+# --- time zones and plans ------------------------------------------------------------------------
+
+TOKYO = zone("Asia/Tokyo")
+
+
+def test_days_are_counted_in_the_given_time_zone() -> None:
+    # 14:30 and 15:30 UTC are one UTC day but two Tokyo days (15:00 UTC is midnight there).
+    backups = make_backups([EPOCH + dt.timedelta(hours=14.5), EPOCH + dt.timedelta(hours=15.5)])
+    policy = RetentionPolicy(daily=2)
+    now = EPOCH + dt.timedelta(days=1)
+    assert select_keep(backups, policy, now) == {backups[1][0]}
+    assert select_keep(backups, policy, now, TOKYO) == {b for b, _ in backups}
+
+
+def test_unknown_time_zone_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown time zone"):
+        Rule(RetentionPolicy(daily=1), "Mars/Olympus")
+
+
+def candidate(t: dt.datetime, schedule: str | None = None, method: str = "logical",
+              tables: tuple[str, ...] = (), n: int = 0) -> Candidate:
+    return Candidate(ids.with_suffix(ids.new_backup_id(t), n), t, "postgres", method,
+                     schedule, tables)
+
+
+def test_each_schedule_follows_its_own_rule_and_others_the_default() -> None:
+    days = [EPOCH + dt.timedelta(days=d, hours=2) for d in range(10)]
+    daily = [candidate(t, "daily") for t in days]
+    hot = [candidate(t, "hot", tables=("a",), n=1) for t in days]
+    manual = [candidate(t, None, n=2) for t in days]
+    plan = RetentionPlan(
+        default=Rule(RetentionPolicy(keep_last=2)),
+        schedules={"daily": Rule(RetentionPolicy(daily=5))},
+    )
+    kept = explain_plan([*daily, *hot, *manual], plan, days[-1])
+    assert [c.id for c in daily if c.id in kept] == [c.id for c in daily[-5:]]
+    assert [c.id for c in hot if c.id in kept] == [c.id for c in hot[-2:]]
+    assert [c.id for c in manual if c.id in kept] == [c.id for c in manual[-2:]]
+
+
+def test_a_table_dump_never_stands_in_for_a_full_dump() -> None:
+    t = EPOCH + dt.timedelta(days=3)
+    full = candidate(t)
+    hot = candidate(t + dt.timedelta(hours=1), tables=("a", "b"))
+    physical = candidate(t + dt.timedelta(hours=2), method="physical")
+    plan = RetentionPlan(default=Rule(RetentionPolicy(daily=1)))
+    assert set(explain_plan([full, hot, physical], plan, t)) == {full.id, hot.id, physical.id}
+
+
+def test_backups_without_a_rule_are_kept() -> None:
+    old = candidate(EPOCH, "weekly")
+    new = candidate(EPOCH + dt.timedelta(days=30), "weekly")
+    plan = RetentionPlan(schedules={"daily": Rule(RetentionPolicy(daily=1))})
+    assert explain_plan([old, new], plan, EPOCH + dt.timedelta(days=60)) == {
+        old.id: ["no-rule"], new.id: ["no-rule"]}
+    assert plan.is_empty is False and RetentionPlan().is_empty
+
+
+series_st = st.sampled_from([("daily", ()), ("hot", ("t",)), (None, ()), (None, ("t",))])
+
+
+@st.composite
+def plan_inputs(draw: st.DrawFn) -> tuple[list[Candidate], RetentionPlan, dt.datetime]:
+    times = draw(dense_times_st)
+    candidates = []
+    for n, t in enumerate(times):
+        schedule, tables = draw(series_st)
+        candidates.append(candidate(t, schedule, tables=tables, n=n % 1000))
+    unique = {c.id: c for c in candidates}
+    plan = RetentionPlan(
+        default=draw(st.one_of(st.none(), policy_st.map(Rule))),
+        schedules=draw(st.dictionaries(st.sampled_from(["daily", "hot"]),
+                                       policy_st.map(lambda p: Rule(p, "Asia/Tokyo")))),
+    )
+    return list(unique.values()), plan, now_after([(c.id, c.started_at) for c in unique.values()],
+                                                  draw(later_st))
+
+
+@SETTINGS
+@given(inputs=plan_inputs())
+def test_plan_keeps_each_series_newest_and_every_rules_choice(
+    inputs: tuple[list[Candidate], RetentionPlan, dt.datetime],
+) -> None:
+    candidates, plan, now = inputs
+    kept = explain_plan(candidates, plan, now)
+    assert set(kept) <= {c.id for c in candidates}
+    by_series: dict[tuple[str, ...], list[Candidate]] = {}
+    for c in candidates:
+        by_series.setdefault(c.series, []).append(c)
+    for members in by_series.values():
+        rule = plan.rule_for(members[0])
+        pairs = [(c.id, c.started_at) for c in members]
+        if rule is None:
+            assert all(kept[c.id] == ["no-rule"] for c in members)
+            continue
+        assert newest(pairs) in kept  # the newest of every series survives
+        assert select_keep(pairs, rule.policy, now, zone(rule.time_zone)) <= set(kept)
+    # Idempotent: applying the plan to what it kept keeps all of it.
+    survivors = [c for c in candidates if c.id in kept]
+    assert set(explain_plan(survivors, plan, now)) == set(kept)

@@ -8,7 +8,8 @@ common ones and the retry policy.
 | operator (re)started | `resume` | the same, also deleting stale owned objects |
 | `spec` changed | `reconcile-spec` | the same (labels, annotations, status: ignored) |
 | any policy watch event | `run-now` | `runnow.handle`, when a new token is there |
-| every `freshness_interval` | `monitor` | Secrets, run-now, `freshness.tick` + `restorable` |
+| every `freshness_interval` | `monitor` | Secrets, run-now, `retention.tick` (when due), |
+| | | `freshness.tick` + `restorable` |
 | policy deleted | `forget` | drop its metrics (owned objects go by garbage collection) |
 | backup Job events | `job-event` (core) | `record.observe`: finished Jobs -> policy status |
 """
@@ -24,7 +25,14 @@ import kopf
 from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.kinds import BACKUP_POLICY, BackupPolicy
 from tonebridge_dr.builders import names
-from tonebridge_dr.controller.backuppolicy import freshness, reconcile, record, restorable, runnow
+from tonebridge_dr.controller.backuppolicy import (
+    freshness,
+    reconcile,
+    record,
+    restorable,
+    retention,
+    runnow,
+)
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
 from tonebridge_dr.controller.core import objects, registration
 from tonebridge_dr.controller.core import runnow as core_runnow
@@ -49,6 +57,7 @@ def _monitor_tick(controller: PolicyController, tests: restorable.RestoreTests,
         controller.reconcile(body, Cause(Trigger.TIMER, retry))
     if runnow.pending_token(body) is not None:
         runnow.handle(controller, body)
+    retention.tick(controller, body)
     freshness.tick(controller, body, tests.of_policy(*objects.ident(body)))
 
 

@@ -10,7 +10,9 @@ yet marked as recorded:
    a webhook notification when the policy asks for it; when a Redis backup found AOF
    newly disabled, a Warning AppendOnlyDisabled Event (Normal AppendOnlyEnabled when it
    is back on);
-4. annotate the Job `dr.tonebridge.io/recorded=<state>`.
+4. annotate the Job `dr.tonebridge.io/recorded=<state>`;
+5. after a backup that succeeded, run retention (`retention.run`; it never raises for
+   repository trouble, which becomes the RetentionApplied condition).
 
 The Job watch lists every existing Job when the operator starts (and kopf handles
 one Job's events one after another), so Jobs that finished while the operator was
@@ -29,6 +31,7 @@ from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.conditions import Condition, ConditionStatus, Reason
 from tonebridge_dr.builders import names
+from tonebridge_dr.controller.backuppolicy import retention
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
 from tonebridge_dr.controller.core import jobs, notify, objects
 from tonebridge_dr.status import backuppolicy as policy_status
@@ -106,6 +109,8 @@ def record(controller: PolicyController, job: Mapping[str, Any]) -> JobOutcome |
     _report(controller, policy_body, outcome, message)
     _report_aof(controller, policy_body, aof[0])
     jobs.mark_recorded(ctx, job, outcome.state)
+    if outcome.state == "succeeded":
+        retention.run(controller, policy_body, retention.TRIGGER_BACKUP)
     return outcome
 
 

@@ -52,18 +52,21 @@ class CatalogRead:
     newest_size_bytes: int | None = None
 
 
-def credentials_secret(policy: BackupPolicy) -> str | None:
-    """Name of the Secret the operator reads the repository with."""
+def credentials_secret(policy: BackupPolicy, *, writer: bool = False) -> str | None:
+    """Name of the Secret the operator reads the repository with (`writer`: the backup
+    credentials, which retention needs to delete)."""
     repository = policy.spec.repository
-    ref = repository.restore_credentials_secret_ref or repository.credentials_secret_ref
+    ref = repository.credentials_secret_ref
+    if not writer:
+        ref = repository.restore_credentials_secret_ref or ref
     return ref.name if ref is not None else None
 
 
-def s3_config(policy: BackupPolicy, kube: Kube) -> S3Config:
+def s3_config(policy: BackupPolicy, kube: Kube, *, writer: bool = False) -> S3Config:
     """Explicit S3 settings of the policy; raises CredentialsMissing (naming the Secret)."""
     repository = policy.spec.repository
     namespace = policy.metadata.namespace or "default"
-    name = credentials_secret(policy)
+    name = credentials_secret(policy, writer=writer)
     access_key = secret_key = token = None
     if name is not None:
         data = kube.secret_data(namespace, name)

@@ -18,6 +18,7 @@ SettingsError with one sentence.
 | `--peering NAME` | `TONEBRIDGE_DR_PEERING` | `tonebridge-dr` |
 | `--priority N` | `TONEBRIDGE_DR_PRIORITY` | 0 |
 | `--freshness-interval S` (>= 1) | `TONEBRIDGE_DR_FRESHNESS_INTERVAL` | 60 |
+| `--retention-interval S` (>= 60) | `TONEBRIDGE_DR_RETENTION_INTERVAL` | 86400 |
 | `--watch-timeout S` | `TONEBRIDGE_DR_WATCH_TIMEOUT` | 60 |
 | `--workers N` | `TONEBRIDGE_DR_WORKERS` | 16 |
 | `--notify-timeout S` | `TONEBRIDGE_DR_NOTIFY_TIMEOUT` | 5 |
@@ -64,6 +65,9 @@ class Settings:
     priority: int = 0
     freshness_interval: float = 60.0
     """Seconds between two reads of a policy's repository catalog."""
+    retention_interval: float = 86400.0
+    """Seconds between two retention runs of a policy besides the run after each backup
+    (so a policy whose backups stopped still prunes, never below what its rules keep)."""
     watch_timeout: float = 60.0
     """Server-side timeout of one watch request (kopf reconnects after it)."""
     workers: int = 16
@@ -107,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--priority", type=int, help="peering priority")
     parser.add_argument("--freshness-interval", type=float,
                         help="seconds between repository catalog reads per policy (>= 1)")
+    parser.add_argument("--retention-interval", type=float,
+                        help="seconds between the daily retention runs of a policy (>= 60)")
     parser.add_argument("--watch-timeout", type=float, help="watch request timeout, seconds")
     parser.add_argument("--workers", type=int, help="threads for synchronous handlers")
     parser.add_argument("--notify-timeout", type=float, help="webhook timeout, seconds")
@@ -222,6 +228,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
         freshness_interval=source.real(
             args.freshness_interval, "FRESHNESS_INTERVAL", defaults.freshness_interval
         ),
+        retention_interval=source.real(
+            args.retention_interval, "RETENTION_INTERVAL", defaults.retention_interval
+        ),
         watch_timeout=source.real(args.watch_timeout, "WATCH_TIMEOUT", defaults.watch_timeout),
         workers=source.integer(args.workers, "WORKERS", defaults.workers),
         notify_timeout=source.real(
@@ -239,6 +248,10 @@ def _check(settings: Settings) -> None:
     if settings.freshness_interval < 1:
         raise SettingsError(
             f"freshness interval must be at least 1 second, got {settings.freshness_interval:g}"
+        )
+    if settings.retention_interval < 60:
+        raise SettingsError(
+            f"retention interval must be at least 60 seconds, got {settings.retention_interval:g}"
         )
     if settings.watch_timeout <= 0:
         raise SettingsError("watch timeout must be positive")

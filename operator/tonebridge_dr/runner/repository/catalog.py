@@ -61,6 +61,7 @@ class PruneReport:
     reasons: dict[str, list[str]]
     dry_run: bool
     policy: str
+    protected: list[str] = dataclasses.field(default_factory=list)  # kept: a restore uses them
 
     def result(self) -> dict[str, Any]:
         """Stable `--json` form."""
@@ -372,33 +373,46 @@ class Repository:
 
     def prune(
         self,
-        policy: retention.RetentionPolicy,
+        plan: retention.RetentionPlan | retention.RetentionPolicy,
         *,
         now: dt.datetime,
         dry_run: bool = False,
         orphan_grace: dt.timedelta = DEFAULT_ORPHAN_GRACE,
         engine: str | None = None,
         method: str | None = None,
+        protect: frozenset[str] = frozenset(),
     ) -> PruneReport:
-        """Apply `policy` (see retention.py) and remove what it does not keep.
+        """Apply `plan` (see retention.py) and remove what it does not keep.
 
-        Only backups of `engine`/`method` (when given) are subject to the policy;
-        the others are untouched and not reported. Each deleted backup loses its
-        manifest first, so a crash mid-prune never leaves a manifest pointing at
-        missing objects. Folders without a manifest (crashed or aborted writes)
-        whose newest object is older than `orphan_grace` are removed too and
-        reported as `orphans`; the grace must exceed the longest backup run.
-        Unreadable manifests are reported and left alone. A running writer renews its
-        claim every CLAIM_HEARTBEAT seconds, so the grace only has to exceed the longest
-        stall of a writer, not its run; each orphan folder is listed again right before
-        it is deleted and spared when anything in it became younger than the grace.
-        Leftovers of crashed writes (local temp files, incomplete multipart uploads)
-        older than the grace are removed and reported as `leftovers`. Idempotent.
+        A bare RetentionPolicy is the plan "this rule for every series", restricted to
+        `engine`/`method` when given (other backups are untouched and not reported).
+        Ids in `protect` (backups a running restore uses) are kept and reported as
+        `protected`. Each deleted backup loses its manifest first, so a crash mid-prune
+        never leaves a manifest pointing at missing objects. Folders without a manifest
+        (crashed or aborted writes) whose newest object is older than `orphan_grace` are
+        removed too and reported as `orphans`. Unreadable manifests are reported and left
+        alone. A running writer renews its claim every CLAIM_HEARTBEAT seconds, so the
+        grace only has to exceed the longest stall of a writer, not its run; each orphan
+        folder is listed again right before it is deleted and spared when anything in it
+        became younger than the grace. Leftovers of crashed writes (local temp files,
+        incomplete multipart uploads) older than the grace are removed and reported as
+        `leftovers`. Idempotent; two prunes at once are harmless (a delete of something
+        already gone is not an error).
         """
+        if isinstance(plan, retention.RetentionPolicy):
+            plan = retention.RetentionPlan(
+                default=retention.Rule(plan), engine=engine, method=method
+            )
         scan = self._scan()
         found, unreadable = self._manifests(scan)
-        candidates = [m for m in found if _matches(m, engine, method)]
-        reasons = retention.explain_keep([(m.id, m.started_at) for m in candidates], policy, now)
+        candidates = [m for m in found if _matches(m, plan.engine, plan.method)]
+        reasons = retention.explain_plan([candidate_of(m) for m in candidates], plan, now)
+        protected = sorted(
+            (m.id for m in candidates if m.id in protect and m.id not in reasons),
+            key=ids.sort_key,
+        )
+        for backup_id in protected:
+            reasons[backup_id] = ["in-use"]
         kept = [m.id for m in candidates if m.id in reasons]
         deleted = [m.id for m in candidates if m.id not in reasons]
         complete = {m.id for m in found} | set(unreadable)
@@ -437,8 +451,22 @@ class Repository:
             leftovers=leftovers,
             reasons=reasons,
             dry_run=dry_run,
-            policy=policy.describe(),
+            policy=plan.describe(),
+            protected=protected,
         )
+
+
+def candidate_of(manifest: manifests.Manifest) -> retention.Candidate:
+    """What retention needs to know of a backup."""
+    tables = manifest.extra.get("tables") or ()
+    return retention.Candidate(
+        id=manifest.id,
+        started_at=manifest.started_at,
+        engine=manifest.engine,
+        method=manifest.method,
+        schedule=manifest.schedule,
+        tables=tuple(str(t) for t in tables) if isinstance(tables, list | tuple) else (),
+    )
 
 
 def _heartbeat() -> float:

@@ -1,0 +1,151 @@
+"""Repository maintenance run by the operator: retention of a policy's backups and WAL.
+
+The second (and last) seam between the controller and the repository besides the catalog
+reader: it deletes, so it uses the policy's *backup* credentials
+(`spec.repository.credentialsSecretRef`; without one, the operator's own identity), never
+the read-only restore credentials.
+
+`apply_retention(policy, kube, protect=..., now=...)` never raises: every failure becomes
+`RetentionOutcome.error`, one sentence without any secret in it.
+
+What one run does (see runner/repository/retention.py for the rules):
+1. `Repository.prune` with the policy's plan: each schedule's `retention`, else
+   `spec.retention`, per series, in the schedule's time zone; `protect` (backups running
+   restores use) kept; crashed writes older than the grace removed.
+2. For PostgreSQL targets: archived WAL older than the oldest retained physical backup is
+   deleted (none without a physical backup), so the PITR window is exactly the retained
+   physical backups up to the newest archived WAL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import urllib.parse
+
+from tonebridge_dr.api.common import Retention
+from tonebridge_dr.api.kinds import BackupPolicy
+from tonebridge_dr.builders import names
+from tonebridge_dr.controller.core import catalog
+from tonebridge_dr.controller.core.kube import ApiError, Kube
+from tonebridge_dr.runner import errors as runner_errors
+from tonebridge_dr.runner.repository import retention
+from tonebridge_dr.runner.repository.catalog import PruneReport, Repository
+from tonebridge_dr.runner.storage import S3Config, open_storage
+from tonebridge_dr.status.retention import RetentionOutcome
+
+log = logging.getLogger(__name__)
+
+
+def _policy(rules: Retention) -> retention.RetentionPolicy:
+    return retention.RetentionPolicy(
+        keep_last=rules.keep_last or 0,
+        hourly=rules.hourly or 0,
+        daily=rules.daily or 0,
+        weekly=rules.weekly or 0,
+        monthly=rules.monthly or 0,
+        yearly=rules.yearly or 0,
+        min_age=rules.min_age,
+    )
+
+
+def plan_of(policy: BackupPolicy) -> retention.RetentionPlan:
+    """The policy's retention plan: one rule per schedule that has its own `retention`
+    (counted in that schedule's time zone), `spec.retention` for the rest.
+
+    The default rule counts periods in UTC for backups without a schedule; for a
+    schedule's backups it counts in that schedule's time zone (`Rule` per schedule).
+    """
+    spec = policy.spec
+    schedules: dict[str, retention.Rule] = {}
+    for schedule in spec.schedules:
+        rules = schedule.retention or spec.retention
+        if rules is not None:
+            schedules[schedule.name] = retention.Rule(_policy(rules), schedule.time_zone)
+    default = retention.Rule(_policy(spec.retention)) if spec.retention is not None else None
+    return retention.RetentionPlan(default=default, schedules=schedules)
+
+
+def _storage_config(policy: BackupPolicy, kube: Kube) -> S3Config | None:
+    url = policy.spec.repository.url
+    if urllib.parse.urlsplit(url).scheme == "file":
+        return None
+    return catalog.s3_config(policy, kube, writer=True)
+
+
+def _outcome(
+    report: PruneReport,
+    repo: Repository,
+    trigger: str,
+    *,
+    wal_deleted: int,
+    wal_bytes: int,
+    wal_end: dt.datetime | None,
+) -> RetentionOutcome:
+    kept = [m for m in repo.list_backups() if m.id in set(report.kept)]
+    oldest = min(kept, key=lambda m: m.started_at, default=None)
+    physical = [m for m in kept if m.engine == "postgres" and m.method == "physical"]
+    oldest_physical = min(physical, key=lambda m: m.started_at, default=None)
+    return RetentionOutcome(
+        trigger=trigger,
+        rules=report.policy,
+        kept=len(report.kept),
+        deleted=tuple(report.deleted),
+        protected=tuple(report.protected),
+        locked=tuple(getattr(report, "locked", ()) or ()),
+        orphans=len(report.orphans),
+        oldest_kept_id=oldest.id if oldest else None,
+        oldest_kept_time=oldest.started_at if oldest else None,
+        wal_deleted=wal_deleted,
+        wal_deleted_bytes=wal_bytes,
+        pitr_window_start=(
+            oldest_physical.finished_at if oldest_physical and wal_end is not None else None
+        ),
+        pitr_window_end=wal_end if oldest_physical else None,
+    )
+
+
+def apply_retention(
+    policy: BackupPolicy,
+    kube: Kube,
+    *,
+    trigger: str,
+    protect: frozenset[str] = frozenset(),
+    now: dt.datetime | None = None,
+) -> RetentionOutcome:
+    """Run retention on the policy's repository (see the module docstring); never raises."""
+    plan = plan_of(policy)
+    if plan.is_empty:
+        return RetentionOutcome(trigger=trigger, no_rules=True)
+    url = names.policy_repository_url(policy.spec.repository.url, policy.metadata.name or "")
+    when = now or dt.datetime.now(dt.UTC)
+    try:
+        storage = open_storage(url, create=False, s3=_storage_config(policy, kube))
+        repo = Repository(storage)
+        report = repo.prune(plan, now=when, protect=protect)
+        wal_deleted = wal_bytes = 0
+        wal_end: dt.datetime | None = None
+        postgres = policy.spec.target.postgres
+        if postgres is not None:
+            from tonebridge_dr.runner.engines.postgres.wal import catalog as wal_catalog
+            from tonebridge_dr.runner.engines.postgres.wal import retention as wal_retention
+
+            wal = wal_retention.prune_wal(repo)
+            wal_deleted, wal_bytes = wal.deleted, wal.deleted_bytes
+            if postgres.wal_archive is not None:
+                archived = wal_catalog.archive_status(storage).last_archived_at
+                wal_end = archived.astimezone(dt.UTC) if archived else None
+    except catalog.CredentialsMissing as exc:
+        return RetentionOutcome(trigger=trigger, error=str(exc))
+    except ApiError as exc:
+        return RetentionOutcome(trigger=trigger, error=f"cannot read the credentials Secret: {exc}")
+    except runner_errors.DRError as exc:
+        return RetentionOutcome(trigger=trigger, error=f"repository: {exc}")
+    except Exception as exc:  # a bug or an unexpected library error: still a condition
+        log.exception("retention of %s failed", url)
+        return RetentionOutcome(trigger=trigger, error=f"unexpected {type(exc).__name__}")
+    if report.deleted:
+        log.info("%s: retention deleted %s", url, ", ".join(report.deleted))
+    return _outcome(
+        report, repo, trigger, wal_deleted=wal_deleted, wal_bytes=wal_bytes, wal_end=wal_end
+    )

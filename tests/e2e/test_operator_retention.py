@@ -1,0 +1,166 @@
+"""Retention run by the operator, end to end: sandbox control plane, the operator as a real
+process, moto S3, real PostgreSQL for the backups the Jobs make.
+
+Backdated backups are written into the policy's repository through the repository API
+(what years of scheduled runs would have left), then:
+
+- the operator's first monitor tick applies the rules (trigger `schedule`): each schedule
+  by its own rule, in its own time zone; backups without a schedule by `spec.retention`
+  (`minAge` keeps the young ones); a RestoreRequest that is not finished protects the
+  backup it names;
+- a real run-now backup applies them again (trigger `backup`): exactly the set the rules
+  choose survives, 7 yearlies among them; the protected backup goes once its request is
+  gone; status.retention, RetentionApplied and a BackupsPruned Event say what happened.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.fixtures.operator import (
+    apply_docs,
+    backups_list,
+    condition,
+    events_for,
+    get_policy,
+    policy_doc,
+    run_now,
+    s3_secrets,
+    sample_db,
+    secret_doc,
+    wait_for,
+)
+from tests.fixtures.postgres import PgServer
+from tonebridge_dr.runner.repository import retention
+from tonebridge_dr.runner.repository.catalog import Repository, candidate_of
+from tonebridge_dr.sandbox.runtime import Sandbox
+
+pytestmark = pytest.mark.timeout(300)
+
+TOKYO = retention.zone("Asia/Tokyo")
+DAILY = {"daily": 3, "monthly": 2, "yearly": 7}
+HOURLY = {"hourly": 2}
+DEFAULT = {"keepLast": 1, "minAge": "3d"}
+
+
+def _inject(repo: Repository, when: dt.datetime, schedule: str | None,
+            tables: list[str] | None = None) -> str:
+    with repo.begin(engine="postgres", method="logical", schedule=schedule,
+                    now=when, heartbeat=0) as writer:
+        writer.put_object("database.dump", iter([b"backdated " + when.isoformat().encode()]))
+        extra = {"tables": tables} if tables else {}
+        return writer.commit(databases=["tonebridge_db"], server_version="15", tools={},
+                             extra=extra, finished_at=when + dt.timedelta(seconds=5)).id
+
+
+def _plan() -> retention.RetentionPlan:
+    return retention.RetentionPlan(
+        default=retention.Rule(retention.RetentionPolicy(keep_last=1,
+                                                         min_age=dt.timedelta(days=3))),
+        schedules={
+            "daily-full": retention.Rule(retention.RetentionPolicy(daily=3, monthly=2,
+                                                                   yearly=7), "Asia/Tokyo"),
+            "hourly-hot": retention.Rule(retention.RetentionPolicy(hourly=2)),
+        },
+    )
+
+
+def _expected(repo: Repository, now: dt.datetime) -> set[str]:
+    return set(retention.explain_plan([candidate_of(m) for m in repo.list_backups()],
+                                      _plan(), now))
+
+
+def _retention_ran(sandbox: Sandbox, namespace: str, trigger: str) -> dict[str, Any] | None:
+    policy = get_policy(sandbox, namespace, "pg")
+    status = (policy.get("status") or {}).get("retention") or {}
+    return policy if status.get("trigger") == trigger and status.get("lastRunTime") else None
+
+
+def test_operator_applies_grandfather_father_son_retention(
+    sandbox: Sandbox,
+    namespace: str,
+    pg: PgServer,
+    s3_repo_url: str,
+    moto_server: str,
+    operator_factory: Any,
+) -> None:
+    _, dsn = sample_db(pg)
+    repo = Repository.open(f"{s3_repo_url}/pg")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    local_2am = now.astimezone(TOKYO).replace(hour=2, minute=0, second=0)
+    yearly = {year: _inject(repo, local_2am.replace(year=year, month=6, day=15), "daily-full")
+              for year in range(now.year - 9, now.year)}
+    recent = [_inject(repo, local_2am - dt.timedelta(days=d), "daily-full") for d in range(1, 6)]
+    hot = [_inject(repo, now - dt.timedelta(hours=h), "hourly-hot", ["transformations"])
+           for h in range(1, 5)]
+    manual = {d: _inject(repo, now - dt.timedelta(days=d), None) for d in (1, 2, 10, 11)}
+    protected = yearly[now.year - 9]
+
+    schedules = [
+        {"name": "daily-full", "cron": "0 2 * * *", "timeZone": "Asia/Tokyo",
+         "retention": DAILY},
+        {"name": "hourly-hot", "cron": "15 * * * *", "tables": ["transformations"],
+         "retention": HOURLY},
+    ]
+    restore = {
+        "apiVersion": "dr.tonebridge.io/v1alpha1", "kind": "RestoreRequest",
+        "metadata": {"name": "needs-old"},
+        "spec": {"source": {"policyRef": {"name": "pg"}}, "backupId": protected,
+                 "target": {"database": {"dsnSecretRef": {"name": "missing-target",
+                                                          "key": "dsn"}}}},
+    }
+    apply_docs(
+        sandbox, namespace,
+        secret_doc("db-dsn", {"dsn": dsn}),
+        *s3_secrets(f"w-{uuid.uuid4().hex}", f"r-{uuid.uuid4().hex}"),
+        restore,
+        policy_doc("pg", repo_url=s3_repo_url, endpoint=moto_server, schedules=schedules,
+                   retention=DEFAULT),
+    )
+    expected_first = _expected(repo, now) | {protected}
+    op = operator_factory(namespace)
+
+    # The first monitor tick: the periodic run is due (it never ran).
+    policy = wait_for(lambda: _retention_ran(sandbox, namespace, "schedule"), 90,
+                      message=lambda: op.log_tail())
+    status = policy["status"]["retention"]
+    kept = {b["id"] for b in backups_list(f"{s3_repo_url}/pg")}
+    assert kept == expected_first, op.log_tail()
+    assert status["protectedIds"] == [protected]
+    assert status["kept"] == len(kept) and status["deleted"] > 0
+    assert condition(policy, "RetentionApplied")["reason"] == "Pruned"  # type: ignore[index]
+    # Per schedule: hot dumps keep their 2 newest hours; manual backups keep the newest
+    # and, by minAge, the 2-day-old one; the 10- and 11-day-old ones go.
+    assert {h for h in hot if h in kept} == set(hot[:2])
+    assert {d for d, b in manual.items() if b in kept} == {1, 2}
+    assert recent[0] in kept
+    before = repo.list_backups()
+
+    # A real backup: retention runs again after it; the request is gone, so is its backup.
+    sandbox.kubectl("delete", "-n", namespace, "restorerequest", "needs-old", "--wait=true")
+    run_now(sandbox, namespace, "pg", "daily-full:retention")
+    policy = wait_for(lambda: _retention_ran(sandbox, namespace, "backup"), 120,
+                      message=lambda: op.log_tail())
+    listed = backups_list(f"{s3_repo_url}/pg")
+    newest = max(listed, key=lambda b: b["started_at"])
+    assert newest["schedule"] == "daily-full" and newest["id"] not in expected_first
+    kept = {b["id"] for b in listed}
+    candidates = [candidate_of(m) for m in [*before, repo.get(newest["id"])]
+                  if m.id != protected]
+    assert kept == set(retention.explain_plan(candidates, _plan(), now)), op.log_tail()
+    assert protected not in kept
+    # 7 yearlies: this year's by the new backup, and the six years before.
+    years = {dt.datetime.fromisoformat(b["started_at"]).astimezone(TOKYO).year
+             for b in listed if b["schedule"] == "daily-full"}
+    assert years == set(range(now.year - 6, now.year + 1))
+    assert {yearly[y] for y in range(now.year - 9, now.year - 6)}.isdisjoint(kept)
+    status = policy["status"]["retention"]
+    assert status.get("protectedIds") in (None, [])
+    assert status["oldestKeptId"] == yearly[now.year - 6]
+    assert "daily-full" in status["rules"]
+    pruned = [e for e in events_for(sandbox, namespace, "pg") if e["reason"] == "BackupsPruned"]
+    assert pruned and protected in " ".join(e["message"] for e in pruned)
