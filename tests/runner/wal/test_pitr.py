@@ -376,6 +376,16 @@ def test_prune_keeps_what_the_retained_backups_need(
         assert _batches(server) == _expect(1, 2, 3, 4, 5)
     finally:
         server.stop()
+    # A time inside the window (after the retained backup, before the newest WAL) too.
+    server, result = _restore(
+        pg_factory, repo, "pitr-after-prune-time", pitr.Target("time", time=world.after[4][0]),
+        target_timeline=1,
+    )
+    try:
+        assert result["backup_id"] == newest.id
+        assert _batches(server) == _expect(1, 2, 3, 4)
+    finally:
+        server.stop()
 
 
 def _restore_latest_from_first_backup(
