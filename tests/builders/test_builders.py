@@ -308,7 +308,8 @@ def test_credentials_only_come_from_secret_refs(example: str) -> None:
     }
     plain_values = {
         "TONEBRIDGE_DR_REPO", "AWS_REGION", "AWS_ENDPOINT_URL_S3", "TONEBRIDGE_DR_S3_SSE",
-        "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID", "HOME",
+        "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID", "HOME", contract.ENV_COMPRESSION,
+        contract.ENV_COMPRESSION_LEVEL, contract.ENV_ENCRYPT_TO,  # a public key's path
     }
     for obj in all_objects(example):
         for pod in pod_specs(obj):
@@ -584,7 +585,8 @@ def test_wal_stream_deployment() -> None:
     (container,) = spec["template"]["spec"]["containers"]
     assert container["name"] == "wal-stream"
     assert container["args"] == ["wal-stream", "--slot", "tonebridge_dr_tonebridge_db"]
-    assert container["env"] == backup.pod_env(policy)
+    # Streamed WAL is compressed and encrypted like the policy's backups.
+    assert container["env"] == [*backup.pod_env(policy), {"name": contract.ENV_COMPRESSION, "value": "zstd"}, {"name": contract.ENV_COMPRESSION_LEVEL, "value": "6"}, {"name": contract.ENV_ENCRYPT_TO, "value": "/etc/tonebridge-dr/encryption/public.asc"}]
 
 
 def test_wal_stream_uses_the_slot_from_the_spec() -> None:

@@ -52,7 +52,8 @@ def _inject(repo: Repository, when: dt.datetime, schedule: str | None,
     with repo.begin(engine="postgres", method="logical", schedule=schedule,
                     now=when, heartbeat=0) as writer:
         writer.put_object("database.dump", iter([b"backdated " + when.isoformat().encode()]))
-        extra = {"tables": tables} if tables else {}
+        extra = ({"scope": "tables", "tables": [{"schema": "public", "name": t} for t in tables]}
+                 if tables else {"scope": "database"})
         return writer.commit(databases=["tonebridge_db"], server_version="15", tools={},
                              extra=extra, finished_at=when + dt.timedelta(seconds=5)).id
 

@@ -27,6 +27,7 @@ __all__ = [
     "ENV_COMPRESSION_LEVEL",
     "ENV_DECRYPT_PASSPHRASE",
     "ENV_DSN",
+    "ENV_ENCRYPT_TO",
     "ENV_LOG_LEVEL",
     "ENV_REDIS_TARGET_URL",
     "ENV_REDIS_URL",
@@ -73,6 +74,8 @@ ENV_S3_SSE_KMS_KEY_ID: Final = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
 """The KMS key of `aws:kms` server-side encryption."""
 ENV_DECRYPT_PASSPHRASE: Final = "TONEBRIDGE_DR_DECRYPT_PASSPHRASE"
 """Passphrase of the OpenPGP private key a restore decrypts with."""
+ENV_ENCRYPT_TO: Final = "TONEBRIDGE_DR_ENCRYPT_TO"
+"""OpenPGP public key file WAL is encrypted to (wal-push, wal-stream)."""
 ENV_COMPRESSION: Final = "TONEBRIDGE_DR_COMPRESSION"
 ENV_COMPRESSION_LEVEL: Final = "TONEBRIDGE_DR_COMPRESSION_LEVEL"
 ENV_LOG_LEVEL: Final = "TONEBRIDGE_DR_LOG_LEVEL"

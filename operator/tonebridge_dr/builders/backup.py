@@ -30,7 +30,10 @@ from tonebridge_dr.api.backuppolicy import Schedule, TargetKind, WalArchiveMode
 from tonebridge_dr.api.common import BackupMethod
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.api.runner_contract import (  # re-exported: the runner environment
+    ENV_COMPRESSION,
+    ENV_COMPRESSION_LEVEL,
     ENV_DSN,
+    ENV_ENCRYPT_TO,
     ENV_REDIS_URL,
     ENV_REPO,
     ENV_S3_SSE,
@@ -204,6 +207,7 @@ def _runner_pod(
     *,
     restart_policy: str = "Never",
     termination_grace_seconds: int | None = None,
+    extra_env: list[Manifest] | None = None,
 ) -> pods.RunnerPod:
     """A backup or WAL streamer pod. Backups talk to the database and the bucket, never to
     the Kubernetes API: no token."""
@@ -211,7 +215,7 @@ def _runner_pod(
     return pods.RunnerPod(
         container=container,
         args=args,
-        env=pod_env(policy),
+        env=pod_env(policy) + (extra_env or []),
         service_account=settings.backup_service_account,
         requested_resources=policy.spec.resources,
         volumes=volumes,
@@ -300,6 +304,20 @@ def wal_stream_args(policy: BackupPolicy) -> list[str]:
     return ["wal-stream", "--slot", slot]
 
 
+def wal_codec_env(policy: BackupPolicy) -> list[Manifest]:
+    """Compression and encryption of streamed WAL, as the policy's backups have them
+    (wal-push takes the same variables from the archive_command's environment). The level
+    only when the policy sets one: WAL has its own faster default."""
+    compression = policy.spec.compression
+    env: list[Manifest] = [{"name": ENV_COMPRESSION, "value": compression.algorithm.value}]
+    if compression.level is not None:
+        env.append({"name": ENV_COMPRESSION_LEVEL, "value": str(compression.level)})
+    key_path = encrypt_to_path(policy)
+    if key_path is not None:
+        env.append({"name": ENV_ENCRYPT_TO, "value": key_path})
+    return env
+
+
 def build_wal_stream_deployment(
     policy: BackupPolicy, settings: RunnerSettings
 ) -> Manifest | None:
@@ -324,6 +342,7 @@ def build_wal_stream_deployment(
         wal_stream_args(policy),
         restart_policy="Always",
         termination_grace_seconds=settings.wal_stream_termination_grace_seconds,
+        extra_env=wal_codec_env(policy),
     )
     return {
         "apiVersion": "apps/v1",

@@ -22,6 +22,7 @@ from tonebridge_dr.runner.repository import (
     integrity,
 )
 from tonebridge_dr.runner.repository import manifest as manifests
+from tonebridge_dr.runner.repository.catalog import candidate_of
 from tonebridge_dr.runner.storage import open_storage
 from tonebridge_dr.runner.storage.base import ObjectInfo, Storage
 
@@ -97,6 +98,7 @@ def write_backup(
     now: dt.datetime = T0,
     engine: str = "postgres",
     method: str = "logical",
+    extra: dict[str, Any] | None = None,
     **begin: Any,
 ) -> Manifest:
     with repo.begin(engine=engine, method=method, now=now, **begin) as writer:
@@ -107,6 +109,7 @@ def write_backup(
             server_version="16.4",
             tools={"pg_dump": "16.4"},
             finished_at=now + dt.timedelta(seconds=90),
+            extra=extra,
         )
 
 
@@ -576,3 +579,14 @@ def test_prune_never_deletes_the_newest_or_young_backups(repo: Repository) -> No
     assert len(report.deleted) == 4
     empty = repo.prune(RetentionPolicy(), now=now + dt.timedelta(days=999))
     assert empty.deleted == [] and len(empty.kept) == 2
+
+
+def test_table_subset_only_for_dumps_of_chosen_tables(repo: Repository) -> None:
+    tables = [{"schema": "public", "name": "a"}, {"schema": "public", "name": "b"}]
+    full = write_backup(repo, {"database.dump": b"x"}, now=T0,
+                        extra={"scope": "database", "tables": tables})
+    hot = write_backup(repo, {"table.public.a.dump": b"y"}, now=T0 + dt.timedelta(hours=1),
+                       extra={"scope": "tables", "tables": tables[:1]})
+    assert full.table_subset == () and full.result()["tables"] == []
+    assert hot.table_subset == ("public.a",) and hot.result()["tables"] == ["public.a"]
+    assert candidate_of(full).series != candidate_of(hot).series

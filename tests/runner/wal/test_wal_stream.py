@@ -14,7 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.fixtures import EXAMPLES
+from tests.fixtures.gpg import GpgKeys
 from tests.fixtures.pg_wal import (
     VENV_PYTHON,
     batches,
@@ -24,6 +27,10 @@ from tests.fixtures.pg_wal import (
     wait_for,
 )
 from tests.fixtures.postgres import PgFactory, PgServer
+from tonebridge_dr.api import runner_contract as contract
+from tonebridge_dr.api.kinds import BackupPolicy
+from tonebridge_dr.builders import backup as backup_builders
+from tonebridge_dr.runner.codecs import encryption
 from tonebridge_dr.runner.engines.postgres import basebackup
 from tonebridge_dr.runner.engines.postgres.wal import catalog, naming, pitr
 from tonebridge_dr.runner.repository import Repository
@@ -33,12 +40,14 @@ pytestmark = pytest.mark.timeout(600)
 SLOT = "tbdr_stream_test"
 
 
-def _start(server: PgServer, repo_url: str, work: Path) -> subprocess.Popen[str]:
+def _start(server: PgServer, repo_url: str, work: Path,
+           env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [str(VENV_PYTHON), "-m", "tonebridge_dr.runner.engines.postgres.wal", "wal-stream",
          "--dsn", server.dsn(), "--repo", repo_url, "--slot", SLOT, "--work-dir", str(work),
          "--status-interval", "1", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -121,3 +130,42 @@ def test_streamed_wal_is_restorable_and_the_slot_is_reused(
         assert batches(restored) == [(1, 10), (2, 10), (3, 10)]
     finally:
         restored.stop()
+
+
+def test_streamed_wal_is_compressed_and_encrypted_as_the_policy_says(
+    pg_factory: PgFactory, s3_repo_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    postgres_runs_cli: None, gpg_keys: GpgKeys,
+) -> None:
+    """The WAL streamer Deployment's env (from the builder) makes wal-stream store OpenPGP
+    objects: before the fix the Deployment mounted the key but set no variable, and every
+    streamed segment was stored in clear text."""
+    body = yaml.safe_load((EXAMPLES / "01-postgres-backup" / "backuppolicy.yaml").read_text())
+    body["metadata"].update(uid="u", namespace="ns")
+    policy = BackupPolicy.from_body(body)
+    env = {var["name"]: var["value"] for var in backup_builders.wal_codec_env(policy)}
+    assert env[contract.ENV_ENCRYPT_TO] == backup_builders.encrypt_to_path(policy)
+    env[contract.ENV_ENCRYPT_TO] = str(gpg_keys.public_key)  # where the pod mounts it
+    server = pg_factory.start("stream-enc")
+    monkeypatch.setenv("PGPASSWORD", server.password)
+    server.execute("postgres", "CREATE TABLE secret_rows (v text)")
+    server.execute("postgres", "INSERT INTO secret_rows SELECT 'PLAINTEXT-MARKER' "
+                               "FROM generate_series(1, 1000)")
+    repo = Repository.open(s3_repo_url)
+    streamer = _start(server, s3_repo_url, tmp_path / "work", env)
+    try:
+        wait_for(lambda: any(s[0] == SLOT and s[1] for s in _slots(server)), "the slot in use")
+        server.execute("postgres", "INSERT INTO secret_rows VALUES ('PLAINTEXT-MARKER')")
+        segment = switch_wal(server)
+        wait_for(
+            lambda: (catalog.archive_status(repo).newest_by_timeline.get(1) or "") >= segment,
+            f"{segment} to be uploaded",
+        )
+    finally:
+        _stop(streamer)
+    objects = list(catalog.WalArchive(repo.storage).all_objects())
+    assert objects
+    for obj in objects:
+        assert obj.key.endswith(".zst.gpg"), obj.key
+        data = repo.storage.get_bytes(obj.key)
+        assert encryption.is_encrypted(data[:4096]), obj.key
+        assert b"PLAINTEXT-MARKER" not in data

@@ -458,14 +458,13 @@ class Repository:
 
 def candidate_of(manifest: manifests.Manifest) -> retention.Candidate:
     """What retention needs to know of a backup."""
-    tables = manifest.extra.get("tables") or ()
     return retention.Candidate(
         id=manifest.id,
         started_at=manifest.started_at,
         engine=manifest.engine,
         method=manifest.method,
         schedule=manifest.schedule,
-        tables=tuple(str(t) for t in tables) if isinstance(tables, list | tuple) else (),
+        tables=manifest.table_subset,
     )
 
 

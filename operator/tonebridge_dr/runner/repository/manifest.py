@@ -155,6 +155,19 @@ class Manifest(_Model):
         return sum(entry.raw_size for entry in self.objects)
 
     @property
+    def table_subset(self) -> tuple[str, ...]:
+        """"schema.table" names when this is a dump of chosen tables only (hot tables), else
+        () (a whole-database dump lists every table in `extra["tables"]` too)."""
+        if self.extra.get("scope") != "tables":
+            return ()
+        names = []
+        for entry in self.extra.get("tables") or ():
+            if isinstance(entry, dict) and entry.get("name"):
+                schema = entry.get("schema")
+                names.append(f"{schema}.{entry['name']}" if schema else str(entry["name"]))
+        return tuple(names)
+
+    @property
     def duration_seconds(self) -> float:
         return (self.finished_at - self.started_at).total_seconds()
 
@@ -195,7 +208,7 @@ class Manifest(_Model):
             ),
             "storage_class": self.storage_class,
             "schedule": self.schedule,
-            "tables": list(self.extra.get("tables") or []),
+            "tables": list(self.table_subset),
             "server_version": self.server_version,
             "tool_version": self.tool_version,
             "wal": self.wal.model_dump() if self.wal else None,
