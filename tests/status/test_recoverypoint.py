@@ -133,6 +133,16 @@ def test_only_table_dumps_miss_the_rpo_with_their_own_reason_then_a_full_backup_
     assert change is not None and (change.old_state, change.new_state) == ("False", "True")
     assert status.recovery_point == at(56)
     assert status.last_table_backup is not None and status.last_table_backup.id == "h2"
+    # once retention removed the table dumps, the status no longer shows one
+    status, _ = freshness.assess_freshness(
+        status, summary((full("f1", 56),)), HOUR, generation=3, now=at(61))
+    assert status.last_table_backup is None
+    # an unreadable repository keeps the last known one
+    kept, _ = freshness.assess_freshness(
+        None, summary(dumps), HOUR, generation=3, now=at(55))
+    kept, _ = freshness.assess_freshness(
+        kept, CatalogSummary(error="timeout"), HOUR, generation=3, now=at(56))
+    assert kept.last_table_backup is not None and kept.last_table_backup.id == "h2"
 
 
 def test_table_dumps_without_an_objective_are_unknown_and_say_why() -> None:

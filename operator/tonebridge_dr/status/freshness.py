@@ -158,6 +158,7 @@ def _catalog_updates(current: BackupPolicyStatus, summary: CatalogSummary) -> di
             }
         )
     table_backup = newest_table_backup(summary.backups)
+    updates["last_table_backup"] = None  # the catalog's truth: gone once pruned
     if table_backup is not None:
         updates["last_table_backup"] = TableBackupSummary(
             id=table_backup.id,
