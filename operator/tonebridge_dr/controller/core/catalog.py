@@ -50,7 +50,6 @@ CACHE_SIZE = 64
 #: The object of a logical backup of the whole database (runner.engines.postgres.dump
 #: DATABASE_OBJECT; a table-subset dump has one object per table instead).
 WHOLE_DATABASE_OBJECT = "database.dump"
-DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 
 
 class CredentialsMissing(Exception):
