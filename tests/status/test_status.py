@@ -20,6 +20,7 @@ from tonebridge_dr.status import backuppolicy as bp_status
 from tonebridge_dr.status import conditions, freshness, jobs
 from tonebridge_dr.status.freshness import CatalogSummary
 from tonebridge_dr.status.jobs import JobOutcome
+from tonebridge_dr.status.recoverypoint import BackupRecord, WalChainEnd, WalStart
 
 T0 = datetime(2024, 1, 15, 2, 0, 0, tzinfo=UTC)
 AT_3 = T0 + timedelta(minutes=3)
@@ -591,6 +592,16 @@ HOUR = Objectives(rpo=timedelta(hours=1))
 def catalog(backup_at: datetime | None, wal_at: datetime | None = None, **more: Any) -> (
     CatalogSummary
 ):
+    """A catalog whose newest backup b1 finished at `backup_at`: a full logical backup, or
+    with `wal_at` a physical one followed without a gap by WAL archived at `wal_at`."""
+    records: tuple[BackupRecord, ...] = ()
+    chain: WalChainEnd | None = None
+    if backup_at is not None:
+        physical = wal_at is not None
+        records = (BackupRecord("b1", "postgres", "physical" if physical else "logical",
+                                backup_at, wal=WalStart(1, 2) if physical else None),)
+        if wal_at is not None:
+            chain = WalChainEnd("b1", "000000010000000000000003", wal_at)
     return CatalogSummary(
         newest_backup_id="b1" if backup_at else None,
         newest_backup_time=backup_at,
@@ -598,6 +609,8 @@ def catalog(backup_at: datetime | None, wal_at: datetime | None = None, **more: 
         total_size_bytes=3000 if backup_at else 0,
         newest_wal_time=wal_at,
         newest_wal_segment="000000010000000000000003" if wal_at else None,
+        backups=records,
+        wal_chain=chain,
         **more,
     )
 
@@ -621,7 +634,8 @@ def test_fresh_backup_meets_the_rpo() -> None:
     rpo = cond(status.conditions, conditions.RPO_MET)
     assert (rpo.status, rpo.reason, rpo.observed_generation) == ("True", "ObjectiveMet", 5)
     assert rpo.message == (
-        "the newest recovery point (2024-01-15T02:00:00Z) is 30m old, within the RPO of 1h"
+        "the newest recovery point, full logical backup b1 at 2024-01-15T02:00:00Z, is 30m old,"
+        " within the RPO of 1h"
     )
     stale = cond(status.conditions, conditions.BACKUP_STALE)
     assert (stale.status, stale.reason) == ("False", "BackupFresh")

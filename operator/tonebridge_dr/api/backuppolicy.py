@@ -51,6 +51,7 @@ __all__ = [
     "RedisTarget",
     "RestoreTestSummary",
     "Schedule",
+    "TableBackupSummary",
     "Target",
     "TargetKind",
     "WalArchive",
@@ -398,6 +399,20 @@ class BackupSummary(StatusModel):
     """How long the backup took."""
 
 
+class TableBackupSummary(StatusModel):
+    """The newest backup of a subset of tables (a hot-table dump). It restores those tables
+    only, so it is never the policy's recovery point and never satisfies the RPO."""
+
+    id: str
+    """Backup id."""
+    schedule: str | None = None
+    """Schedule that took it."""
+    time: Time
+    """When the backup finished."""
+    tables: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)]
+    """Tables it holds, schema-qualified, e.g. public.transformations."""
+
+
 class FailureSummary(StatusModel):
     """The last failed backup attempt."""
 
@@ -498,7 +513,11 @@ class BackupPolicyStatus(StatusModel):
     total_size_bytes: Annotated[int, Field(ge=0)] | None = None
     """Stored size of all backups."""
     recovery_point: Time | None = None
-    """Newest point in time that can be restored (last backup or last archived WAL)."""
+    """Newest point in time to which the whole database can be restored: the newest full
+    backup (not a table-subset dump), or the newest archived WAL that follows a retained
+    physical base backup without a gap; the RPOMet message names which."""
+    last_table_backup: TableBackupSummary | None = None
+    """The newest table-subset (hot-table) backup; it counts for its tables only."""
     rpo_age_seconds: Annotated[float, Field(ge=0)] | None = None
     """Age of the recovery point when status was last written."""
     wal: WalStatus | None = None

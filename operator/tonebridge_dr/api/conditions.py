@@ -91,6 +91,9 @@ class Reason(StrEnum):
     RPO_MET = "RPOMet"
     RPO_MISSED = "RPOMissed"
     RPO_UNKNOWN = "RPOUnknown"
+    NO_FULL_RECOVERY_POINT = "NoFullRecoveryPoint"
+    """RPOMet: the repository holds only table-subset dumps (hot tables), nothing that
+    restores the whole database."""
     APPEND_ONLY_ENABLED = "AppendOnlyEnabled"
     APPEND_ONLY_DISABLED = "AppendOnlyDisabled"
     APPEND_ONLY_UNKNOWN = "AppendOnlyUnknown"

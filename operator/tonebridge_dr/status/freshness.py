@@ -4,9 +4,12 @@
 the controller. It writes the recovery point, its age, the catalog counters and two
 conditions:
 
-* RPOMet: True when the newest recovery point (newest complete backup, or newest
-  archived WAL) is younger than `objectives.rpo`; False when older; Unknown when there
-  is no objective, no backup yet, or the repository cannot be read.
+* RPOMet: True when the newest recovery point (status/recoverypoint.py: the newest
+  backup of the whole database, or the newest archived WAL that follows a retained
+  physical base backup without a gap) is younger than `objectives.rpo`; False when
+  older, or when the repository holds only table-subset dumps (NoFullRecoveryPoint);
+  Unknown when there is no objective, no backup yet, or the repository cannot be read.
+  The message names the recovery point it used.
 * BackupStale (for alerting): True when the newest complete backup is older than
   `objectives.staleAfter` (default: rpo, else 25h); False when fresh; Unknown as above.
 
@@ -21,18 +24,31 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tonebridge_dr.api.backuppolicy import BackupPolicyStatus, BackupSummary, WalStatus
+from tonebridge_dr.api.backuppolicy import (
+    BackupPolicyStatus,
+    BackupSummary,
+    TableBackupSummary,
+    WalStatus,
+)
 from tonebridge_dr.api.common import Objectives
 from tonebridge_dr.api.conditions import Condition, Reason
 from tonebridge_dr.api.formats import format_duration
 from tonebridge_dr.status import conditions
 from tonebridge_dr.status.backuppolicy import backup_method
+from tonebridge_dr.status.recoverypoint import (
+    BackupRecord,
+    RecoveryPoint,
+    WalChainEnd,
+    find_recovery_point,
+    newest_table_backup,
+)
 
 __all__ = [
     "DEFAULT_STALE_AFTER",
     "CatalogSummary",
     "FreshnessChange",
     "assess_freshness",
+    "find_recovery_point_of",
     "recovery_point",
     "stale_after",
 ]
@@ -63,6 +79,11 @@ class CatalogSummary:
     """Engine of the newest backup (`postgres`, `redis`)."""
     newest_backup_size_bytes: int | None = None
     """Stored size of the newest backup."""
+    backups: tuple[BackupRecord, ...] = ()
+    """Every complete backup, reduced to what decides recovery points."""
+    wal_chain: WalChainEnd | None = None
+    """The newest archived WAL reachable without a gap from the newest physical base
+    backup (None: no WAL archiving, no physical backup, or not even its first segment)."""
 
 
 @dataclass(frozen=True)
@@ -76,14 +97,29 @@ class FreshnessChange:
     reason: str = ""
 
 
-def recovery_point(summary: CatalogSummary) -> datetime | None:
-    """The newest point in time that can be restored: the newer of the newest backup's
-    finish and the newest archived WAL; None without a backup (archived WAL alone restores
-    nothing) or on a catalog error."""
-    if summary.error is not None or summary.newest_backup_time is None:
+def find_recovery_point_of(summary: CatalogSummary) -> RecoveryPoint | None:
+    """The honest recovery point of the catalog (status/recoverypoint.py); None without a
+    backup of the whole database or on a catalog error."""
+    if summary.error is not None:
         return None
-    times = [t for t in (summary.newest_backup_time, summary.newest_wal_time) if t is not None]
-    return max(times) if times else None
+    return find_recovery_point(summary.backups, summary.wal_chain)
+
+
+def recovery_point(summary: CatalogSummary) -> datetime | None:
+    """The newest point in time to which the whole database can be restored."""
+    point = find_recovery_point_of(summary)
+    return point.time if point is not None else None
+
+
+MAX_TABLES = 64
+"""Table names `lastTableBackup` lists (the API's limit)."""
+
+
+def _table_dumps(backups: tuple[BackupRecord, ...]) -> str:
+    """`a, b`: the tables of every table dump in the catalog (at most 8 named)."""
+    tables = sorted({table for b in backups for table in b.tables or ()})
+    shown = ", ".join(tables[:8])
+    return shown + (f" and {len(tables) - 8} more" if len(tables) > 8 else "")
 
 
 def stale_after(objectives: Objectives | None) -> timedelta:
@@ -120,6 +156,15 @@ def _catalog_updates(current: BackupPolicyStatus, summary: CatalogSummary) -> di
                 "last_archived_segment": summary.newest_wal_segment,
                 "last_archived_time": summary.newest_wal_time,
             }
+        )
+    table_backup = newest_table_backup(summary.backups)
+    updates["last_table_backup"] = None  # the catalog's truth: gone once pruned
+    if table_backup is not None:
+        updates["last_table_backup"] = TableBackupSummary(
+            id=table_backup.id,
+            schedule=table_backup.schedule,
+            time=table_backup.finished_at,
+            tables=sorted(table_backup.tables or ())[:MAX_TABLES],
         )
     newest_id, newest_time = summary.newest_backup_id, summary.newest_backup_time
     if newest_id and newest_time is not None:
@@ -166,18 +211,29 @@ def assess_freshness(
         stale_reason = reason
     else:
         updates.update(_catalog_updates(current, summary))
-        point = recovery_point(summary)
+        found = find_recovery_point_of(summary)
+        point = found.time if found is not None else None
         updates["recovery_point"] = point
         updates["rpo_age_seconds"] = (
             float(int(_age(now, point).total_seconds())) if point is not None else None
         )
-        if point is None:
+        if found is None and newest_table_backup(summary.backups) is not None:
+            rpo_message = (
+                f"no full recovery point: only table dumps of {_table_dumps(summary.backups)}"
+            )
+            if rpo is None:
+                reason, rpo_status = Reason.NO_OBJECTIVE.value, "Unknown"
+                rpo_message += "; no objectives.rpo is set"
+            else:
+                reason, rpo_status = Reason.NO_FULL_RECOVERY_POINT.value, "False"
+                rpo_message += f", which never meet the RPO of {_text(rpo)}"
+        elif found is None:
             reason = Reason.NO_BACKUPS.value
             rpo_status = "Unknown"
             rpo_message = "the repository has no complete backup yet"
         else:
-            age = _age(now, point)
-            described = f"the newest recovery point ({_time(point)}) is {_text(age)} old"
+            age = _age(now, found.time)
+            described = f"the newest recovery point, {found.describe()}, is {_text(age)} old"
             if rpo is None:
                 reason, rpo_status = Reason.NO_OBJECTIVE.value, "Unknown"
                 rpo_message = f"{described}; no objectives.rpo is set"

@@ -32,7 +32,12 @@ from tonebridge_dr.api.restoretest import RestoreTestStatus
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
 from tonebridge_dr.controller.core import notify, objects
 from tonebridge_dr.status import conditions, restorable
-from tonebridge_dr.status.freshness import CatalogSummary, FreshnessChange, assess_freshness
+from tonebridge_dr.status.freshness import (
+    CatalogSummary,
+    FreshnessChange,
+    assess_freshness,
+    recovery_point,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +135,9 @@ def tick(
 
 
 def _age(summary: CatalogSummary, now: dt.datetime) -> float | None:
-    if summary.error is not None:
-        return None
-    times = [t for t in (summary.newest_backup_time, summary.newest_wal_time) if t is not None]
-    return max(0.0, (now - max(times)).total_seconds()) if times else None
+    """Age of the honest recovery point (the one RPOMet judges), for the metric."""
+    point = recovery_point(summary)
+    return max(0.0, (now - point).total_seconds()) if point is not None else None
 
 
 def _report(

@@ -11,6 +11,13 @@ AWS_SESSION_TOKEN); endpoint and region from the spec. Without a Secret the
 operator's own identity (its environment / IRSA) is used. A `file://` repository
 is read on the operator's own filesystem; a folder that does not exist yet (no
 backup ran) is an empty catalog.
+
+Recovery points (status/recoverypoint.py decides; this module only reads): every
+manifest becomes a `BackupRecord` (a PostgreSQL logical backup without the whole-database
+object is a table subset), and for a policy with WAL archiving the WAL chain of the
+newest physical base backup is read by listing that backup's timeline from its first
+needed segment on, lazily: the listing stops at the first gap, so its cost is the WAL
+archived since that backup, never the whole archive.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import datetime as dt
 import logging
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 from tonebridge_dr.api.kinds import BackupPolicy
@@ -29,7 +37,9 @@ from tonebridge_dr.controller.core.kube import ApiError, Kube
 from tonebridge_dr.controller.core.secrets import REPOSITORY_KEYS
 from tonebridge_dr.runner import errors as runner_errors
 from tonebridge_dr.runner.repository.catalog import Repository
+from tonebridge_dr.runner.repository.manifest import Manifest
 from tonebridge_dr.runner.storage import S3Config, Storage, open_storage
+from tonebridge_dr.status import recoverypoint
 from tonebridge_dr.status.freshness import CatalogSummary
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,9 @@ log = logging.getLogger(__name__)
 ACCESS_KEY, SECRET_KEY = REPOSITORY_KEYS
 SESSION_TOKEN = "AWS_SESSION_TOKEN"
 CACHE_SIZE = 64
+#: The object of a logical backup of the whole database (runner.engines.postgres.dump
+#: DATABASE_OBJECT; a table-subset dump has one object per table instead).
+WHOLE_DATABASE_OBJECT = "database.dump"
 
 
 class CredentialsMissing(Exception):
@@ -124,6 +137,8 @@ class CatalogReader:
             storage = self._storage(url, config)
             manifests = Repository(storage).list_backups()
             wal_time, wal_segment = self._wal(policy, storage)
+            records = tuple(backup_record(m) for m in manifests)
+            chain = self._wal_chain(policy, storage, records)
         except CredentialsMissing as exc:
             return CatalogRead(CatalogSummary(error=str(exc)))
         except ApiError as exc:
@@ -150,6 +165,8 @@ class CatalogReader:
             newest_backup_method=newest.method,
             newest_backup_engine=newest.engine,
             newest_backup_size_bytes=newest.size_bytes,
+            backups=records,
+            wal_chain=chain,
         )
         return CatalogRead(summary, newest.duration_seconds, newest.size_bytes)
 
@@ -163,3 +180,95 @@ class CatalogReader:
         status = archive_status(storage)
         when = status.last_archived_at.astimezone(dt.UTC) if status.last_archived_at else None
         return when, status.last_segment
+
+    @staticmethod
+    def _wal_chain(
+        policy: BackupPolicy, storage: Storage, records: tuple[recoverypoint.BackupRecord, ...]
+    ) -> recoverypoint.WalChainEnd | None:
+        postgres = policy.spec.target.postgres
+        if postgres is None or postgres.wal_archive is None:
+            return None  # WAL in the folder is not this policy's promise
+        base = recoverypoint.wal_base(records)
+        if base is None or base.wal is None:
+            return None
+        return recoverypoint.wal_chain_end(base, wal_objects(storage, base.wal))
+
+
+def backup_record(manifest: Manifest) -> recoverypoint.BackupRecord:
+    """What recovery points need of a manifest.
+
+    A PostgreSQL logical backup is a table subset when its dump says so (`scope:
+    tables`) or when it lacks the whole-database object a full restore needs; its
+    tables are the schema-qualified names it lists. A physical base backup with a WAL
+    range gets its `WalStart`: the start segment, or the segment after its stop segment
+    when pg_basebackup put the backup's own WAL into it (like the PITR planner).
+    """
+    tables: tuple[str, ...] | None = None
+    if manifest.engine == "postgres" and manifest.method == "logical" and (
+        manifest.extra.get("scope") == "tables"
+        or manifest.object(WHOLE_DATABASE_OBJECT) is None
+    ):
+        listed = manifest.extra.get("tables")
+        entries = listed if isinstance(listed, list) else []
+        tables = tuple(
+            f"{entry['schema']}.{entry['name']}"
+            for entry in entries
+            if isinstance(entry, dict) and "schema" in entry and "name" in entry
+        )
+    start: recoverypoint.WalStart | None = None
+    if manifest.engine == "postgres" and manifest.method == "physical" and manifest.wal:
+        start = _wal_start(manifest)
+    return recoverypoint.BackupRecord(
+        id=manifest.id,
+        engine=manifest.engine,
+        method=manifest.method,
+        finished_at=manifest.finished_at.astimezone(dt.UTC),
+        tables=tables,
+        schedule=manifest.schedule,
+        wal=start,
+    )
+
+
+def _wal_start(manifest: Manifest) -> recoverypoint.WalStart | None:
+    from tonebridge_dr.runner.engines.postgres.wal import naming
+
+    assert manifest.wal is not None
+    try:
+        size = naming.check_segment_size(
+            int(manifest.extra.get("wal_segment_size") or naming.DEFAULT_SEGMENT_SIZE)
+        )
+        start = naming.segno_of_lsn(naming.parse_lsn(manifest.wal.start_lsn), size)
+        stop = naming.segno_of_lsn(max(naming.parse_lsn(manifest.wal.stop_lsn) - 1, 0), size)
+    except (ValueError, runner_errors.DRError):
+        log.warning("backup %s has an unreadable WAL range: no WAL follows it", manifest.id)
+        return None
+    included = manifest.extra.get("wal_method") in ("fetch", "stream")
+    return recoverypoint.WalStart(
+        timeline=manifest.wal.timeline,
+        first_segno=stop + 1 if included else start,
+        segment_size=size,
+    )
+
+
+def wal_objects(
+    storage: Storage, start: recoverypoint.WalStart
+) -> Iterator[recoverypoint.WalObject]:
+    """Archived segments and `.partial` files of `start`'s timeline from its first needed
+    segment on, in key order; lazy (each page is listed only when the consumer asks)."""
+    from tonebridge_dr.runner.engines.postgres.wal import naming
+
+    first = naming.segment_name(start.timeline, start.first_segno, start.segment_size)
+    prefix = f"{naming.WAL_PREFIX}{start.timeline:08X}"
+    # Every key of `first` (and later) sorts after `wal/<folder>/<first>`.
+    start_after = f"{naming.WAL_PREFIX}{first[:16]}/{first}"
+    for info in storage.list_after(prefix, start_after=start_after):
+        ref = naming.parse_key(info.key)
+        if ref is None or ref.wal.kind not in (naming.SEGMENT, naming.PARTIAL):
+            continue
+        yield recoverypoint.WalObject(
+            timeline=ref.wal.timeline,
+            segno=ref.wal.segno(start.segment_size),
+            name=ref.name,
+            archived_at=info.last_modified.astimezone(dt.UTC),
+            partial=ref.wal.kind == naming.PARTIAL,
+        )

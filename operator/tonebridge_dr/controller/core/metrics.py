@@ -39,7 +39,8 @@ _SERIES: tuple[tuple[str, type[Gauge] | type[Counter], str, str, tuple[str, ...]
     ("failures", Counter, "backup_failures",
      "Backup Jobs that failed (since the operator started)", LABELS),
     ("rpo_age", Gauge, "rpo_age_seconds",
-     "Age of the newest recovery point (last backup or archived WAL)", LABELS),
+     "Age of the newest recovery point (full backup, or gap-free WAL after a physical "
+     "backup)", LABELS),
     ("backups", Gauge, "backups", "Complete backups in the repository", LABELS),
     ("repository_up", Gauge, "repository_up",
      "1 when the last catalog read succeeded, else 0", LABELS),
