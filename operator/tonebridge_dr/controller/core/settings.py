@@ -18,6 +18,7 @@ SettingsError with one sentence.
 | `--peering NAME` | `TONEBRIDGE_DR_PEERING` | `tonebridge-dr` |
 | `--priority N` | `TONEBRIDGE_DR_PRIORITY` | 0 |
 | `--freshness-interval S` (>= 1) | `TONEBRIDGE_DR_FRESHNESS_INTERVAL` | 60 |
+| `--rehydration-interval S` (>= 1) | `TONEBRIDGE_DR_REHYDRATION_INTERVAL` | 300 |
 | `--watch-timeout S` | `TONEBRIDGE_DR_WATCH_TIMEOUT` | 60 |
 | `--workers N` | `TONEBRIDGE_DR_WORKERS` | 16 |
 | `--notify-timeout S` | `TONEBRIDGE_DR_NOTIFY_TIMEOUT` | 5 |
@@ -64,6 +65,8 @@ class Settings:
     priority: int = 0
     freshness_interval: float = 60.0
     """Seconds between two reads of a policy's repository catalog."""
+    rehydration_interval: float = 300.0
+    """Seconds between two checks of a Rehydrating RestoreRequest's archived objects."""
     watch_timeout: float = 60.0
     """Server-side timeout of one watch request (kopf reconnects after it)."""
     workers: int = 16
@@ -107,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--priority", type=int, help="peering priority")
     parser.add_argument("--freshness-interval", type=float,
                         help="seconds between repository catalog reads per policy (>= 1)")
+    parser.add_argument("--rehydration-interval", type=float,
+                        help="seconds between checks of an archived backup being rehydrated "
+                        "for a RestoreRequest (>= 1)")
     parser.add_argument("--watch-timeout", type=float, help="watch request timeout, seconds")
     parser.add_argument("--workers", type=int, help="threads for synchronous handlers")
     parser.add_argument("--notify-timeout", type=float, help="webhook timeout, seconds")
@@ -222,6 +228,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
         freshness_interval=source.real(
             args.freshness_interval, "FRESHNESS_INTERVAL", defaults.freshness_interval
         ),
+        rehydration_interval=source.real(
+            args.rehydration_interval, "REHYDRATION_INTERVAL", defaults.rehydration_interval
+        ),
         watch_timeout=source.real(args.watch_timeout, "WATCH_TIMEOUT", defaults.watch_timeout),
         workers=source.integer(args.workers, "WORKERS", defaults.workers),
         notify_timeout=source.real(
@@ -239,6 +248,11 @@ def _check(settings: Settings) -> None:
     if settings.freshness_interval < 1:
         raise SettingsError(
             f"freshness interval must be at least 1 second, got {settings.freshness_interval:g}"
+        )
+    if settings.rehydration_interval < 1:
+        raise SettingsError(
+            "rehydration interval must be at least 1 second, got "
+            f"{settings.rehydration_interval:g}"
         )
     if settings.watch_timeout <= 0:
         raise SettingsError("watch timeout must be positive")
