@@ -409,7 +409,9 @@ def test_enum_values_are_stable() -> None:
         "Healthy",
         "Passed",
     }
-    assert [p.value for p in RestorePhase] == ["Pending", "Running", "Succeeded", "Failed"]
+    assert [p.value for p in RestorePhase] == [
+        "Pending", "Rehydrating", "Running", "Succeeded", "Failed"
+    ]
     assert [p.value for p in FailoverPhase] == [
         "Idle",
         "Monitoring",

@@ -138,3 +138,10 @@ def test_restore_test_results_are_the_contract_shape() -> None:
         errors.ChecksFailed.reason, errors.RTOMissed.reason]
     assert {15, 16} <= set(contract.non_retriable_backup_codes())
     assert {15, 16} <= set(contract.non_retriable_restore_codes())
+
+
+def test_an_archived_backup_fails_a_restore_job_at_once() -> None:
+    entry = contract.exit_code(errors.BackupArchived.exit_code)
+    assert entry is not None and entry.code == 17 and entry.reason == errors.BackupArchived.reason
+    assert 17 in contract.non_retriable_restore_codes()
+    assert 17 not in contract.non_retriable_backup_codes()  # backups never exit 17

@@ -292,6 +292,44 @@ def test_logical_latest_restore_through_a_request(world: World) -> None:
     assert_no_secret_leaks(world, "restore-latest", world.pg.password, uri, "reader-key")
 
 
+def test_an_archived_backup_goes_through_rehydrating_to_complete(world: World) -> None:
+    src = world.source_db()
+    backup_id = world.backup(src)
+    repo = f"{world.bucket_url}/{POLICY}"
+    archived = world.cli("backups", "archive", "--repo", repo, "--after", "0", "--json")
+    assert archived.code == 0, archived.err
+    assert archived.json["moved"] == [backup_id]
+    world.policy()
+    target = world.pg.create_database("empty")
+    world.dsn_secret("db-restore", dbname_of(target))
+
+    world.request("restore-archived", {
+        "source": {"policyRef": {"name": POLICY}},
+        "backupId": backup_id,
+        "rehydration": {"days": 2, "tier": "Bulk"},
+        "target": {"database": {"dsnSecretRef": {"name": "db-restore", "key": "dsn"}}},
+    })
+    body = world.finished("restore-archived")
+    assert body["status"]["phase"] == "Succeeded", body["status"]
+    assert condition(body, "Complete")["status"] == "True"
+    assert body["status"]["restored"]["backupId"] == backup_id
+    assert table_checksums(world.pg, dbname_of(target)) == table_checksums(
+        world.pg, dbname_of(src)
+    )
+    # The request went through Rehydrating before its Job: one Event says so, with the
+    # counts and the tier (moto makes copies readable at once: the next check goes on).
+    events = sorted(world.events("restore-archived"), key=lambda e: e["metadata"]["name"])
+    rehydrating = [e for e in events if e["reason"] == "Rehydrating"]
+    assert [e["message"] for e in rehydrating] == [
+        f"backup {backup_id}: 2 of 2 objects are in storage class GLACIER and not readable "
+        "yet; rehydration 2 requested now, 0 in progress (tier Bulk, readable for 2 days)"
+    ]
+    started = next(e for e in events if e["reason"] == "RestoreStarted")
+    assert rehydrating[0]["firstTimestamp"] <= started["firstTimestamp"]
+    listed = world.cli("backups", "list", "--repo", repo, "--json")
+    assert [b["current_storage_class"] for b in listed.json] == ["GLACIER"]
+
+
 def test_table_restore_replaces_that_table_and_leaves_the_others(world: World) -> None:
     src = world.source_db()
     world.backup(src)

@@ -107,6 +107,7 @@ class Reason(StrEnum):
     NAME_CONFLICT = "NameConflict"
     WRITE_CREDENTIALS = "WriteCredentials"
     RESTORE_STARTED = "RestoreStarted"
+    REHYDRATING = "Rehydrating"
     RESTORE_SUCCEEDED = "RestoreSucceeded"
     RESTORE_FAILED = "RestoreFailed"
     JOB_DELETED = "JobDeleted"

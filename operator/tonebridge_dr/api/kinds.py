@@ -226,7 +226,8 @@ RESTORE_REQUEST = KindInfo(
     status_model=RestoreRequestStatus,
     resource_model=RestoreRequest,
     printer_columns=(
-        PrinterColumn("PHASE", ".status.phase", description="Pending, Running, Succeeded, Failed"),
+        PrinterColumn("PHASE", ".status.phase",
+                      description="Pending, Rehydrating, Running, Succeeded, Failed"),
         PrinterColumn("SOURCE", ".status.source", description="Where the backups come from"),
         PrinterColumn("TARGET TIME", ".spec.targetTime", description="Point-in-time target"),
         PrinterColumn("DURATION", ".status.duration", description="How long the restore took"),

@@ -40,6 +40,8 @@ __all__ = [
     "Instance",
     "KubernetesRestoreTarget",
     "RedisRestoreTarget",
+    "Rehydration",
+    "RehydrationTier",
     "Repair",
     "RestorePhase",
     "RestoreRequestSpec",
@@ -245,6 +247,25 @@ class Repair(SpecModel):
     )
 
 
+class RehydrationTier(StrEnum):
+    """S3 retrieval tiers (RestoreObject): how fast an archived object becomes readable."""
+
+    STANDARD = "Standard"
+    BULK = "Bulk"
+    EXPEDITED = "Expedited"
+
+
+class Rehydration(SpecModel):
+    """How to bring back a backup in an archive storage class (GLACIER, DEEP_ARCHIVE)
+    before restoring it. Without this field: 1 day, Standard tier."""
+
+    days: Annotated[StrictInt, Field(ge=1, le=365)] = 1
+    """How long the rehydrated copies stay readable (S3 keeps the archived object)."""
+    tier: RehydrationTier = RehydrationTier.STANDARD
+    """Retrieval tier: Standard (hours), Bulk (cheaper, slower), Expedited (minutes;
+    not for DEEP_ARCHIVE)."""
+
+
 class RestoreRequestSpec(SpecModel):
     """One restore. Choose exactly one of backupId, latest, targetTime, targetLSN."""
 
@@ -272,6 +293,10 @@ class RestoreRequestSpec(SpecModel):
     the target already has)."""
     resources: ResourceRequirements | None = None
     """Resources of the restore Job."""
+    rehydration: Rehydration | None = None
+    """When the backup (or the WAL it needs) is in an archive storage class: the operator
+    requests readable copies with these settings (default 1 day, Standard), reports phase
+    Rehydrating and starts the restore once every object is readable."""
 
     cel_rules = (
         Rule(
@@ -344,6 +369,7 @@ class RestorePhase(StrEnum):
     """Lifecycle of a RestoreRequest."""
 
     PENDING = "Pending"
+    REHYDRATING = "Rehydrating"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -379,7 +405,7 @@ class RestoreRequestStatus(StatusModel):
     conditions: ConditionList | None = None
     """Ready, Succeeded."""
     phase: RestorePhase | None = None
-    """Pending, Running, Succeeded or Failed."""
+    """Pending, Rehydrating, Running, Succeeded or Failed."""
     source: str | None = None
     """Summary of the source for `kubectl get`."""
     job_name: str | None = None

@@ -141,6 +141,12 @@ EXIT_CODES: Final[tuple[ExitCode, ...]] = (
              "its checks failed", backup_retryable=False, restore_retryable=False),
     ExitCode(16, "RTOMissed", "a restore test passed its checks, but later than its RTO",
              backup_retryable=False, restore_retryable=False),
+    # An archived backup needs a rehydration (S3 RestoreObject) that takes hours: a retry
+    # within the Job's backoff cannot help; `backups rehydrate` (or the operator) can.
+    # Backups never exit 17, so their podFailurePolicy needs no entry for it.
+    ExitCode(17, "BackupArchived", "objects of the backup (or the WAL it needs) are in an "
+             "archive storage class and not readable yet; rehydrate them first",
+             restore_retryable=False),
     ExitCode(EXIT_INTERRUPTED, "Cancelled", "interrupted (SIGINT)"),
     ExitCode(EXIT_TERMINATED, "Cancelled", "terminated (SIGTERM: the Job was deleted or "
              "ran past its deadline)"),

@@ -6,6 +6,8 @@ tonebridge-dr backup  <engine> --repo URL ... [--json]
 tonebridge-dr restore <engine> --repo URL --backup ID|latest ... [--json]
 tonebridge-dr restore-test <engine> --repo URL (--scratch-dsn DSN | --scratch-instance DIR) ...
 tonebridge-dr backups list|show ID|verify ID|prune [...] --repo URL [--json]
+tonebridge-dr backups archive --after DUR [--storage-class C] [--wal] [--dry-run] --repo URL
+tonebridge-dr backups rehydrate ID [--days N] [--tier T] [--wait] --repo URL [--json]
 tonebridge-dr restore-tests list --repo URL [--json]
 tonebridge-dr check --repo URL [--dsn DSN]
 tonebridge-dr wal-push PATH | wal-fetch NAME DEST | wal-stream | wal-status | wal-prune
@@ -31,7 +33,8 @@ on stderr and exits with the DRError's code (2 usage, 3 repository config, 4
 storage, 5 object missing, 6 backup missing, 7 integrity, 8 encryption, 9
 source, 10 authentication, 11 target not empty, 12 tool, 13 conflict, 14 recovery
 ended before its planned end, 15 restore-test checks failed, 16 restore-test RTO
-missed; 1 for an unexpected error, 130/143 when interrupted/terminated). A failure
+missed, 17 backup archived (rehydrate it first); 1 for an unexpected error, 130/143
+when interrupted/terminated). A failure
 that carries a result (15, 16) prints it like a success before the error line. In a
 pod the result or the error (added to a result it carries) also goes to
 /dev/termination-log (or $TONEBRIDGE_DR_TERMINATION_LOG) for the operator. Logs
@@ -51,6 +54,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, TextIO
@@ -156,6 +160,7 @@ _LIST_COLUMNS = (
     ("duration_seconds", "SECONDS"),
     ("size_bytes", "SIZE"),
     ("encrypted", "ENCRYPTED"),
+    ("current_storage_class", "CLASS"),
 )
 
 
@@ -166,8 +171,16 @@ def _open_repo(args: argparse.Namespace) -> Any:
 
 
 def _backups_list(args: argparse.Namespace) -> Outcome:
-    manifests = _open_repo(args).list_backups(engine=args.engine, method=args.method)
-    rows = [m.result() for m in manifests]
+    from tonebridge_dr.runner.repository import tiering
+
+    repo = _open_repo(args)
+    manifests = repo.list_backups(engine=args.engine, method=args.method)
+    objects = tiering.listing(repo) if manifests else {}
+    # `storage_class` is the class the backup was written with; this is where its data
+    # objects are now (one class, "mixed", or None for storage without classes).
+    rows = [
+        {**m.result(), "current_storage_class": tiering.class_of(m, objects)} for m in manifests
+    ]
     summary = {"backups": len(rows), "latest": rows[-1]["id"] if rows else None}
 
     def show(out: TextIO) -> None:
@@ -271,6 +284,81 @@ def _backups_prune(args: argparse.Namespace) -> Outcome:
 
     summary = {k: payload[k] for k in ("kept", "deleted", "orphans", "dry_run", "policy")}
     return Outcome(payload, show, summary)
+
+
+def _backups_archive(args: argparse.Namespace) -> Outcome:
+    from tonebridge_dr.runner.repository import tiering
+
+    after = parse_duration(args.after)
+    repo = _open_repo(args)
+    report = tiering.archive_backups(
+        repo, after=after, storage_class=args.storage_class, now=dt.datetime.now(dt.UTC),
+        dry_run=args.dry_run,
+    )
+    payload = report.result()
+    wal_report: dict[str, Any] | None = None
+    if args.wal:
+        from tonebridge_dr.runner.engines.postgres.wal import tiering as wal_tiering
+
+        wal_report = wal_tiering.archive_wal(
+            repo, storage_class=args.storage_class, dry_run=args.dry_run
+        ).result()
+        payload["wal"] = wal_report
+
+    def show(out: TextIO) -> None:
+        verb = "would move" if report.dry_run else "moved"
+        out.write(f"backups started before {payload['cut']} go to {report.storage_class}\n")
+        out.write(
+            f"{verb} {report.objects} objects ({report.bytes} bytes) of "
+            f"{len(report.moved)} backups: {', '.join(report.moved) or '-'}\n"
+        )
+        out.write(f"already there ({len(report.already)}): {', '.join(report.already) or '-'}\n")
+        if report.skipped:
+            out.write(f"left in another archive class: {len(report.skipped)} objects\n")
+        if report.missing:
+            out.write(f"listed but not stored (see backups verify): {', '.join(report.missing)}\n")
+        if wal_report is not None:
+            out.write(
+                f"wal: {verb} {wal_report['moved']} files ({wal_report['moved_bytes']} bytes)"
+                f" before {wal_report['cut_segment'] or '-'}"
+                f"{'; ' + wal_report['reason'] if wal_report['reason'] else ''}\n"
+            )
+
+    summary = {
+        k: payload[k] for k in ("storage_class", "cut", "moved", "objects", "bytes", "dry_run")
+    }
+    return Outcome(payload, show, summary)
+
+
+def _backups_rehydrate(args: argparse.Namespace) -> Outcome:
+    from tonebridge_dr.runner.repository import tiering
+
+    repo = _open_repo(args)
+    manifest = repo.get(args.id)
+    extra: list[Any] = []
+    if manifest.engine == "postgres" and manifest.method == "physical":
+        from tonebridge_dr.runner.engines.postgres.wal import tiering as wal_tiering
+
+        extra = wal_tiering.restore_needs(repo, manifest)
+    first = report = tiering.rehydrate(repo, manifest, extra, days=args.days, tier=args.tier)
+    while args.wait and report.pending:
+        # Checks again at once (a rehydration may be done already), then every --poll
+        # seconds; asks again only for objects neither readable nor in progress (e.g. a
+        # rehydrated copy that expired meanwhile).
+        report = tiering.rehydrate(repo, manifest, extra, days=args.days, tier=args.tier)
+        if report.pending:
+            log.info(
+                "backup %s: %d objects not readable yet; checking again in %.0f s",
+                manifest.id, report.pending, args.poll,
+            )
+            time.sleep(args.poll)
+    # What was asked for the first time, and where things stand now.
+    payload = {**first.result(), "pending": report.pending, "ready": report.pending == 0}
+    return Outcome(
+        payload,
+        lambda out: result.print_mapping({k: v for k, v in payload.items() if k != "keys"}, out),
+        {k: v for k, v in payload.items() if k != "keys"},
+    )
 
 
 def _check(args: argparse.Namespace) -> Outcome:
@@ -464,6 +552,46 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     prune.add_argument("--engine", choices=registry.NAMES, default=None)
     prune.add_argument("--method", default=None)
     prune.set_defaults(handler=_backups_prune)
+    archive = actions.add_parser(
+        "archive", help="move the data objects of old backups to an archive storage class"
+    )
+    _common(archive)
+    archive.add_argument(
+        "--after", required=True, metavar="DUR",
+        help="archive backups that started more than this long ago (e.g. 30d)",
+    )
+    archive.add_argument(
+        "--storage-class", default="GLACIER", metavar="CLASS",
+        help="the S3 storage class to move to (default GLACIER; manifests stay STANDARD)",
+    )
+    archive.add_argument(
+        "--wal", action="store_true",
+        help="also move WAL older than the oldest physical backup outside the archive tier",
+    )
+    archive.add_argument("--dry-run", action="store_true", help="report, move nothing")
+    archive.set_defaults(handler=_backups_archive)
+    rehydrate = actions.add_parser(
+        "rehydrate",
+        help="request readable copies of an archived backup (and the WAL a physical one needs)",
+    )
+    rehydrate.add_argument("id", help="backup id or 'latest'")
+    _common(rehydrate)
+    rehydrate.add_argument(
+        "--days", type=_positive, default=1, metavar="N",
+        help="how long the rehydrated copies stay readable (default 1)",
+    )
+    rehydrate.add_argument(
+        "--tier", choices=("Standard", "Bulk", "Expedited"), default="Standard",
+        help="retrieval tier (default Standard: hours; Bulk: cheaper, slower)",
+    )
+    rehydrate.add_argument(
+        "--wait", action="store_true", help="poll until every object is readable"
+    )
+    rehydrate.add_argument(
+        "--poll", type=_seconds, default=60.0, metavar="SECONDS",
+        help="with --wait: seconds between checks (default 60)",
+    )
+    rehydrate.set_defaults(handler=_backups_rehydrate)
 
     tests = verbs.add_parser(
         "restore-tests", help="the reports restore tests kept in the repository"
@@ -546,6 +674,12 @@ def _verb_position(argv: Sequence[str]) -> int | None:
         elif not arg.startswith("-"):
             return pos
     return None
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
 
 
 def _count(value: str) -> int:

@@ -136,3 +136,12 @@ class RTOMissed(DRError):
 
     exit_code = 16
     reason = "RTOMissed"
+
+
+class BackupArchived(DRError):
+    """Objects of a backup (or WAL it needs) are in an archive storage class (S3 GLACIER,
+    DEEP_ARCHIVE) without a readable rehydrated copy; found before the target is touched.
+    The message names the backup, the class and the `backups rehydrate` command."""
+
+    exit_code = 17
+    reason = "BackupArchived"

@@ -209,6 +209,36 @@ def waiting(
     )
 
 
+def rehydrating(
+    status: RestoreRequestStatus | None,
+    *,
+    message: str,
+    source: str | None,
+    generation: int | None,
+    now: datetime,
+) -> RestoreRequestStatus:
+    """Rehydrating: the backup (or WAL it needs) is in an archive storage class; readable
+    copies were requested and the restore starts once all are readable. Nothing touched."""
+    current = _base(status)
+    if _phase_is_final(current):
+        return current
+    text = f"{_sentence(message)} Nothing was restored yet; the restore starts once every " \
+        "object is readable."
+    updated = conditions.set_condition(
+        current.conditions, type=READY, status="False", reason="Rehydrating", message=text,
+        observed_generation=generation, now=now,
+    )
+    return current.model_copy(
+        update={
+            "phase": RestorePhase.REHYDRATING,
+            "conditions": updated,
+            "source": source if source is not None else current.source,
+            "message": text,
+            "observed_generation": generation,
+        }
+    )
+
+
 def refused(
     status: RestoreRequestStatus | None,
     *,

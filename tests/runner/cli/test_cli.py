@@ -252,8 +252,11 @@ def test_list_show_verify(pg: PgServer, cli: Cli, file_repo_url: str) -> None:
         "SECONDS",
         "SIZE",
         "ENCRYPTED",
+        "CLASS",
     ]
     assert [row.split()[0] for row in rows] == ids
+    assert [row.split()[-1] for row in rows] == ["-", "-"]  # file:// has no storage classes
+    assert [b["current_storage_class"] for b in listed.json] == [None, None]
     assert cli.termination() == {"backups": 2, "latest": ids[-1]}
 
     shown = cli("backups", "show", "latest", "--repo", file_repo_url, "--json")

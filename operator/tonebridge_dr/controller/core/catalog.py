@@ -18,6 +18,12 @@ object is a table subset), and for a policy with WAL archiving the WAL chain of 
 newest physical base backup is read by listing that backup's timeline from its first
 needed segment on, lazily: the listing stops at the first gap, so its cost is the WAL
 archived since that backup, never the whole archive.
+
+`CatalogReader.restore_readiness(...)` answers a RestoreRequest's question before its Job
+is created: can the backup the restore will use (chosen exactly as the runner will choose
+it) be read now, or is it in an archive storage class? When objects are not readable it
+requests their rehydration (idempotent) and says how many. It never raises either: what
+it cannot tell is `error`, and the restore Job then runs and reports for itself.
 """
 
 from __future__ import annotations
@@ -31,8 +37,12 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+from tonebridge_dr.api.common import BackupMethod
+from tonebridge_dr.api.common import Repository as ApiRepository
 from tonebridge_dr.api.kinds import BackupPolicy
+from tonebridge_dr.api.restorerequest import RestoreRequestSpec
 from tonebridge_dr.builders import names
+from tonebridge_dr.builders.restore import ResolvedSource
 from tonebridge_dr.controller.core.kube import ApiError, Kube
 from tonebridge_dr.controller.core.secrets import REPOSITORY_KEYS
 from tonebridge_dr.runner import errors as runner_errors
@@ -57,6 +67,19 @@ class CredentialsMissing(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class RestoreReadiness:
+    """Whether the objects a restore needs can be read now (archive tiers)."""
+
+    backup_id: str | None = None
+    checked: int = 0
+    unreadable: int = 0
+    requested: int = 0  # rehydrations this check asked for
+    in_progress: int = 0
+    classes: tuple[str, ...] = ()
+    error: str | None = None  # could not tell (the restore Job reports for itself)
+
+
+@dataclasses.dataclass(frozen=True)
 class CatalogRead:
     """A catalog summary plus the newest backup's details (for metrics)."""
 
@@ -77,9 +100,17 @@ def credentials_secret(policy: BackupPolicy, *, writer: bool = False) -> str | N
 
 def s3_config(policy: BackupPolicy, kube: Kube, *, writer: bool = False) -> S3Config:
     """Explicit S3 settings of the policy; raises CredentialsMissing (naming the Secret)."""
-    repository = policy.spec.repository
-    namespace = policy.metadata.namespace or "default"
-    name = credentials_secret(policy, writer=writer)
+    return repository_s3_config(
+        policy.spec.repository, policy.metadata.namespace or "default",
+        credentials_secret(policy, writer=writer), kube,
+    )
+
+
+def repository_s3_config(
+    repository: ApiRepository, namespace: str, name: str | None, kube: Kube
+) -> S3Config:
+    """S3 settings of `repository` read with the credentials Secret `name` (None: the
+    operator's own identity); raises CredentialsMissing (naming the Secret)."""
     access_key = secret_key = token = None
     if name is not None:
         data = kube.secret_data(namespace, name)
@@ -194,6 +225,56 @@ class CatalogReader:
         return recoverypoint.wal_chain_end(base, wal_objects(storage, base.wal))
 
 
+    def restore_readiness(
+        self,
+        kube: Kube,
+        namespace: str,
+        source: ResolvedSource,
+        spec: RestoreRequestSpec,
+        *,
+        days: int,
+        tier: str,
+    ) -> RestoreReadiness:
+        """Choose the backup as the runner will, check every object it (and, for a
+        physical restore, the archived WAL after it) needs; request rehydration of the
+        unreadable ones. Never raises."""
+        from tonebridge_dr.runner.repository import tiering
+
+        try:
+            config = None
+            if urllib.parse.urlsplit(source.repository_url).scheme != "file":
+                secret = source.credentials.name if source.credentials else None
+                config = repository_s3_config(source.repository, namespace, secret, kube)
+            repo = Repository(self._storage(source.repository_url, config))
+            manifest = _chosen_backup(repo, spec)
+            extra = []
+            if manifest.engine == "postgres" and manifest.method == "physical":
+                from tonebridge_dr.runner.engines.postgres.wal import tiering as wal_tiering
+
+                extra = wal_tiering.restore_needs(repo, manifest)
+            found = tiering.readability(repo, manifest, extra)
+            if found.readable:
+                return RestoreReadiness(manifest.id, found.checked)
+            report = tiering.rehydrate(repo, manifest, extra, days=days, tier=tier)
+        except CredentialsMissing as exc:
+            return RestoreReadiness(error=str(exc))
+        except ApiError as exc:
+            return RestoreReadiness(error=f"cannot read the credentials Secret: {exc}")
+        except runner_errors.DRError as exc:
+            return RestoreReadiness(error=f"cannot check the backup: {exc}")
+        except Exception as exc:  # a bug or an unexpected library error: let the Job tell
+            log.exception("checking the backup of %s failed", source.repository_url)
+            return RestoreReadiness(error=f"cannot check the backup: {type(exc).__name__}")
+        return RestoreReadiness(
+            backup_id=manifest.id,
+            checked=found.checked,
+            unreadable=report.pending,
+            requested=len(report.requested),
+            in_progress=len(report.in_progress),
+            classes=tuple(found.classes),
+        )
+
+
 def backup_record(manifest: Manifest) -> recoverypoint.BackupRecord:
     """What recovery points need of a manifest.
 
@@ -272,3 +353,29 @@ def wal_objects(
             archived_at=info.last_modified.astimezone(dt.UTC),
             partial=ref.wal.kind == naming.PARTIAL,
         )
+
+
+def _chosen_backup(repo: Repository, spec: RestoreRequestSpec) -> Manifest:
+    """The backup the restore Job will use, chosen by the runner's own functions."""
+    method = spec.effective_method
+    if spec.backup_id is not None:
+        return repo.get(spec.backup_id)
+    if method == BackupMethod.LOGICAL:
+        from tonebridge_dr.runner.engines.postgres import restore as pg_restore
+
+        tables = [spec.repair.table] if spec.repair is not None else list(spec.tables or [])
+        return pg_restore.newest_fitting(repo, tables)
+    if method == BackupMethod.PHYSICAL:
+        from tonebridge_dr.runner.engines.postgres.wal.pitr import plan as pitr
+
+        target = pitr.parse_target(
+            spec.target_time.isoformat() if spec.target_time is not None else None,
+            spec.target_lsn, spec.target_time is None and spec.target_lsn is None,
+        )
+        options = pitr.RestoreOptions(data_dir=Path("/nonexistent"), target=target)
+        return pitr.plan_restore(repo, options).backup
+    newest = repo.latest(engine="redis" if method == BackupMethod.SNAPSHOT else None)
+    if newest is None:
+        raise runner_errors.BackupNotFound(f"no complete backup in {repo.url}")
+    return newest
+

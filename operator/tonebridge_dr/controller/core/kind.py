@@ -17,7 +17,8 @@ One retry policy (`RetryPolicy`) for every kind:
 * a spec the operator cannot serve (it does not parse, or the kind refuses it):
   Ready=False with the reason (`refuse`), and no retry;
 * a reconcile that waits for something the operator cannot create (returns why):
-  again after `pending_delay`;
+  again after `pending_delay`, or after the delay of the `Wait` it returns (e.g. a
+  rehydration from an archive tier, checked every few minutes);
 * watch events (Jobs, annotations), which kopf never retries: transient trouble is
   retried in place up to `event_attempts` times with back-off; persistent trouble is
   logged and left to the next resume or timer tick.
@@ -70,6 +71,17 @@ class Cause:
     trigger: Trigger
     retry: int = 0
     """How many times kopf retried this handler so far (0: the first run)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Wait:
+    """What a reconcile returns to wait longer (or shorter) than `pending_delay`."""
+
+    message: str
+    delay: float
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +169,7 @@ class KindDeclaration(Generic[ModelT, StatusT]):
     info: KindInfo
     model: type[ModelT]
     status_model: type[StatusT]
-    reconcile: Callable[[Controller[ModelT, StatusT], ModelT, Json, Cause], str | None]
+    reconcile: Callable[[Controller[ModelT, StatusT], ModelT, Json, Cause], str | Wait | None]
     """(controller, parsed object, plain body, cause) -> why it waits (None: done).
     Idempotent; raises kube.ApiError on API trouble."""
     refused: Refused
@@ -281,7 +293,7 @@ class Controller(Generic[ModelT, StatusT]):
         return written
 
     # --- the skeleton ----------------------------------------------------------------
-    def reconcile(self, body: Mapping[str, Any], cause: Cause) -> str | None:
+    def reconcile(self, body: Mapping[str, Any], cause: Cause) -> str | Wait | None:
         """Parse, then the kind's reconcile; an invalid spec is refused (InvalidSpec) and
         not retried; an object being deleted is left alone. Returns why it waits."""
         if (body.get("metadata") or {}).get("deletionTimestamp"):

@@ -25,7 +25,7 @@ from tonebridge_dr.api.kinds import GROUP, VERSION
 from tonebridge_dr.builders import names
 from tonebridge_dr.controller.core import objects
 from tonebridge_dr.controller.core.context import Context
-from tonebridge_dr.controller.core.kind import Cause, Controller, KindDeclaration, Trigger
+from tonebridge_dr.controller.core.kind import Cause, Controller, KindDeclaration, Trigger, Wait
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ def _register_kind(registry: kopf.OperatorRegistry, controller: Controller[Any, 
     def reconcile(body: kopf.Body, retry: int, reason: str, **_: Any) -> None:
         cause = Cause(_TRIGGERS.get(str(reason), Trigger.RESUME), retry)
         waiting = controller.attempt(lambda: controller.reconcile(body, cause), retry)
+        if isinstance(waiting, Wait):
+            raise kopf.TemporaryError(waiting.message, delay=waiting.delay)
         if waiting is not None:
             raise kopf.TemporaryError(waiting, delay=controller.retry.pending_delay)
 

@@ -19,6 +19,7 @@ SettingsError with one sentence.
 | `--priority N` | `TONEBRIDGE_DR_PRIORITY` | 0 |
 | `--freshness-interval S` (>= 1) | `TONEBRIDGE_DR_FRESHNESS_INTERVAL` | 60 |
 | `--retention-interval S` (>= 60) | `TONEBRIDGE_DR_RETENTION_INTERVAL` | 86400 |
+| `--rehydration-interval S` (>= 1) | `TONEBRIDGE_DR_REHYDRATION_INTERVAL` | 300 |
 | `--watch-timeout S` | `TONEBRIDGE_DR_WATCH_TIMEOUT` | 60 |
 | `--workers N` | `TONEBRIDGE_DR_WORKERS` | 16 |
 | `--notify-timeout S` | `TONEBRIDGE_DR_NOTIFY_TIMEOUT` | 5 |
@@ -68,6 +69,8 @@ class Settings:
     retention_interval: float = 86400.0
     """Seconds between two retention runs of a policy besides the run after each backup
     (so a policy whose backups stopped still prunes, never below what its rules keep)."""
+    rehydration_interval: float = 300.0
+    """Seconds between two checks of a Rehydrating RestoreRequest's archived objects."""
     watch_timeout: float = 60.0
     """Server-side timeout of one watch request (kopf reconnects after it)."""
     workers: int = 16
@@ -113,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds between repository catalog reads per policy (>= 1)")
     parser.add_argument("--retention-interval", type=float,
                         help="seconds between the daily retention runs of a policy (>= 60)")
+    parser.add_argument("--rehydration-interval", type=float,
+                        help="seconds between checks of an archived backup being rehydrated "
+                        "for a RestoreRequest (>= 1)")
     parser.add_argument("--watch-timeout", type=float, help="watch request timeout, seconds")
     parser.add_argument("--workers", type=int, help="threads for synchronous handlers")
     parser.add_argument("--notify-timeout", type=float, help="webhook timeout, seconds")
@@ -231,6 +237,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
         retention_interval=source.real(
             args.retention_interval, "RETENTION_INTERVAL", defaults.retention_interval
         ),
+        rehydration_interval=source.real(
+            args.rehydration_interval, "REHYDRATION_INTERVAL", defaults.rehydration_interval
+        ),
         watch_timeout=source.real(args.watch_timeout, "WATCH_TIMEOUT", defaults.watch_timeout),
         workers=source.integer(args.workers, "WORKERS", defaults.workers),
         notify_timeout=source.real(
@@ -252,6 +261,11 @@ def _check(settings: Settings) -> None:
     if settings.retention_interval < 60:
         raise SettingsError(
             f"retention interval must be at least 60 seconds, got {settings.retention_interval:g}"
+        )
+    if settings.rehydration_interval < 1:
+        raise SettingsError(
+            "rehydration interval must be at least 1 second, got "
+            f"{settings.rehydration_interval:g}"
         )
     if settings.watch_timeout <= 0:
         raise SettingsError("watch timeout must be positive")

@@ -15,8 +15,10 @@ from typing import Any
 
 from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
+from tonebridge_dr.api.restorerequest import Rehydration
 from tonebridge_dr.builders import restore as builders
 from tonebridge_dr.builders.settings import RunnerSettings
+from tonebridge_dr.controller.core.catalog import RestoreReadiness
 from tonebridge_dr.controller.core.kind import Refusal
 from tonebridge_dr.controller.core.secrets import SecretUse
 from tonebridge_dr.status import restorerequest as rr_status
@@ -109,3 +111,25 @@ def plan_restore(
         f"from {source.describe()}",
         write_credentials=write_credentials,
     )
+
+
+def rehydration(request: RestoreRequest) -> Rehydration:
+    """The request's rehydration settings, or the documented defaults (1 day, Standard)."""
+    return request.spec.rehydration or Rehydration()
+
+
+def rehydration_wait(readiness: RestoreReadiness, settings: Rehydration) -> str | None:
+    """Why the restore waits for a rehydration (the Rehydrating message), or None: every
+    object is readable, or the check could not tell (then the Job runs and reports; its
+    runner refuses an archived backup with exit 17 before touching the target)."""
+    if readiness.error is not None or readiness.unreadable == 0:
+        return None
+    asked = f"{readiness.requested} requested now" if readiness.requested else "requested"
+    return (
+        f"backup {readiness.backup_id}: {readiness.unreadable} of {readiness.checked} objects "
+        f"are in storage class {', '.join(readiness.classes) or 'archive'} and not readable "
+        f"yet; rehydration {asked}, {readiness.in_progress} in progress (tier "
+        f"{settings.tier.value}, readable for {settings.days} "
+        f"day{'s' if settings.days != 1 else ''})"
+    )
+

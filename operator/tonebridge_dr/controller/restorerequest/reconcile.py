@@ -2,8 +2,10 @@
 
 observe  the request's status and Job, the BackupPolicy its `source.policyRef` names;
 decide   `plan.plan_restore` (pure): source, Secrets to check, claim, Job, names;
-act      check the Secrets, the restore ServiceAccount and the claim, create the claim
-         and the Job, set the status to Running.
+act      check the Secrets and the restore ServiceAccount; check (through the catalog
+         reader) that the chosen backup can be read now, else request its rehydration
+         from the archive tier and wait in phase Rehydrating, checked again every
+         `--rehydration-interval` seconds; then the claim, the Job, status Running.
 
 A request runs once. `reconcile` is idempotent: a finished request is left alone; a
 request whose Job exists is only observed (a Job that finished while the operator was
@@ -30,13 +32,15 @@ from tonebridge_dr.api.restorerequest import RestorePhase, RestoreRequestStatus
 from tonebridge_dr.builders import names
 from tonebridge_dr.builders import restore as builders
 from tonebridge_dr.controller.core import kube, objects, secrets
-from tonebridge_dr.controller.core.kind import Cause, Refusal
+from tonebridge_dr.controller.core.kind import Cause, Refusal, Wait
 from tonebridge_dr.controller.core.kube import ApiError
 from tonebridge_dr.controller.restorerequest import record
 from tonebridge_dr.controller.restorerequest.plan import (
     ClaimPlan,
     RestorePlan,
     plan_restore,
+    rehydration,
+    rehydration_wait,
 )
 from tonebridge_dr.controller.restorerequest.record import RequestController
 from tonebridge_dr.status import restorerequest as rr_status
@@ -47,7 +51,7 @@ Json = dict[str, Any]
 
 
 def reconcile(controller: RequestController, rr: RestoreRequest, body: Json,
-              cause: Cause) -> str | None:
+              cause: Cause) -> str | Wait | None:
     """Bring one request forward. Returns why it waits (Pending), or None.
     Raises kube.ApiError on API trouble (the skeleton retries)."""
     status = rr.status
@@ -85,7 +89,7 @@ def reconcile(controller: RequestController, rr: RestoreRequest, body: Json,
 
 
 def _act(controller: RequestController, rr: RestoreRequest, body: Json, plan: RestorePlan,
-         source_text: str) -> str | None:
+         source_text: str) -> str | Wait | None:
     ctx = controller.ctx
     namespace, name = objects.ident(body)
     problems = secrets.check(ctx.kube, namespace, plan.secrets)
@@ -97,6 +101,9 @@ def _act(controller: RequestController, rr: RestoreRequest, body: Json, plan: Re
                      f'ServiceAccount "{plan.service_account}" (restore Jobs run as it) not '
                      f'found in namespace "{namespace}"; create it (the Helm chart\'s restore '
                      "RBAC)", source_text)
+    waiting = _rehydrate(controller, rr, body, plan, source_text)
+    if waiting is not None:
+        return waiting
     if plan.claim is not None:
         problem = _prepare_claim(controller, rr, plan.claim)
         if isinstance(problem, Refusal):
@@ -126,6 +133,32 @@ def _act(controller: RequestController, rr: RestoreRequest, body: Json, plan: Re
         now=ctx.clock(),
     ))
     return None
+
+
+def _rehydrate(controller: RequestController, rr: RestoreRequest, body: Json,
+               plan: RestorePlan, source_text: str) -> Wait | None:
+    """Rehydrating while the backup's objects are in an archive class (readable copies
+    requested, idempotently, on every check); None once everything is readable."""
+    ctx = controller.ctx
+    settings = rehydration(rr)
+    readiness = ctx.catalog.restore_readiness(
+        ctx.kube, rr.metadata.namespace or "default", plan.source, rr.spec,
+        days=settings.days, tier=settings.tier.value,
+    )
+    if readiness.error is not None:
+        log.info("%s/%s: no archive check (%s); the restore Job checks for itself",
+                 rr.metadata.namespace, rr.metadata.name, readiness.error)
+    message = rehydration_wait(readiness, settings)
+    if message is None:
+        return None
+    first = rr.status is None or rr.status.phase != RestorePhase.REHYDRATING
+    controller.write_status(body, lambda b, s: rr_status.rehydrating(
+        s, message=message, source=source_text, generation=objects.generation(b),
+        now=ctx.clock(),
+    ))
+    if first:
+        controller.event(body, Reason.REHYDRATING, message, warning=False)
+    return Wait(message, ctx.settings.rehydration_interval)
 
 
 def _wait(controller: RequestController, body: Json, reason: Reason, message: str,

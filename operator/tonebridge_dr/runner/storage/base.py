@@ -18,6 +18,13 @@ them when they can do better): `list_after` (a bounded, resumable listing: S3's
 StartAfter/MaxKeys, so a caller can find the newest of millions of keys with a
 few small requests) and `delete_many` (S3 DeleteObjects, 1000 keys a request).
 
+Archive tiers (S3 only; other backends refuse them with a UsageError, and every object
+of theirs is always readable): `archive_state` says whether an object can be read now (an
+object in an archive class such as GLACIER is readable only while a rehydrated copy
+exists), `change_storage_class` moves an object to another class in place (same key,
+same bytes), `request_rehydration` asks for a temporary readable copy. `ObjectInfo`
+carries the storage class a listing reports (None: the backend has no classes).
+
 Leftovers: a writer killed with SIGKILL cannot clean up after itself. What it
 leaves outside the key space (a local temp file, an S3 multipart upload that was
 never completed or aborted) is listed by `list_leftovers` and removed by
@@ -31,6 +38,8 @@ import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Iterator
 
+from tonebridge_dr.runner import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class ObjectInfo:
@@ -38,6 +47,25 @@ class ObjectInfo:
     size: int
     last_modified: dt.datetime  # timezone-aware UTC
     storage_class: str | None = None
+
+
+#: Storage classes whose objects cannot be read without a rehydration (S3 RestoreObject).
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+#: What `request_rehydration` found: asked now, already asked (in progress), or readable.
+REHYDRATION_REQUESTED = "requested"
+REHYDRATION_IN_PROGRESS = "in-progress"
+REHYDRATION_READABLE = "readable"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveState:
+    """Whether one object can be read now (`archive_state`)."""
+
+    key: str
+    storage_class: str | None
+    readable: bool  # a GET works now
+    restoring: bool = False  # archived, and a rehydration is in progress
+    restored_until: dt.datetime | None = None  # when the rehydrated copy expires
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +143,29 @@ class Storage(abc.ABC):
     def discard_leftover(self, leftover: Leftover) -> None:
         """Remove one leftover (missing is fine)."""
         raise NotImplementedError(f"{type(self).__name__} lists no leftovers")
+
+    def archive_state(self, key: str) -> ArchiveState | None:
+        """Whether `key` can be read now; None when it does not exist. Backends without
+        storage classes: every object is readable."""
+        info = self.head(key)
+        if info is None:
+            return None
+        return ArchiveState(key=key, storage_class=info.storage_class, readable=True)
+
+    def change_storage_class(self, key: str, storage_class: str) -> None:
+        """Move `key` to `storage_class` in place (same key and bytes). Refused here."""
+        raise self._no_classes("change the storage class of")
+
+    def request_rehydration(self, key: str, *, days: int, tier: str) -> str:
+        """Ask for a readable copy of archived `key` for `days` days at retrieval `tier`;
+        returns one of the REHYDRATION_* words. Idempotent. Refused here."""
+        raise self._no_classes("rehydrate")
+
+    def _no_classes(self, action: str) -> errors.UsageError:
+        return errors.UsageError(
+            f"cannot {action} objects in {self.url}: only s3:// repositories have storage "
+            "classes (archive tiers need an s3:// repository)"
+        )
 
     # Shared helpers built on the primitives.
     def put_bytes(self, key: str, data: bytes, *, storage_class: str | None = None) -> int:

@@ -17,6 +17,16 @@ upload). So a hung endpoint fails a Job in about the deadline, with exit 4.
 Server-side encryption comes from TONEBRIDGE_DR_S3_SSE (`AES256` or `aws:kms`) and
 TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID; it applies to every object written.
 
+Archive tiers: `change_storage_class` copies an object onto itself (CopyObject with
+StorageClass and MetadataDirective=COPY, plus the SSE settings above, so the copy stays
+encrypted the same way); an object larger than S3's single-copy limit (5 GiB) is copied
+with a multipart UploadPartCopy guarded by the source's ETag. `archive_state` reads the
+HEAD answer (StorageClass, the `Restore` header: ongoing-request="false" means a
+readable rehydrated copy exists, ArchiveStatus of Intelligent-Tiering archive tiers);
+`request_rehydration` sends RestoreObject (Days, Tier). In a versioned bucket an
+in-place copy adds a version: the STANDARD one stays as a noncurrent version until a
+lifecycle rule expires it.
+
 Every botocore failure becomes a runner error with one sentence: a missing bucket is
 a RepositoryConfigError, a missing key an ObjectNotFound, everything else a
 StorageError naming the operation and the key.
@@ -26,7 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import email.utils
+import math
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -63,6 +76,13 @@ STORAGE_CLASSES = frozenset(
         "EXPRESS_ONEZONE",
     }
 )
+
+#: Retrieval tiers of RestoreObject (DEEP_ARCHIVE has no Expedited: S3 says so).
+REHYDRATION_TIERS = ("Standard", "Bulk", "Expedited")
+#: Intelligent-Tiering's archive access tiers also need a RestoreObject.
+_ARCHIVE_ACCESS = frozenset({"ARCHIVE_ACCESS", "DEEP_ARCHIVE_ACCESS"})
+_ARCHIVED_CODES = frozenset({"InvalidObjectState", "ObjectNotInActiveTierError"})
+_RESTORE_EXPIRY_RE = re.compile(r'expiry-date="([^"]+)"')
 
 _MISSING_KEY_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 _DENIED_CODES = frozenset(
@@ -116,6 +136,11 @@ class S3Storage(base.Storage):
     #: Parts per size tier: after this many parts the part size doubles, so a stream of
     #: unknown length can reach terabytes within MAX_PARTS.
     PARTS_PER_TIER = 1000
+
+    #: Above this size CopyObject is refused by S3: the copy becomes a multipart
+    #: UploadPartCopy of `copy_part_size` parts.
+    copy_limit: int = 5 * 1024 * 1024 * 1024
+    copy_part_size: int = 1024 * 1024 * 1024
 
     #: Keys per ListObjectsV2 page (S3's maximum); every page is read.
     list_page_size: int = 1000
@@ -205,6 +230,13 @@ class S3Storage(base.Storage):
             code = str(error.get("Code", ""))
             if code == "NoSuchBucket":
                 return errors.RepositoryConfigError(f"bucket {self.bucket} does not exist")
+            if code in _ARCHIVED_CODES and key is not None:
+                storage_class = str(error.get("StorageClass") or "an archive class")
+                return errors.BackupArchived(
+                    f"cannot {operation} {key} in {self._where()}: it is in storage class "
+                    f"{storage_class} and has no readable rehydrated copy; rehydrate it first "
+                    "(tonebridge-dr backups rehydrate ID --repo URL)"
+                )
             if code in _MISSING_KEY_CODES and key is not None:
                 return errors.ObjectNotFound(f"object {key} not found in {self._where()}")
             if code in _DENIED_CODES:
@@ -263,11 +295,7 @@ class S3Storage(base.Storage):
         _check_key(key)
         extra = dict(self._extra)
         if storage_class is not None:
-            if storage_class not in STORAGE_CLASSES:
-                raise errors.UsageError(
-                    f"unknown S3 storage class {storage_class!r}: use one of "
-                    f"{', '.join(sorted(STORAGE_CLASSES))}"
-                )
+            self._check_class(storage_class)
             extra["StorageClass"] = storage_class
         full = self._full(key)
         it = iter(chunks)
@@ -499,6 +527,124 @@ class S3Storage(base.Storage):
             last_modified=_utc(answer["LastModified"]),
             storage_class=answer.get("StorageClass") or "STANDARD",
         )
+
+    # -- archive tiers -------------------------------------------------------------------
+
+    def archive_state(self, key: str) -> base.ArchiveState | None:
+        """HEAD: readable unless in an archive class without a finished rehydration."""
+        _check_key(key)
+        try:
+            answer = self._call("inspect", key, "head_object", Key=self._full(key))
+        except errors.ObjectNotFound:
+            return None
+        storage_class = answer.get("StorageClass") or "STANDARD"
+        archived = (
+            storage_class in base.ARCHIVE_CLASSES
+            or answer.get("ArchiveStatus") in _ARCHIVE_ACCESS
+        )
+        restore = str(answer.get("Restore") or "")
+        ongoing = 'ongoing-request="true"' in restore
+        done = 'ongoing-request="false"' in restore
+        until: dt.datetime | None = None
+        match = _RESTORE_EXPIRY_RE.search(restore)
+        if match is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                until = _utc(email.utils.parsedate_to_datetime(match.group(1)))
+        return base.ArchiveState(
+            key=key,
+            storage_class=storage_class,
+            readable=not archived or done,
+            restoring=archived and ongoing,
+            restored_until=until if done else None,
+        )
+
+    def _check_class(self, storage_class: str) -> None:
+        if storage_class not in STORAGE_CLASSES:
+            raise errors.UsageError(
+                f"unknown S3 storage class {storage_class!r}: use one of "
+                f"{', '.join(sorted(STORAGE_CLASSES))}"
+            )
+
+    def change_storage_class(self, key: str, storage_class: str) -> None:
+        """Copy `key` onto itself in `storage_class` (metadata and SSE kept). An archived
+        source without a rehydrated copy cannot be copied: BackupArchived."""
+        _check_key(key)
+        self._check_class(storage_class)
+        full = self._full(key)
+        answer = self._call("inspect", key, "head_object", Key=full)
+        size = int(answer["ContentLength"])
+        source = {"Bucket": self.bucket, "Key": full}
+        if size <= self.copy_limit:
+            self._call(
+                "change the storage class of", key, "copy_object",
+                Key=full, CopySource=source, CopySourceIfMatch=answer["ETag"],
+                StorageClass=storage_class, MetadataDirective="COPY", **self._extra,
+            )
+            return
+        self._multipart_copy(key, full, answer, size, storage_class)
+
+    def _multipart_copy(
+        self, key: str, full: str, head: dict[str, Any], size: int, storage_class: str
+    ) -> None:
+        """UploadPartCopy in ranges; every part pinned to the source's ETag, so an object
+        replaced meanwhile fails the copy instead of mixing two objects. Aborted on error."""
+        part_size = max(self.copy_part_size, self.MIN_PART_SIZE, math.ceil(size / self.MAX_PARTS))
+        settings: dict[str, Any] = {"Metadata": head.get("Metadata") or {}}
+        for name in ("ContentType", "ContentEncoding", "ContentDisposition", "CacheControl"):
+            if head.get(name):
+                settings[name] = head[name]
+        created = self._call(
+            "start a multipart copy of", key, "create_multipart_upload",
+            Key=full, StorageClass=storage_class, **settings, **self._extra,
+        )
+        upload_id = str(created["UploadId"])
+        parts: list[dict[str, Any]] = []
+        try:
+            for number, offset in enumerate(range(0, size, part_size), start=1):
+                last = min(offset + part_size, size) - 1
+                copied = self._call(
+                    f"copy part {number} of", key, "upload_part_copy",
+                    Key=full, UploadId=upload_id, PartNumber=number,
+                    CopySource={"Bucket": self.bucket, "Key": full},
+                    CopySourceIfMatch=head["ETag"], CopySourceRange=f"bytes={offset}-{last}",
+                )
+                parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+            self._call(
+                "complete the copy of", key, "complete_multipart_upload",
+                Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            self._abort(full, upload_id)
+            raise
+
+    def request_rehydration(self, key: str, *, days: int, tier: str) -> str:
+        """RestoreObject: 202 requested, 200 a copy is already readable (S3 extends its
+        expiry), 409 RestoreAlreadyInProgress; an object not archived is readable."""
+        _check_key(key)
+        if days < 1:
+            raise errors.UsageError(f"rehydration days must be at least 1, got {days}")
+        if tier not in REHYDRATION_TIERS:
+            raise errors.UsageError(
+                f"unknown retrieval tier {tier!r}: use one of {', '.join(REHYDRATION_TIERS)}"
+            )
+        request = {"Days": days, "GlacierJobParameters": {"Tier": tier}}
+        try:
+            answer = self.client.restore_object(
+                Bucket=self.bucket, Key=self._full(key), RestoreRequest=request
+            )
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "RestoreAlreadyInProgress":
+                return base.REHYDRATION_IN_PROGRESS
+            if code == "InvalidObjectState":  # not in an archive class: nothing to do
+                return base.REHYDRATION_READABLE
+            self._note_stall(exc)
+            raise self._error(exc, "rehydrate", key) from None
+        except (botocore.exceptions.BotoCoreError, *_NETWORK_ERRORS) as exc:
+            self._note_stall(exc)
+            raise self._error(exc, "rehydrate", key) from None
+        status = int(answer.get("ResponseMetadata", {}).get("HTTPStatusCode", 202))
+        return base.REHYDRATION_READABLE if status == 200 else base.REHYDRATION_REQUESTED
 
     def delete(self, key: str) -> None:
         _check_key(key)

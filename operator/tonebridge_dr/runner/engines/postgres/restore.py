@@ -67,6 +67,7 @@ from tonebridge_dr.runner.engines.postgres import (
     toc,
     tools,
 )
+from tonebridge_dr.runner.repository import tiering
 from tonebridge_dr.runner.repository.catalog import Repository
 from tonebridge_dr.runner.repository.manifest import Manifest, format_time
 
@@ -113,6 +114,7 @@ def load_manifest(
             "logical backups (a physical base backup is restored by extracting base.tar)"
         )
     check_decrypt_key(manifest, decrypt_key)
+    tiering.require_readable(repo, manifest)  # archived: exit 17 before the target is touched
     return manifest
 
 

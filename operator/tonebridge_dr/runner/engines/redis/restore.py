@@ -42,6 +42,7 @@ from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.redis import rdb, scratch
 from tonebridge_dr.runner.engines.redis.endpoints import Endpoint
 from tonebridge_dr.runner.repository import manifest as manifests
+from tonebridge_dr.runner.repository import tiering
 from tonebridge_dr.runner.repository.catalog import Repository
 
 OBJECT_NAME = "dump.rdb"
@@ -56,6 +57,7 @@ def load_manifest(repo: Repository, backup_id: str) -> manifests.Manifest:
         raise errors.UsageError(
             f"backup {manifest.id} is a {manifest.engine}/{manifest.method} backup, not a Redis RDB"
         )
+    tiering.require_readable(repo, manifest)  # archived: exit 17 before the target is touched
     return manifest
 
 

@@ -42,7 +42,7 @@ from tonebridge_dr.runner import result as results
 from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.engines.restoretest.checks import CheckResult
 from tonebridge_dr.runner.engines.restoretest.scratch import Scratch
-from tonebridge_dr.runner.repository import reports
+from tonebridge_dr.runner.repository import reports, tiering
 from tonebridge_dr.runner.repository.catalog import Repository
 from tonebridge_dr.runner.repository.manifest import Manifest, format_time
 
@@ -133,6 +133,7 @@ def run_restore_test(
     clock.mark("backup_chosen")
     try:
         plan.check_backup(manifest)
+        tiering.require_readable(repo, manifest)  # archived: exit 17, scratch untouched
         log.info(
             "restore test %s: restoring %s backup %s into scratch %s %s",
             name,

@@ -41,6 +41,7 @@ from typing import Any
 
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres.wal import fetch
+from tonebridge_dr.runner.engines.postgres.wal import tiering as wal_tiering
 from tonebridge_dr.runner.engines.postgres.wal.pitr.base import extract_base, prepare_dir
 from tonebridge_dr.runner.engines.postgres.wal.pitr.plan import (
     BASE_OBJECT,
@@ -72,6 +73,7 @@ from tonebridge_dr.runner.engines.postgres.wal.pitr.verification import (
     recovery_shortfall,
     verify_sql,
 )
+from tonebridge_dr.runner.repository import tiering
 from tonebridge_dr.runner.repository.catalog import Repository
 from tonebridge_dr.runner.repository.manifest import Manifest, format_time
 
@@ -102,6 +104,8 @@ def restore_physical(repo: Repository, options: RestoreOptions) -> dict[str, Any
     account = user(options.run_as) if options.start or os.geteuid() == 0 else None
     data_dir = options.data_dir.absolute()
     plan = plan_restore(repo, options)
+    # An archived base backup (or WAL) fails here, before the data directory is touched.
+    tiering.require_readable(repo, plan.backup, wal_tiering.restore_needs(repo, plan.backup))
     log.info(
         "restoring backup %s to %s (timeline %d, WAL %s .. %s)",
         plan.backup.id,
