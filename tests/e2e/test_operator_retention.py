@@ -120,7 +120,7 @@ def test_operator_applies_grandfather_father_son_retention(
         *s3_secrets(f"w-{uuid.uuid4().hex}", f"r-{uuid.uuid4().hex}"),
         restore,
         policy_doc("pg", repo_url=s3_repo_url, endpoint=moto_server, schedules=schedules,
-                   retention=DEFAULT),
+                   retention=DEFAULT, archive={"after": "30d", "storageClass": "GLACIER"}),
     )
     expected_first = _expected(repo, now) | {protected}
     op = operator_factory(namespace)
@@ -163,5 +163,15 @@ def test_operator_applies_grandfather_father_son_retention(
     assert status.get("protectedIds") in (None, [])
     assert status["oldestKeptId"] == yearly[now.year - 6]
     assert "daily-full" in status["rules"]
+    # Archive tier: what is kept and older than 30 days moved to GLACIER, after the prune
+    # (nothing deleted was archived first); manifests stay readable for listing.
+    month_ago = now - dt.timedelta(days=30)
+    for backup in listed:
+        old = dt.datetime.fromisoformat(backup["started_at"]) < month_ago
+        assert backup["current_storage_class"] == ("GLACIER" if old else "STANDARD"), backup
+    assert status["archived"] == 0  # the first run moved them already
+    first_archived = [e for e in events_for(sandbox, namespace, "pg")
+                      if e["reason"] == "BackupsPruned" and "to GLACIER" in e["message"]]
+    assert first_archived
     pruned = [e for e in events_for(sandbox, namespace, "pg") if e["reason"] == "BackupsPruned"]
     assert pruned and protected in " ".join(e["message"] for e in pruned)

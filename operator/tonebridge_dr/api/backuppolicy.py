@@ -462,6 +462,8 @@ class RetentionStatus(StatusModel):
     """Its id."""
     wal_deleted: Annotated[int, Field(ge=0)] | None = None
     """Archived WAL files deleted by the last run (older than every retained physical backup)."""
+    archived: Annotated[int, Field(ge=0)] | None = None
+    """Backups the last run moved to `spec.archive.storageClass`."""
     pitr_window_start: Time | None = None
     """Earliest point-in-time recovery target: the end of the oldest retained physical
     backup (None without a physical backup: no PITR)."""

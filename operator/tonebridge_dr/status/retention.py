@@ -48,6 +48,7 @@ class RetentionOutcome:
     wal_deleted_bytes: int = 0
     pitr_window_start: datetime | None = None
     pitr_window_end: datetime | None = None
+    archived: int = 0  # backups moved to the archive storage class by this run
     no_rules: bool = False
     deferred: str | None = None  # why the run was skipped
     error: str | None = None
@@ -55,7 +56,7 @@ class RetentionOutcome:
 
     @property
     def changed_anything(self) -> bool:
-        return bool(self.deleted or self.wal_deleted or self.orphans)
+        return bool(self.deleted or self.wal_deleted or self.orphans or self.archived)
 
     def message(self) -> str:
         """One sentence for the condition, the status and the Event."""
@@ -64,7 +65,7 @@ class RetentionOutcome:
         if self.deferred is not None:
             return f"retention deferred: {self.deferred}"
         if self.no_rules:
-            return "no retention rules: every backup is kept"
+            return " ".join(["no retention rules: every backup is kept", *self.extra])
         parts = [f"kept {self.kept} backup{'s' if self.kept != 1 else ''}"]
         if self.deleted:
             parts.append(f"deleted {len(self.deleted)}: {_ids(self.deleted)}")
@@ -93,7 +94,7 @@ def _reason(outcome: RetentionOutcome) -> tuple[conditions.StatusValue, str]:
     if outcome.deferred is not None:
         return "True", Reason.PRUNE_DEFERRED.value
     if outcome.no_rules:
-        return "True", Reason.NO_RETENTION_RULES.value
+        return "True", Reason.NO_RETENTION_RULES.value  # (archiving may still have run)
     if outcome.changed_anything:
         return "True", Reason.PRUNED.value
     return "True", Reason.NOTHING_TO_PRUNE.value
@@ -133,6 +134,7 @@ def apply_retention(
             oldest_kept_time=outcome.oldest_kept_time,
             oldest_kept_id=outcome.oldest_kept_id,
             wal_deleted=outcome.wal_deleted,
+            archived=outcome.archived,
             pitr_window_start=outcome.pitr_window_start,
             pitr_window_end=outcome.pitr_window_end,
             message=message,

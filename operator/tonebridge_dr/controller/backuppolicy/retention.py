@@ -105,7 +105,7 @@ def run(controller: PolicyController, body: Mapping[str, Any], trigger: str) -> 
     namespace, name = objects.ident(body)
     ctx = controller.ctx
     outcome: RetentionOutcome
-    if maintenance.plan_of(policy).is_empty:
+    if maintenance.plan_of(policy).is_empty and policy.spec.archive is None:
         outcome = RetentionOutcome(trigger=trigger, no_rules=True)
     else:
         try:

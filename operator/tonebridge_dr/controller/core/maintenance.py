@@ -15,10 +15,16 @@ What one run does (see runner/repository/retention.py for the rules):
 2. For PostgreSQL targets: archived WAL older than the oldest retained physical backup is
    deleted (none without a physical backup), so the PITR window is exactly the retained
    physical backups up to the newest archived WAL.
+3. With `spec.archive`: the data objects of retained backups older than `archive.after`
+   move to `archive.storageClass` in place (manifests stay readable), and so does WAL
+   that no non-archived physical backup needs (runner/repository/tiering.py,
+   runner/engines/postgres/wal/tiering.py). After the prune, so nothing is archived only
+   to be deleted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import urllib.parse
@@ -115,7 +121,7 @@ def apply_retention(
 ) -> RetentionOutcome:
     """Run retention on the policy's repository (see the module docstring); never raises."""
     plan = plan_of(policy)
-    if plan.is_empty:
+    if plan.is_empty and policy.spec.archive is None:
         return RetentionOutcome(trigger=trigger, no_rules=True)
     url = names.policy_repository_url(policy.spec.repository.url, policy.metadata.name or "")
     when = now or dt.datetime.now(dt.UTC)
@@ -126,7 +132,7 @@ def apply_retention(
         wal_deleted = wal_bytes = 0
         wal_end: dt.datetime | None = None
         postgres = policy.spec.target.postgres
-        if postgres is not None:
+        if postgres is not None and not plan.is_empty:  # no rules: keep all WAL too
             from tonebridge_dr.runner.engines.postgres.wal import catalog as wal_catalog
             from tonebridge_dr.runner.engines.postgres.wal import retention as wal_retention
 
@@ -135,6 +141,7 @@ def apply_retention(
             if postgres.wal_archive is not None:
                 archived = wal_catalog.archive_status(storage).last_archived_at
                 wal_end = archived.astimezone(dt.UTC) if archived else None
+        tiered = _archive(policy, repo, when)
     except catalog.CredentialsMissing as exc:
         return RetentionOutcome(trigger=trigger, error=str(exc))
     except ApiError as exc:
@@ -146,6 +153,37 @@ def apply_retention(
         return RetentionOutcome(trigger=trigger, error=f"unexpected {type(exc).__name__}")
     if report.deleted:
         log.info("%s: retention deleted %s", url, ", ".join(report.deleted))
-    return _outcome(
+    outcome = _outcome(
         report, repo, trigger, wal_deleted=wal_deleted, wal_bytes=wal_bytes, wal_end=wal_end
     )
+    return dataclasses.replace(
+        outcome, archived=tiered[0], extra=tiered[1], no_rules=plan.is_empty
+    )
+
+
+def _archive(
+    policy: BackupPolicy, repo: Repository, now: dt.datetime
+) -> tuple[int, tuple[str, ...]]:
+    """Move old backups (and WAL no readable physical backup needs) to the archive class:
+    (backups moved, sentences for the message)."""
+    archive = policy.spec.archive
+    if archive is None:
+        return 0, ()
+    from tonebridge_dr.runner.repository import tiering
+
+    storage_class = archive.storage_class.value
+    report = tiering.archive_backups(repo, after=archive.after, storage_class=storage_class,
+                                     now=now)
+    sentences = []
+    if report.moved:
+        sentences.append(
+            f"Moved {len(report.moved)} backup(s) ({report.objects} objects, {report.bytes} "
+            f"bytes) to {storage_class}."
+        )
+    if policy.spec.target.postgres is not None:
+        from tonebridge_dr.runner.engines.postgres.wal import tiering as wal_tiering
+
+        wal = wal_tiering.archive_wal(repo, storage_class=storage_class)
+        if wal.moved:
+            sentences.append(f"Moved {wal.moved} archived WAL file(s) to {storage_class}.")
+    return len(report.moved), tuple(sentences)
