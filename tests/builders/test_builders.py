@@ -586,7 +586,12 @@ def test_wal_stream_deployment() -> None:
     assert container["name"] == "wal-stream"
     assert container["args"] == ["wal-stream", "--slot", "tonebridge_dr_tonebridge_db"]
     # Streamed WAL is compressed and encrypted like the policy's backups.
-    assert container["env"] == [*backup.pod_env(policy), {"name": contract.ENV_COMPRESSION, "value": "zstd"}, {"name": contract.ENV_COMPRESSION_LEVEL, "value": "6"}, {"name": contract.ENV_ENCRYPT_TO, "value": "/etc/tonebridge-dr/encryption/public.asc"}]
+    assert container["env"] == [
+        *backup.pod_env(policy),
+        {"name": contract.ENV_COMPRESSION, "value": "zstd"},
+        {"name": contract.ENV_COMPRESSION_LEVEL, "value": "6"},
+        {"name": contract.ENV_ENCRYPT_TO, "value": "/etc/tonebridge-dr/encryption/public.asc"},
+    ]
 
 
 def test_wal_stream_uses_the_slot_from_the_spec() -> None:

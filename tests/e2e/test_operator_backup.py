@@ -108,6 +108,10 @@ def test_policy_cronjobs_and_run_now_backup(
     assert policy["metadata"]["annotations"]["dr.tonebridge.io/run-now-handled"] == (
         "daily-full:first"
     )
+    run = policy["status"]["runNow"]
+    assert (run["token"], run["phase"], run["backupId"]) == (
+        "daily-full:first", "Succeeded", backup_id)
+    assert run["job"] == jobs[0]["metadata"]["name"]
 
     # The monitor reads the catalog with the reader credentials: RPO met, counters set.
     policy = wait_for(lambda: condition_is(sandbox, namespace, "pg", "RPOMet", "True"), 60,
@@ -129,11 +133,19 @@ def test_policy_cronjobs_and_run_now_backup(
     assert op.metric("tonebridge_dr_backup_failures_total", namespace, "pg") == 0.0
     assert op.metric("tonebridge_dr_rpo_age_seconds", namespace, "pg") is not None
 
-    # The same token again starts nothing; a plain token runs the first schedule.
+    # The same token again starts nothing; a plain token runs the first schedule, and
+    # `kubectl wait` on status.runNow waits for THAT backup (LastBackupSucceeded is still
+    # True from the first one, so waiting on it would return at once).
     sandbox.kubectl("annotate", "-n", namespace, "backuppolicy/pg", "unrelated=1")
     run_now(sandbox, namespace, "pg", "daily-full:first")
     run_now(sandbox, namespace, "pg", "second")
-    wait_for(lambda: len(backups_list(f"{s3_repo_url}/pg")) == 2, 120, message=op.log_tail)
+    wait_for(lambda: (get_policy(sandbox, namespace, "pg")["status"].get("runNow") or {}).get(
+        "token") == "second", 30, message=lambda: op.log_tail())
+    sandbox.kubectl("wait", "-n", namespace, "bp/pg", "--timeout=120s",
+                    "--for=jsonpath={.status.runNow.phase}=Succeeded", timeout=130)
+    assert len(backups_list(f"{s3_repo_url}/pg")) == 2
+    second = get_policy(sandbox, namespace, "pg")["status"]["runNow"]
+    assert second["backupId"] == backups_list(f"{s3_repo_url}/pg")[-1]["id"] != backup_id
     jobs = jobs_of(sandbox, namespace, "pg")
     assert len(jobs) == 2
     assert sorted(j["metadata"]["labels"]["dr.tonebridge.io/schedule"] for j in jobs) == [

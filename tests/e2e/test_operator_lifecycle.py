@@ -201,6 +201,8 @@ def test_missing_secret_is_reported_and_recovers(
                                 if e["reason"] == "RunNowRefused"], 30)
     assert "db-dsn" in refused[0]["message"]
     assert jobs_of(sandbox, namespace, "m") == []
+    run = get_policy(sandbox, namespace, "m")["status"]["runNow"]  # a waiter learns it too
+    assert (run["token"], run["phase"]) == ("too-early", "Failed") and "db-dsn" in run["message"]
     start = op.metric("tonebridge_dr_catalog_reads_total", namespace, "m") or 0.0
     wait_for(lambda: (op.metric("tonebridge_dr_catalog_reads_total", namespace, "m") or 0)
              >= start + 3, 30)

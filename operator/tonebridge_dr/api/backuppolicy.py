@@ -439,6 +439,34 @@ class WalStatus(StatusModel):
     """Name of the WAL streamer Deployment (stream mode)."""
 
 
+class RunNowPhase(StrEnum):
+    """Where the backup of the last run-now token is."""
+
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class RunNowStatus(StatusModel):
+    """The backup the last `dr.tonebridge.io/run-now` token started, so that
+    `kubectl wait --for=jsonpath='{.status.runNow.phase}'=Succeeded` waits for THIS backup."""
+
+    token: str
+    """The annotation value handled."""
+    phase: RunNowPhase
+    """Running (the Job exists), Succeeded or Failed (also: the request was refused)."""
+    job: str | None = None
+    """The Job it created."""
+    backup_id: str | None = None
+    """The backup it made."""
+    started_at: Time | None = None
+    """When the Job was created (or the token refused)."""
+    completed_at: Time | None = None
+    """When the Job finished."""
+    message: str | None = None
+    """What happened, e.g. why it was refused or failed."""
+
+
 class RetentionStatus(StatusModel):
     """The last retention run of the operator (after each backup, and daily)."""
 
@@ -528,5 +556,7 @@ class BackupPolicyStatus(StatusModel):
     """The newest finished run of a RestoreTest of this policy (spec.source.policyRef)."""
     retention: RetentionStatus | None = None
     """The last retention run of the operator."""
+    run_now: RunNowStatus | None = None
+    """The backup of the last run-now token (wait on its phase)."""
     kopf: FreeForm | None = None
     """Reserved for the kopf framework's own bookkeeping."""

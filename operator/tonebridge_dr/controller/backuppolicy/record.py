@@ -35,6 +35,7 @@ from tonebridge_dr.controller.backuppolicy import retention
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
 from tonebridge_dr.controller.core import jobs, notify, objects
 from tonebridge_dr.status import backuppolicy as policy_status
+from tonebridge_dr.status import runnow as runnow_status
 from tonebridge_dr.status.jobs import JobOutcome
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def record(controller: PolicyController, job: Mapping[str, Any]) -> JobOutcome |
     def mutate(current: Json, status: BackupPolicyStatus | None) -> BackupPolicyStatus:
         generation = (current.get("metadata") or {}).get("generation")
         new = policy_status.apply_job_outcome(status, outcome, generation=generation, now=now)
+        new = runnow_status.finished(new, outcome)
         aof[0] = policy_status.aof_change(status, new)
         return new
 

@@ -14,12 +14,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.builders import backup as builders
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController, referenced_secrets
 from tonebridge_dr.controller.core import runnow
 from tonebridge_dr.controller.core.runnow import pending_token
+from tonebridge_dr.status import runnow as runnow_status
+
+Json = dict[str, Any]
 
 __all__ = ["handle", "pending_token", "pick_schedule", "plan"]
 
@@ -44,5 +48,18 @@ def plan(controller: PolicyController, policy: BackupPolicy, token: str) -> runn
 
 
 def handle(controller: PolicyController, body: Mapping[str, Any]) -> str | None:
-    """Start the backup a new run-now value asks for (`core.runnow.handle`)."""
-    return runnow.handle(controller, body, plan)
+    """Start the backup a new run-now value asks for (`core.runnow.handle`), and say so in
+    `status.runNow` (Running, or Failed when refused); `record` finishes the entry."""
+
+    def record(current: Mapping[str, Any], token: str, job: str | None,
+               refusal: str | None) -> None:
+        now = controller.ctx.clock()
+
+        def mutate(_: Json, status: BackupPolicyStatus | None) -> BackupPolicyStatus:
+            if job is None:
+                return runnow_status.refused(status, token, refusal or "refused", now)
+            return runnow_status.started(status, token, job, now)
+
+        controller.write_status(current, mutate)
+
+    return runnow.handle(controller, body, plan, record)

@@ -55,6 +55,12 @@ Plan = Callable[[Controller[Any, Any], Any, str], RunNow]
 """(controller, parsed object, token) -> RunNow; raises ValueError (a builder's refusal,
 with a readable message) to refuse, kube.ApiError on API trouble."""
 
+Record = Callable[[Mapping[str, Any], str, str | None, str | None], None]
+"""(object body, token, Job name or None, refusal or None): a kind's own bookkeeping of
+what a token did (e.g. BackupPolicy `status.runNow`): with the Job's name right BEFORE the
+Job is created (so the Job's end is always recorded after it), with the refusal before
+the token is marked handled. A crash repeats it: it must be idempotent."""
+
 
 def pending_token(body: Mapping[str, Any]) -> str | None:
     """The run-now value still to handle, or None."""
@@ -75,15 +81,18 @@ def _mark_handled(controller: Controller[Any, Any], body: Mapping[str, Any],
 
 
 def _refuse(controller: Controller[Any, Any], body: Mapping[str, Any], token: str,
-            problem: str) -> None:
+            problem: str, record: Record | None) -> None:
     namespace, name = objects.ident(body)
     message = f"run-now {token!r} refused: {problem}"
     log.info("%s/%s: %s", namespace, name, message)
     controller.event(body, Reason.RUN_NOW_REFUSED, message, warning=True)
+    if record is not None:
+        record(body, token, None, message)
     _mark_handled(controller, body, token)
 
 
-def handle(controller: Controller[Any, Any], body: Mapping[str, Any], plan: Plan) -> str | None:
+def handle(controller: Controller[Any, Any], body: Mapping[str, Any], plan: Plan,
+           record: Record | None = None) -> str | None:
     """Start the Job a new run-now value asks for; returns its name (None when nothing
     was pending or the request was refused). Raises kube.ApiError on API trouble
     (nothing is marked handled then, so it is retried)."""
@@ -95,13 +104,15 @@ def handle(controller: Controller[Any, Any], body: Mapping[str, Any], plan: Plan
     try:
         run = plan(controller, controller.parse(body), token)
     except ValueError as exc:  # objects.InvalidSpec, a builder's refusal
-        _refuse(controller, body, token, str(exc))
+        _refuse(controller, body, token, str(exc), record)
         return None
     blocking = [p for p in secrets.check(ctx.kube, namespace, run.secrets) if p.blocking]
     if blocking:
-        _refuse(controller, body, token, secrets.describe(blocking))
+        _refuse(controller, body, token, secrets.describe(blocking), record)
         return None
     job_name = str(run.job["metadata"]["name"])
+    if record is not None:  # before the Job exists: its end can only be recorded after this
+        record(body, token, job_name, None)
     try:
         ctx.kube.create(run.job)
         created = True
