@@ -583,17 +583,21 @@ def test_wal_stream_deployment() -> None:
     ].items()
     (container,) = spec["template"]["spec"]["containers"]
     assert container["name"] == "wal-stream"
-    assert container["args"] == ["wal-stream", "--slot", "tonebridge_dr_tonebridge_db"]
+    # walArchive.archiveTimeout: 5m in the example
+    assert container["args"] == [
+        "wal-stream", "--slot", "tonebridge_dr_tonebridge_db", "--archive-timeout", "5m"
+    ]
     assert container["env"] == backup.pod_env(policy)
 
 
 def test_wal_stream_uses_the_slot_from_the_spec() -> None:
     body = policy_body("01-postgres-backup")
     body["spec"]["target"]["postgres"]["walArchive"]["slot"] = "custom_slot"
+    body["spec"]["target"]["postgres"]["walArchive"]["archiveTimeout"] = "1h30m"
     deployment = backup.build_wal_stream_deployment(BackupPolicy.from_body(body), SETTINGS)
     assert deployment is not None
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["wal-stream", "--slot", "custom_slot"]
+    assert args == ["wal-stream", "--slot", "custom_slot", "--archive-timeout", "1h30m"]
 
 
 def test_no_wal_streamer_for_archive_command_or_without_wal() -> None:
