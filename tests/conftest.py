@@ -55,6 +55,7 @@ UNIT = frozenset({
     "runner/repository/test_retention.py",
     "runner/restoretest/test_restore_test_units.py",
     "runner/redis/test_redis_rdb.py",
+    "runner/wal/test_archive_timeout_units.py",
     "runner/wal/test_pitr_plan.py",
     "runner/wal/test_wal_naming.py",
     "runner/wal/test_wal_settings.py",

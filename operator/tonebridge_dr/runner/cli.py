@@ -7,7 +7,7 @@ tonebridge-dr restore <engine> --repo URL --backup ID|latest ... [--json]
 tonebridge-dr restore-test <engine> --repo URL (--scratch-dsn DSN | --scratch-instance DIR) ...
 tonebridge-dr backups list|show ID|verify ID|prune [...] --repo URL [--json]
 tonebridge-dr restore-tests list --repo URL [--json]
-tonebridge-dr check --repo URL [--dsn DSN]
+tonebridge-dr check --repo URL [--dsn DSN] [--archive-timeout DUR]
 tonebridge-dr wal-push PATH | wal-fetch NAME DEST | wal-stream | wal-status | wal-prune
 ```
 
@@ -287,11 +287,19 @@ def _check(args: argparse.Namespace) -> Outcome:
         "latest": manifests[-1].id if manifests else None,
     }
     dsn = args.dsn or os.environ.get(runner_contract.ENV_DSN)
+    wanted = parse_duration(args.archive_timeout).total_seconds() if args.archive_timeout else None
     if dsn:
         from tonebridge_dr.runner.engines.postgres import commands as pg_commands
 
-        data["database"] = pg_commands.check(dsn)
+        database = pg_commands.check(dsn)
+        data["database"] = database
         data["database_ok"] = True
+        warnings = pg_commands.archive_timeout_warnings(
+            database.get("archive_mode"), database.get("archive_timeout_seconds"), wanted
+        )
+        for warning in warnings:
+            log.warning("%s", warning)
+        data["warnings"] = warnings
     return _mapping_outcome(data)
 
 
@@ -483,6 +491,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _common(check)
     check.add_argument(
         "--dsn", help=f"also check this database (default ${runner_contract.ENV_DSN})"
+    )
+    check.add_argument(
+        "--archive-timeout",
+        default=None,
+        metavar="DUR",
+        help="the policy's walArchive.archiveTimeout (e.g. 5m): warn when the database "
+        "archives with archive_command and its archive_timeout is 0 or larger",
     )
     check.set_defaults(handler=_check)
     return parser
