@@ -48,7 +48,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from tonebridge_dr.api import formats
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres import connection, process, tools
 from tonebridge_dr.runner.engines.postgres.wal import archive, catalog, naming
@@ -93,6 +92,8 @@ def archive_timeout_seconds(text: str | None, env: Mapping[str, str] | None = No
     try:
         seconds = float(raw)
     except ValueError:
+        from tonebridge_dr.api import formats
+
         try:
             seconds = formats.parse_duration(raw).total_seconds()
         except ValueError as exc:
