@@ -52,9 +52,11 @@ PATH_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 #: Modules outside the pure layers that start nothing: they run with `make unit` too.
 UNIT = frozenset({
+    "runner/repository/test_audit_units.py",
     "runner/repository/test_retention.py",
     "runner/restoretest/test_restore_test_units.py",
     "runner/redis/test_redis_rdb.py",
+    "runner/wal/test_archive_timeout_units.py",
     "runner/wal/test_pitr_plan.py",
     "runner/wal/test_wal_naming.py",
     "runner/wal/test_wal_settings.py",

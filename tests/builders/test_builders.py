@@ -37,6 +37,12 @@ NAMESPACE = "tonebridge"
 RUN_NOW_TOKEN = "2024-01-15T10:30:00Z"
 SETTINGS = RunnerSettings()
 HYPOTHESIS = settings(derandomize=True, max_examples=150, deadline=None)
+#: The runner pod's identity from the downward API (pods.IDENTITY_FIELDS).
+IDENTITY = dict(pods.IDENTITY_FIELDS)
+
+
+def is_secret(var: dict[str, Any]) -> bool:
+    return "secretKeyRef" in var.get("valueFrom", {})
 
 
 def policy_body(example: str) -> dict[str, Any]:
@@ -318,6 +324,9 @@ def test_credentials_only_come_from_secret_refs(example: str) -> None:
                 for var in container["env"]:
                     if "value" in var:
                         assert var["name"] in plain_values
+                    elif var["name"] in IDENTITY:  # the pod's own fields, for audit records
+                        path = IDENTITY[var["name"]]
+                        assert var["valueFrom"] == {"fieldRef": {"fieldPath": path}}
                     else:
                         assert set(var["valueFrom"]) == {"secretKeyRef"}
                         assert var["valueFrom"]["secretKeyRef"]["name"] in allowed_secrets
@@ -374,7 +383,7 @@ def test_s3_settings_reach_the_runner_as_env() -> None:
     assert values["AWS_REGION"] == "ap-northeast-1"
     assert values["TONEBRIDGE_DR_S3_SSE"] == "aws:kms"
     assert str(values["TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"]).startswith("arn:aws:kms:")
-    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in env if "valueFrom" in v}
+    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in env if is_secret(v)}
     assert refs["TONEBRIDGE_DR_DSN"] == {"name": "tonebridge-db-backup", "key": "dsn"}
     assert refs["AWS_ACCESS_KEY_ID"] == {
         "name": "tonebridge-backup-writer", "key": "AWS_ACCESS_KEY_ID"
@@ -386,13 +395,15 @@ def test_s3_settings_reach_the_runner_as_env() -> None:
     values = {v["name"]: v.get("value") for v in env}
     assert values["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9000"
     assert "TONEBRIDGE_DR_S3_SSE" not in values
-    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in env if "valueFrom" in v}
+    refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in env if is_secret(v)}
     assert refs["TONEBRIDGE_DR_REDIS_URL"] == {"name": "tonebridge-redis", "key": "url"}
 
 
 def test_file_repository_without_credentials_has_no_aws_env() -> None:
     env = backup.pod_env(load_policy("00-local-demo"))
-    assert {v["name"] for v in env} == {"TONEBRIDGE_DR_DSN", "TONEBRIDGE_DR_REPO", "HOME"}
+    assert {v["name"] for v in env} == {
+        "TONEBRIDGE_DR_DSN", "TONEBRIDGE_DR_REPO", "HOME", *IDENTITY
+    }
 
 
 def test_env_names_match_the_runner() -> None:
@@ -455,7 +466,27 @@ def test_the_pod_skeleton_serves_a_job_of_a_new_kind() -> None:
 
 def test_the_pod_skeleton_keeps_an_explicit_home_and_takes_spec_resources() -> None:
     env = pods.runner_env([pods.value_env("HOME", "/data")])
-    assert env == [{"name": "HOME", "value": "/data"}] == pods.runner_env(env)
+    assert env[0] == {"name": "HOME", "value": "/data"}
+    assert [v["name"] for v in env[1:]] == list(IDENTITY)
+    assert env == pods.runner_env(env)  # idempotent
+
+
+def test_runner_pods_know_who_they_are_from_the_downward_api() -> None:
+    """Pod, namespace, ServiceAccount and Job reach the runner for its audit records."""
+    for example in SUPPORTED_EXAMPLES:
+        for obj in all_objects(example):
+            for pod in pod_specs(obj):
+                (container,) = pod["containers"]
+                fields = {
+                    v["name"]: v["valueFrom"]["fieldRef"]["fieldPath"]
+                    for v in container["env"] if "fieldRef" in v.get("valueFrom", {})
+                }
+                assert fields == {
+                    "TONEBRIDGE_DR_POD_NAME": "metadata.name",
+                    "TONEBRIDGE_DR_POD_NAMESPACE": "metadata.namespace",
+                    "TONEBRIDGE_DR_SERVICE_ACCOUNT": "spec.serviceAccountName",
+                    "TONEBRIDGE_DR_JOB_NAME": "metadata.labels['batch.kubernetes.io/job-name']",
+                }
     requested = ResourceRequirements.model_validate({"limits": {"memory": "1Gi"}})
     assert pods.resources(requested, SETTINGS) == {"limits": {"memory": "1Gi"}}
     assert pods.resources(ResourceRequirements(), SETTINGS) == SETTINGS.default_resources
@@ -584,7 +615,10 @@ def test_wal_stream_deployment() -> None:
     ].items()
     (container,) = spec["template"]["spec"]["containers"]
     assert container["name"] == "wal-stream"
-    assert container["args"] == ["wal-stream", "--slot", "tonebridge_dr_tonebridge_db"]
+    # walArchive.archiveTimeout: 5m in the example
+    assert container["args"] == [
+        "wal-stream", "--slot", "tonebridge_dr_tonebridge_db", "--archive-timeout", "5m"
+    ]
     # Streamed WAL is compressed and encrypted like the policy's backups.
     assert container["env"] == [
         *backup.pod_env(policy),
@@ -597,10 +631,11 @@ def test_wal_stream_deployment() -> None:
 def test_wal_stream_uses_the_slot_from_the_spec() -> None:
     body = policy_body("01-postgres-backup")
     body["spec"]["target"]["postgres"]["walArchive"]["slot"] = "custom_slot"
+    body["spec"]["target"]["postgres"]["walArchive"]["archiveTimeout"] = "1h30m"
     deployment = backup.build_wal_stream_deployment(BackupPolicy.from_body(body), SETTINGS)
     assert deployment is not None
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["wal-stream", "--slot", "custom_slot"]
+    assert args == ["wal-stream", "--slot", "custom_slot", "--archive-timeout", "1h30m"]
 
 
 def test_no_wal_streamer_for_archive_command_or_without_wal() -> None:

@@ -164,7 +164,10 @@ def test_restore_pods_read_with_the_restore_role_and_never_see_the_public_key(
     assert "tonebridge-backup-gpg" not in text  # backups' public key: not needed here
     pod = pod_spec(job)
     (container,) = pod["containers"]
-    refs = {v["valueFrom"]["secretKeyRef"]["name"] for v in container["env"] if "valueFrom" in v}
+    refs = {
+        v["valueFrom"]["secretKeyRef"]["name"]
+        for v in container["env"] if "secretKeyRef" in v.get("valueFrom", {})
+    }
     assert refs <= {"tonebridge-backup-reader", "tonebridge-db-restore", "tonebridge-redis-restore"}
     assert pod["serviceAccountName"] == SETTINGS.restore_service_account
     assert pod["automountServiceAccountToken"] is False

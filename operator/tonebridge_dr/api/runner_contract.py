@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final, TypedDict
 
 __all__ = [
+    "AUDIT_PREFIX",
     "ENGINES",
     "ENGINE_NAMES",
     "ENV_CHECKS",
@@ -28,12 +29,16 @@ __all__ = [
     "ENV_DECRYPT_PASSPHRASE",
     "ENV_DSN",
     "ENV_ENCRYPT_TO",
+    "ENV_JOB_NAME",
     "ENV_LOG_LEVEL",
+    "ENV_POD_NAME",
+    "ENV_POD_NAMESPACE",
     "ENV_REDIS_TARGET_URL",
     "ENV_REDIS_URL",
     "ENV_REPO",
     "ENV_S3_SSE",
     "ENV_S3_SSE_KMS_KEY_ID",
+    "ENV_SERVICE_ACCOUNT",
     "ENV_STORAGE_TIMEOUT",
     "ENV_TARGET_DSN",
     "ENV_TERMINATION_LOG",
@@ -85,6 +90,15 @@ ENV_STORAGE_TIMEOUT: Final = "TONEBRIDGE_DR_STORAGE_TIMEOUT"
 """Seconds an S3 call may go without progress over all its attempts (default 120)."""
 ENV_CLAIM_HEARTBEAT: Final = "TONEBRIDGE_DR_CLAIM_HEARTBEAT"
 """Seconds between two renewals of a running backup's claim (default 60; 0: off)."""
+ENV_POD_NAME: Final = "TONEBRIDGE_DR_POD_NAME"
+"""The runner pod's name (downward API `metadata.name`): who ran it, in audit records."""
+ENV_POD_NAMESPACE: Final = "TONEBRIDGE_DR_POD_NAMESPACE"
+"""The runner pod's namespace (downward API `metadata.namespace`)."""
+ENV_SERVICE_ACCOUNT: Final = "TONEBRIDGE_DR_SERVICE_ACCOUNT"
+"""The runner pod's ServiceAccount (downward API `spec.serviceAccountName`)."""
+ENV_JOB_NAME: Final = "TONEBRIDGE_DR_JOB_NAME"
+"""The Job that made the pod (downward API, label `batch.kubernetes.io/job-name`); empty
+for a pod of a Deployment."""
 ENV_CHECKS: Final = "TONEBRIDGE_DR_CHECKS"
 """The checks of a restore test: a JSON list of {"name", "query", "expect": {"equals" |
 "min" | "max" | "nonEmpty"}}, exactly the RestoreTest spec's `checks` (camelCase)."""
@@ -230,6 +244,12 @@ class RestoreTestResult(TypedDict):
 RESTORE_TEST_REPORTS: Final = "restore-tests/"
 """Where restore tests keep their reports, relative to the repository (policy) folder:
 `<UTC start YYYYMMDDTHHMMSSZ>-<name>.json` and its `.json.sha256`."""
+
+
+AUDIT_PREFIX: Final = "audit/"
+"""Where audit records live, relative to the repository (policy) folder:
+`audit/YYYY/MM/DD/<UTC start YYYYMMDDTHHMMSS.ffffffZ>-<operation>-<random>.json`, one per
+backup, restore, prune and restore test; written once, never rewritten."""
 
 
 # -- engines --------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from tonebridge_dr.api import formats
 from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.backuppolicy import Schedule, TargetKind, WalArchiveMode
 from tonebridge_dr.api.common import BackupMethod
@@ -297,11 +298,14 @@ def wal_slot(policy: BackupPolicy) -> str | None:
 
 
 def wal_stream_args(policy: BackupPolicy) -> list[str]:
-    """`wal-stream --slot <slot>` (DSN and repository come from the environment)."""
+    """`wal-stream --slot <slot> --archive-timeout <walArchive.archiveTimeout>` (DSN and
+    repository come from the environment)."""
     slot = wal_slot(policy)
-    if slot is None:
+    postgres = policy.spec.target.postgres
+    if slot is None or postgres is None or postgres.wal_archive is None:
         raise ValueError("the policy does not use walArchive.mode: stream")
-    return ["wal-stream", "--slot", slot]
+    timeout = formats.format_duration(postgres.wal_archive.archive_timeout)
+    return ["wal-stream", "--slot", slot, "--archive-timeout", timeout]
 
 
 def wal_codec_env(policy: BackupPolicy) -> list[Manifest]:

@@ -9,7 +9,9 @@ A runner pod has one container, `settings.command` plus the verb's arguments, an
 * its termination message at the path the runner writes (`FallbackToLogsOnError`:
   a crash before the runner wrote it still leaves the log tail);
 * credentials only as `secretKeyRef` env vars or mounted `secret` volumes: builders never
-  see values.
+  see values;
+* its own identity from the downward API (pod, namespace, ServiceAccount, Job), which the
+  runner writes into its audit records.
 
 Jobs fail at once on exit codes a retry cannot fix (`pod_failure_policy`, codes from
 `api.runner_contract`), and do not count evictions against their backoffLimit. Scheduled
@@ -34,11 +36,13 @@ __all__ = [
     "ENV_AWS_ENDPOINT",
     "ENV_AWS_REGION",
     "ENV_HOME",
+    "IDENTITY_FIELDS",
     "TERMINATION_MESSAGE_PATH",
     "TERMINATION_MESSAGE_POLICY",
     "TMP_MOUNT_PATH",
     "RunnerPod",
     "container_security_context",
+    "field_env",
     "pod_failure_policy",
     "pod_security_context",
     "pod_template",
@@ -64,6 +68,8 @@ TMP_MOUNT_PATH = "/tmp"
 _TMP_VOLUME = "tmp"
 
 ENV_HOME = "HOME"
+#: The label the Job controller puts on a Job's pods (Kubernetes 1.27+).
+LABEL_JOB_NAME = "batch.kubernetes.io/job-name"
 ENV_AWS_REGION = "AWS_REGION"
 ENV_AWS_ENDPOINT = "AWS_ENDPOINT_URL_S3"
 AWS_CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
@@ -119,10 +125,27 @@ def repository_env(
     return env
 
 
+def field_env(name: str, field_path: str) -> Manifest:
+    """`name` from the pod's own `field_path` (downward API)."""
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+
+
+IDENTITY_FIELDS: tuple[tuple[str, str], ...] = (
+    (contract.ENV_POD_NAME, "metadata.name"),
+    (contract.ENV_POD_NAMESPACE, "metadata.namespace"),
+    (contract.ENV_SERVICE_ACCOUNT, "spec.serviceAccountName"),
+    (contract.ENV_JOB_NAME, f"metadata.labels['{LABEL_JOB_NAME}']"),
+)
+"""Who the runner is, for its audit records: env var and downward-API field path."""
+
+
 def runner_env(entries: Iterable[Manifest]) -> list[Manifest]:
-    """`entries`, then HOME on the /tmp emptyDir unless they set HOME (idempotent)."""
+    """`entries`, then the pod's identity (`IDENTITY_FIELDS`, for audit records) and HOME on
+    the /tmp emptyDir, each unless `entries` set it (idempotent)."""
     env = list(entries)
-    if all(entry.get("name") != ENV_HOME for entry in env):
+    given = {entry.get("name") for entry in env}
+    env.extend(field_env(name, path) for name, path in IDENTITY_FIELDS if name not in given)
+    if ENV_HOME not in given:
         env.append(value_env(ENV_HOME, TMP_MOUNT_PATH))
     return env
 

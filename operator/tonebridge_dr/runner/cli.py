@@ -9,9 +9,16 @@ tonebridge-dr backups list|show ID|verify ID|prune [...] --repo URL [--json]
 tonebridge-dr backups archive --after DUR [--storage-class C] [--wal] [--dry-run] --repo URL
 tonebridge-dr backups rehydrate ID [--days N] [--tier T] [--wait] --repo URL [--json]
 tonebridge-dr restore-tests list --repo URL [--json]
-tonebridge-dr check --repo URL [--dsn DSN]
+tonebridge-dr check --repo URL [--dsn DSN] [--archive-timeout DUR]
+tonebridge-dr audit list --repo URL [--since T] [--operation OP] [--json]
+tonebridge-dr audit prune --repo URL [--older-than 3y] [--dry-run] [--json]
 tonebridge-dr wal-push PATH | wal-fetch NAME DEST | wal-stream | wal-status | wal-prune
 ```
+
+Audit trail: after `backup`, `restore`, `restore-test`, `backups prune`, `wal-prune` and
+`audit prune` finish, successful or not, one record goes to `audit/` in the repository
+(`repository/audit.py`, `_audited`). A record that cannot be written is a warning in
+the log; it never changes the exit code.
 
 Engines plug in through the registry (`engines/registry.py`: each engine's
 `add_backup_arguments` / `run_backup`, `add_restore_arguments` / `run_restore`,
@@ -51,6 +58,7 @@ import datetime as dt
 import gc
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -375,11 +383,19 @@ def _check(args: argparse.Namespace) -> Outcome:
         "latest": manifests[-1].id if manifests else None,
     }
     dsn = args.dsn or os.environ.get(runner_contract.ENV_DSN)
+    wanted = parse_duration(args.archive_timeout).total_seconds() if args.archive_timeout else None
     if dsn:
         from tonebridge_dr.runner.engines.postgres import commands as pg_commands
 
-        data["database"] = pg_commands.check(dsn)
+        database = pg_commands.check(dsn)
+        data["database"] = database
         data["database_ok"] = True
+        warnings = pg_commands.archive_timeout_warnings(
+            database.get("archive_mode"), database.get("archive_timeout_seconds"), wanted
+        )
+        for warning in warnings:
+            log.warning("%s", warning)
+        data["warnings"] = warnings
     return _mapping_outcome(data)
 
 
@@ -437,6 +453,220 @@ def _restore_tests_list(args: argparse.Namespace) -> Outcome:
             out.write("no restore test reports\n")
 
     return Outcome(rows, show, summary)
+
+
+# --- audit trail --------------------------------------------------------------------------------
+_AUDIT_COLUMNS = (
+    ("started_at", "STARTED"),
+    ("operation", "OPERATION"),
+    ("engine", "ENGINE"),
+    ("outcome", "OUTCOME"),
+    ("principal", "WHO"),
+    ("backup_ids", "BACKUPS"),
+    ("reason", "REASON"),
+)
+#: Payload keys that name the backups an operation made, read or deleted.
+_BACKUP_ID_KEYS = ("id", "backup", "backup_id", "deleted")
+#: Payload keys copied into a record's `details`: small, never secret (scrubbed anyway),
+#: and no names from inside the database (an encrypted backup keeps its table names out of
+#: the repository but for its manifest).
+_DETAIL_KEYS = (
+    "dry_run", "schedule", "name", "passed", "rto_met", "restore_duration_seconds",
+    "target", "size_bytes", "deleted_count", "cutoff", "policy",
+)
+#: Where each verb's target comes from: options first, then the contract's variables.
+_TARGET_OPTIONS = ("target_dsn", "target_url", "data_dir", "scratch_dsn", "scratch_instance",
+                   "dsn", "url")
+_TARGET_ENV = {
+    ("backup", "postgres"): runner_contract.ENV_DSN,
+    ("backup", "redis"): runner_contract.ENV_REDIS_URL,
+    ("restore", "postgres"): runner_contract.ENV_TARGET_DSN,
+    ("restore", "redis"): runner_contract.ENV_REDIS_TARGET_URL,
+    ("restore-test", "postgres"): runner_contract.ENV_TARGET_DSN,
+}
+
+
+#: Seconds the audit record's write may take at most (S3 storage timeout).
+_AUDIT_STORAGE_TIMEOUT = 30.0
+#: Failures that leave no record: input rejected before any work (2), and a repository
+#: that cannot be used at all (3), where no record could be stored either.
+_NOT_AUDITED = (errors.UsageError, errors.RepositoryConfigError)
+
+
+def _audit_operation(args: argparse.Namespace) -> str | None:
+    """The audit operation of a parsed command line, None for verbs that change nothing."""
+    verb, action = args.verb, getattr(args, "action", None)
+    if verb in ("backup", "restore", "restore-test"):
+        return str(verb)
+    if (verb, action) == ("backups", "prune") or verb == "wal-prune":
+        return "prune"
+    if (verb, action) == ("audit", "prune"):
+        return "audit-prune"
+    return None
+
+
+def _audit_ids(payload: Any) -> list[str]:
+    if not isinstance(payload, dict):
+        return []
+    found: list[str] = []
+    for key in _BACKUP_ID_KEYS:
+        value = payload.get(key)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item and item not in found:
+                found.append(item)
+    return found
+
+
+def _audit_target(args: argparse.Namespace, operation: str) -> str | None:
+    from tonebridge_dr.runner.repository import audit
+
+    for option in _TARGET_OPTIONS:
+        value = getattr(args, option, None)
+        if value:
+            return audit.describe_target(value)
+    variable = _TARGET_ENV.get((operation, getattr(args, "engine", None) or ""))
+    return audit.describe_target(os.environ.get(variable, "")) if variable else None
+
+
+def _write_audit(
+    args: argparse.Namespace,
+    operation: str,
+    started: dt.datetime,
+    payload: Any,
+    failure: BaseException | None,
+) -> None:
+    """Store the one audit record of this run; a failure to do so is only a warning."""
+    try:
+        from tonebridge_dr.runner.repository import audit
+        from tonebridge_dr.runner.storage import open_storage
+
+        url = _repo_arg(args)
+        mapping = payload if isinstance(payload, dict) else {}
+        details = {key: mapping[key] for key in _DETAIL_KEYS if key in mapping}
+        if args.verb == "wal-prune":
+            details["scope"] = "wal"
+        reason = message = None
+        code = runner_contract.EXIT_OK
+        if failure is not None:
+            if isinstance(failure, errors.DRError):
+                code, reason = failure.exit_code, failure.reason
+            elif isinstance(failure, Terminated):
+                code, reason = runner_contract.EXIT_TERMINATED, "Cancelled"
+            elif isinstance(failure, KeyboardInterrupt):
+                code, reason = runner_contract.EXIT_INTERRUPTED, "Cancelled"
+            else:
+                code, reason = 1, "InternalError"
+            message = " ".join((str(failure) or type(failure).__name__).split())
+        record = audit.AuditRecord(
+            operation=operation,
+            started_at=started,
+            finished_at=dt.datetime.now(dt.UTC),
+            outcome=audit.FAILED if failure is not None else audit.SUCCEEDED,
+            who=audit.identity(),
+            engine=getattr(args, "engine", None) or (
+                "postgres" if args.verb == "wal-prune" else None
+            ),
+            method=getattr(args, "method", None) or mapping.get("method"),
+            backup_ids=tuple(_audit_ids(payload)),
+            target=_audit_target(args, operation),
+            repository=audit.describe_target(url),
+            details=details,
+            error_reason=reason,
+            error_message=message,
+            exit_code=code,
+            tool_version=tonebridge_dr.__version__,
+        )
+        # One small write: after a storage failure it must not take a second full
+        # --storage-timeout before the Job can report.
+        timeout = os.environ.get(runner_contract.ENV_STORAGE_TIMEOUT)
+        os.environ[runner_contract.ENV_STORAGE_TIMEOUT] = str(
+            min(_AUDIT_STORAGE_TIMEOUT, float(timeout or _AUDIT_STORAGE_TIMEOUT))
+        )
+        try:
+            audit.write_record(open_storage(url, create=False), record)
+        finally:
+            if timeout is None:
+                os.environ.pop(runner_contract.ENV_STORAGE_TIMEOUT, None)
+            else:
+                os.environ[runner_contract.ENV_STORAGE_TIMEOUT] = timeout
+    except Exception as exc:  # the operation's outcome stands whatever happens here
+        log.warning(
+            "could not write the audit record of %s: %s",
+            operation, result.scrub(" ".join(str(exc).split()) or type(exc).__name__),
+        )
+
+
+def _run_audited(args: argparse.Namespace) -> Outcome:
+    """Run the command; for audited verbs write its record after it finished (either way)."""
+    operation = _audit_operation(args)
+    if operation is None:
+        outcome: Outcome = args.handler(args)
+        return outcome
+    started = dt.datetime.now(dt.UTC)
+    try:
+        outcome = args.handler(args)
+    except BaseException as exc:
+        if not isinstance(exc, _NOT_AUDITED):
+            payload = exc.result if isinstance(exc, errors.DRError) else None
+            _write_audit(args, operation, started, payload, exc)
+        raise
+    _write_audit(args, operation, started, outcome.payload, None)
+    return outcome
+
+
+def _parse_since(text: str, now: dt.datetime) -> dt.datetime:
+    """`--since`: an ISO 8601 time (without offset: UTC) or an age such as 7d or 12h."""
+    value = text.strip()
+    if re.fullmatch(r"[0-9dhms]+", value.lower()) and not value.isdigit():
+        return now - parse_duration(value)
+    try:
+        moment = dt.datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in "Zz" else value)
+    except ValueError:
+        raise errors.UsageError(
+            f"invalid --since {text!r}: use an ISO 8601 time (2026-01-31T00:00:00Z) or an "
+            "age (7d, 12h)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _audit_list(args: argparse.Namespace) -> Outcome:
+    from tonebridge_dr.runner.repository import audit
+
+    since = _parse_since(args.since, dt.datetime.now(dt.UTC)) if args.since else None
+    stored = audit.list_records(_open_repo(args).storage, since=since, operation=args.operation)
+    rows = [record.row() for record in stored]
+    summary = {"records": len(rows), "latest": rows[-1]["key"] if rows else None}
+
+    def show(out: TextIO) -> None:
+        if not rows:
+            out.write("no audit records\n")
+            return
+        table = [
+            {
+                **row,
+                "principal": (row.get("who") or {}).get("principal"),
+                "backup_ids": ",".join(row.get("backup_ids") or []),
+                "reason": (row.get("error") or {}).get("reason"),
+            }
+            for row in rows
+        ]
+        result.print_table(table, _AUDIT_COLUMNS, out)
+
+    return Outcome(rows, show, summary)
+
+
+def _audit_prune(args: argparse.Namespace) -> Outcome:
+    from tonebridge_dr.runner.repository import audit
+
+    report = audit.prune_audit(
+        _open_repo(args),
+        older_than=audit.parse_age(args.older_than),
+        now=dt.datetime.now(dt.UTC),
+        dry_run=args.dry_run,
+    )
+    payload = report.result()
+    summary = {k: v for k, v in payload.items() if k != "deleted"}
+    return Outcome(payload, lambda out: result.print_mapping(summary, out), summary)
 
 
 # --- parser -------------------------------------------------------------------------------------
@@ -605,12 +835,47 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _common(test_listing)
     test_listing.set_defaults(handler=_restore_tests_list)
 
+    audit_parser = verbs.add_parser(
+        "audit", help="the audit trail: one record per backup, restore, prune and restore test"
+    )
+    audit_actions = audit_parser.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=console.Parser
+    )
+    audit_listing = audit_actions.add_parser("list", help="audit records, oldest first")
+    _common(audit_listing)
+    audit_listing.add_argument(
+        "--since", default=None, metavar="T",
+        help="records started at or after T: ISO 8601 (UTC without offset) or an age (7d)",
+    )
+    audit_listing.add_argument(
+        "--operation", default=None,
+        choices=("backup", "restore", "prune", "restore-test", "failover", "audit-prune"),
+    )
+    audit_listing.set_defaults(handler=_audit_list)
+    audit_prune = audit_actions.add_parser(
+        "prune", help="delete audit records older than the audit retention"
+    )
+    _common(audit_prune)
+    audit_prune.add_argument(
+        "--older-than", default="3y", metavar="AGE",
+        help="delete records started longer ago than this: 3y (default), 400d, ...",
+    )
+    audit_prune.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    audit_prune.set_defaults(handler=_audit_prune)
+
     _add_wal_verbs(verbs, argv)
 
     check = verbs.add_parser("check", help="check the repository (and a database) can be used")
     _common(check)
     check.add_argument(
         "--dsn", help=f"also check this database (default ${runner_contract.ENV_DSN})"
+    )
+    check.add_argument(
+        "--archive-timeout",
+        default=None,
+        metavar="DUR",
+        help="the policy's walArchive.archiveTimeout (e.g. 5m): warn when the database "
+        "archives with archive_command and its archive_timeout is 0 or larger",
     )
     check.set_defaults(handler=_check)
     return parser
@@ -753,7 +1018,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ[runner_contract.ENV_STORAGE_TIMEOUT] = str(args.storage_timeout)
         if getattr(args, "raw_exit", False):
             return int(args.handler(args))
-        outcome: Outcome = args.handler(args)
+        outcome = _run_audited(args)
         if getattr(args, "json", False):
             result.print_json(outcome.payload, sys.stdout)
         else:

@@ -26,6 +26,16 @@ def repo_files(url: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
+def audit_files(url: str) -> list[Path]:
+    """The audit records of a file:// repository (repository/audit.py)."""
+    return sorted(p for p in repo_files(url) if "audit" in p.relative_to(url[7:]).parts[:1])
+
+
+def data_files(url: str) -> list[Path]:
+    """Everything but the audit records: what backups wrote."""
+    return sorted(set(repo_files(url)) - set(audit_files(url)))
+
+
 def tiny_db(pg: PgServer) -> str:
     dsn = pg.create_database("cli")
     pg.execute(
@@ -155,11 +165,19 @@ def test_bad_input_gives_one_line_distinct_codes_and_writes_nothing(
     assert "In-Dsn-S3cret" not in res.err
     codes["password"] = 10
     monkeypatch.setenv("PGPASSWORD", pg.password)
-    assert repo_files(file_repo_url) == []
+    assert data_files(file_repo_url) == []
+    # Each failed backup that reached the repository left its audit record, without secrets.
+    failed = audit_files(file_repo_url)
+    assert len(failed) == 3
+    for path in failed:
+        text = path.read_text()
+        assert "Wr0ng-Passw0rd-123" not in text and "In-Dsn-S3cret" not in text
+        assert json.loads(text)["outcome"] == "failed"
 
     good = cli("backup", "postgres", "--dsn", dsn, "--repo", file_repo_url, "--json")
     assert good.code == 0, good.err
-    before = sorted(repo_files(file_repo_url))
+    before = data_files(file_repo_url)
+    audited = audit_files(file_repo_url)
 
     line = one_error_line(
         cli(
@@ -226,7 +244,9 @@ def test_bad_input_gives_one_line_distinct_codes_and_writes_nothing(
         one_error_line(cli(*args), 2)
     codes["usage"] = 2
 
-    assert sorted(repo_files(file_repo_url)) == before  # nothing written by any of them
+    assert data_files(file_repo_url) == before  # nothing written by any of them
+    # ... but an audit record for each of the two failed restores (usage errors: none)
+    assert len(audit_files(file_repo_url)) == len(audited) + 2
     assert sorted(set(codes.values())) == [2, 3, 6, 9, 10, 11]
 
 

@@ -7,6 +7,7 @@ test_postgres_restore.py and the command line's error contract in test_cli.py.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
 import socket
@@ -521,7 +522,15 @@ def test_sigterm_stops_pg_dump_and_leaves_no_backup(
     for pid in tools:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid)
     assert Repository.open(file_repo_url).list_backups() == []
-    assert not [p for p in Path(file_repo_url.removeprefix("file://")).rglob("*") if p.is_file()]
+    root = Path(file_repo_url.removeprefix("file://"))
+    left = [p.relative_to(root) for p in root.rglob("*") if p.is_file()]
+    # Nothing but the run's audit record, which says it was cancelled.
+    (record,) = left
+    assert record.parts[0] == "audit"
+    data = json.loads((root / record).read_text())
+    assert (data["outcome"], data["error"]["reason"], data["exit_code"]) == (
+        "failed", "Cancelled", 143
+    )
 
 
 def _state(pid: int) -> str:

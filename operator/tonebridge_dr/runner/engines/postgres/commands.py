@@ -476,12 +476,17 @@ def check_database_name(name: str, *, option: str = "--target-database") -> str:
 
 
 def check(dsn: str) -> dict[str, Any]:
-    """Connectivity check of a database: version and what the role may do."""
+    """Connectivity check of a database: version, what the role may do, and its WAL
+    archiving settings (`archive_mode`, `archive_timeout` in seconds)."""
     info = connection.ConnInfo.parse(dsn)
     with connection.connect(info, purpose="database") as conn:
         row = conn.execute(
             "SELECT current_user, r.rolsuper, r.rolreplication, pg_catalog.pg_is_in_recovery() "
             "FROM pg_catalog.pg_roles r WHERE r.rolname = current_user"
+        ).fetchone()
+        archiving = conn.execute(
+            "SELECT pg_catalog.current_setting('archive_mode'), "
+            "(SELECT setting FROM pg_catalog.pg_settings WHERE name = 'archive_timeout')"
         ).fetchone()
         return {
             "target": info.masked(),
@@ -491,4 +496,45 @@ def check(dsn: str) -> dict[str, Any]:
             "superuser": bool(row[1]) if row else False,
             "replication": bool(row[2]) if row else False,
             "in_recovery": bool(row[3]) if row else False,
+            "archive_mode": str(archiving[0]) if archiving else None,
+            "archive_timeout_seconds": (
+                int(archiving[1]) if archiving and archiving[1] is not None else None
+            ),
         }
+
+
+def archive_timeout_warnings(
+    archive_mode: str | None, server_seconds: int | None, wanted_seconds: float | None
+) -> list[str]:
+    """What `check` warns about a server that archives with `archive_command`
+    (`archive_mode` on or always): an `archive_timeout` of 0 (off: on a quiet server the
+    newest commits wait in an unfinished segment for as long as nothing else is written),
+    or one larger than `wanted_seconds` (the policy's `walArchive.archiveTimeout`). A
+    server with `archive_mode = off` gets none: it does not archive with archive_command
+    (wal-stream needs no server setting)."""
+    if archive_mode in (None, "off") or server_seconds is None:
+        return []
+    wanted = (
+        f" (the policy wants at most {_duration_text(wanted_seconds)})"
+        if wanted_seconds else ""
+    )
+    if server_seconds <= 0:
+        return [
+            "archive_timeout is 0 (off): on a quiet server the newest commits stay in an "
+            "unfinished WAL segment and are not archived until it fills; set archive_timeout"
+            f"{wanted or ' (e.g. 5min)'}"
+        ]
+    if wanted_seconds and server_seconds > wanted_seconds:
+        return [
+            f"archive_timeout is {_duration_text(server_seconds)}, larger than the policy's "
+            f"archiveTimeout {_duration_text(wanted_seconds)}: commits on a quiet server can "
+            f"wait that long before they are archived; set archive_timeout = "
+            f"{int(wanted_seconds)} (seconds)"
+        ]
+    return []
+
+
+def _duration_text(seconds: float) -> str:
+    from tonebridge_dr.api import formats
+
+    return formats.format_duration(seconds)

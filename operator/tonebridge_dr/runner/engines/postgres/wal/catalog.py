@@ -168,8 +168,10 @@ class WalArchive:
         """The object to restore for `name`; WalNotFound when there is none.
 
         With `allow_partial`, a segment that was never completed is answered with
-        its `.partial` (the WAL a stopped wal-stream had received) when no
-        complete segment of that name exists.
+        its `.partial` (the WAL a running or stopped wal-stream had received) when
+        no complete segment of that name exists. Two versions of one partial exist
+        for a moment while a running wal-stream replaces the older, shorter one
+        (each is a prefix of the WAL): the newest stored is answered.
         """
         wal = naming.parse(name)
         family = self.segment_family(wal)
@@ -179,7 +181,7 @@ class WalArchive:
         if allow_partial and wal.is_segment:
             partial = [obj for obj in family if obj.name == f"{wal.name}.partial"]
             if partial:
-                return self._single(partial)
+                return max(partial, key=lambda obj: (obj.archived_at, obj.info.size))
         raise WalNotFound(f"WAL file {name} is not in the archive {self.url}")
 
     def _single(self, found: list[ArchivedObject]) -> ArchivedObject:

@@ -244,6 +244,14 @@ def add_wal_stream_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="where pg_receivewal writes (default $TMPDIR/tonebridge-dr-wal-stream-<slot>)",
     )
+    parser.add_argument(
+        "--archive-timeout",
+        default=None,
+        metavar="DUR",
+        help="upload the current partial segment when it changed and the last upload is "
+        "this long ago, e.g. 5m, 60s, 60 (seconds); 0: only at the stop (default "
+        "$TONEBRIDGE_DR_WAL_ARCHIVE_TIMEOUT or 5m)",
+    )
 
 
 def run_wal_stream(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,6 +271,7 @@ def run_wal_stream(args: argparse.Namespace) -> dict[str, Any]:
         work_dir=work_dir,
         push=archive.PushSettings.from_env(_repo(args.repo)),
         status_interval=max(1, args.status_interval),
+        archive_timeout=stream.archive_timeout_seconds(args.archive_timeout),
     )
     stop = threading.Event()
     previous: dict[signal.Signals, Any] = {}
@@ -279,7 +288,9 @@ def run_wal_stream(args: argparse.Namespace) -> dict[str, Any]:
         "uploaded": len(stats.uploaded),
         "last_uploaded": stats.uploaded[-1] if stats.uploaded else None,
         "partial": stats.partial,
+        "partial_uploads": stats.partial_uploads,
         "restarts": stats.restarts,
+        "archive_timeout_seconds": settings.archive_timeout,
     }
 
 

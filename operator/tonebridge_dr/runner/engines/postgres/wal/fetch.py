@@ -44,6 +44,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.engines.postgres.wal import catalog, envvars, naming, spool
 from tonebridge_dr.runner.storage import open_storage
@@ -62,6 +63,9 @@ IDLE_EXIT = 60.0
 ORPHAN_EXIT = 5.0
 #: How long a "not in the archive" answer is believed before asking again.
 MISSING_RETRY = 2.0
+#: Lookups of a `.partial` that vanished between lookup and read (a running wal-stream
+#: replaced it) before the fetch fails.
+PARTIAL_ATTEMPTS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,14 +122,16 @@ def download(
     obj = archive.find(name, allow_partial=settings.allow_partial)
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
     try:
-        with tmp.open("wb") as out:
-            for chunk in archive.read(
-                obj, decrypt_key=settings.decrypt_key, passphrase=settings.passphrase
-            ):
-                out.write(chunk)
-            if durable:
-                out.flush()
-                os.fsync(out.fileno())
+        for attempt in range(PARTIAL_ATTEMPTS):
+            try:
+                _write(archive, obj, tmp, settings, durable=durable)
+                break
+            except errors.ObjectNotFound:
+                # A running wal-stream replaced this partial by a longer one (or by the
+                # complete segment) between the lookup and the read: look again.
+                if obj.wal.kind != naming.PARTIAL or attempt + 1 >= PARTIAL_ATTEMPTS:
+                    raise
+                obj = archive.find(name, allow_partial=settings.allow_partial)
         os.replace(tmp, dest)
         if durable:
             fd = os.open(dest.parent, os.O_RDONLY)
@@ -137,6 +143,24 @@ def download(
         tmp.unlink(missing_ok=True)
         raise
     return obj
+
+
+def _write(
+    archive: catalog.WalArchive,
+    obj: catalog.ArchivedObject,
+    tmp: Path,
+    settings: FetchSettings,
+    *,
+    durable: bool,
+) -> None:
+    with tmp.open("wb") as out:
+        for chunk in archive.read(
+            obj, decrypt_key=settings.decrypt_key, passphrase=settings.passphrase
+        ):
+            out.write(chunk)
+        if durable:
+            out.flush()
+            os.fsync(out.fileno())
 
 
 def fetch(name: str, dest_arg: str, settings: FetchSettings, *, cwd: str | None = None) -> str:
