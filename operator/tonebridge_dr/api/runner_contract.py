@@ -16,6 +16,7 @@ Add, never rename or renumber.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Final, TypedDict
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "ENV_REDIS_TARGET_URL",
     "ENV_REDIS_URL",
     "ENV_REPO",
+    "ENV_S3_OBJECT_LOCK_MODE",
+    "ENV_S3_OBJECT_LOCK_RETAIN",
     "ENV_S3_SSE",
     "ENV_S3_SSE_KMS_KEY_ID",
     "ENV_STORAGE_TIMEOUT",
@@ -40,6 +43,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_TERMINATED",
+    "FROM_RETENTION_INITIAL_LOCK",
     "RESTORE_TEST_REPORTS",
     "TERMINATION_LIMIT",
     "WAL_FETCH_ABORT",
@@ -71,6 +75,15 @@ ENV_S3_SSE: Final = "TONEBRIDGE_DR_S3_SSE"
 """S3 server-side encryption of stored objects (`AES256` or `aws:kms`)."""
 ENV_S3_SSE_KMS_KEY_ID: Final = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
 """The KMS key of `aws:kms` server-side encryption."""
+ENV_S3_OBJECT_LOCK_MODE: Final = "TONEBRIDGE_DR_S3_OBJECT_LOCK_MODE"
+"""S3 Object Lock mode of every object written (`GOVERNANCE` or `COMPLIANCE`); unset: no
+lock. Set together with ENV_S3_OBJECT_LOCK_RETAIN."""
+ENV_S3_OBJECT_LOCK_RETAIN: Final = "TONEBRIDGE_DR_S3_OBJECT_LOCK_RETAIN"
+"""How long an object is locked after it is written, as a duration (`30d`, `1h30m`): its
+retain-until date is the write time plus this."""
+FROM_RETENTION_INITIAL_LOCK: Final = timedelta(days=1)
+"""The lock written with `retainFor: fromRetention`; the retention run extends it to the
+date the keeping rule gives, so it only has to outlast the time until that run."""
 ENV_DECRYPT_PASSPHRASE: Final = "TONEBRIDGE_DR_DECRYPT_PASSPHRASE"
 """Passphrase of the OpenPGP private key a restore decrypts with."""
 ENV_COMPRESSION: Final = "TONEBRIDGE_DR_COMPRESSION"
@@ -138,6 +151,10 @@ EXIT_CODES: Final[tuple[ExitCode, ...]] = (
              "its checks failed", backup_retryable=False, restore_retryable=False),
     ExitCode(16, "RTOMissed", "a restore test passed its checks, but later than its RTO",
              backup_retryable=False, restore_retryable=False),
+    # Retryable: prune skips what is locked, so this only comes from a race with a lock's
+    # date (clock skew, a lock added meanwhile); a retry checks the locks again.
+    ExitCode(17, "ObjectLocked", "an object is under S3 Object Lock (retention or legal "
+             "hold): it cannot be deleted or overwritten before its retain-until date"),
     ExitCode(EXIT_INTERRUPTED, "Cancelled", "interrupted (SIGINT)"),
     ExitCode(EXIT_TERMINATED, "Cancelled", "terminated (SIGTERM: the Job was deleted or "
              "ran past its deadline)"),
