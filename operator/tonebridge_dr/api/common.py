@@ -24,6 +24,7 @@ from tonebridge_dr.api.base import (
 )
 
 __all__ = [
+    "FROM_RETENTION",
     "Archive",
     "BackupMethod",
     "Compression",
@@ -33,7 +34,6 @@ __all__ = [
     "Encryption",
     "EscalationLevel",
     "LocalObjectRef",
-    "FROM_RETENTION",
     "NotificationEvent",
     "Notifications",
     "ObjectLock",
@@ -204,7 +204,7 @@ class ObjectLock(SpecModel):
     """GOVERNANCE or COMPLIANCE."""
     retain_for: RetainFor
     """How long each object stays locked after it is written, e.g. 30d; or fromRetention:
-    written with a 1-day lock, which the retention run extends to the start of the backup
+    written with a 2-day lock, which the retention run extends to the start of the backup
     plus the period of the longest rule keeping it (a yearly backup under yearly: 7 stays
     locked 7 years)."""
 

@@ -81,9 +81,11 @@ lock. Set together with ENV_S3_OBJECT_LOCK_RETAIN."""
 ENV_S3_OBJECT_LOCK_RETAIN: Final = "TONEBRIDGE_DR_S3_OBJECT_LOCK_RETAIN"
 """How long an object is locked after it is written, as a duration (`30d`, `1h30m`): its
 retain-until date is the write time plus this."""
-FROM_RETENTION_INITIAL_LOCK: Final = timedelta(days=1)
-"""The lock written with `retainFor: fromRetention`; the retention run extends it to the
-date the keeping rule gives, so it only has to outlast the time until that run."""
+FROM_RETENTION_INITIAL_LOCK: Final = timedelta(days=2)
+"""The lock written with `retainFor: fromRetention`, and the least a retention run leaves
+on any backup it keeps: the run (after each backup, and daily) extends locks to the date
+the keeping rule gives, so this only has to outlast the time until the next run; two days
+let one daily run be missed or late."""
 ENV_DECRYPT_PASSPHRASE: Final = "TONEBRIDGE_DR_DECRYPT_PASSPHRASE"
 """Passphrase of the OpenPGP private key a restore decrypts with."""
 ENV_COMPRESSION: Final = "TONEBRIDGE_DR_COMPRESSION"
