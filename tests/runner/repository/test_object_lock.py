@@ -9,6 +9,7 @@ sets the retention after completing the upload, which is what the multipart case
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,7 @@ def test_deletes_on_a_versioned_bucket_remove_every_version(
 
 
 def test_prune_leaves_locked_backups_whole_and_reports_them(
-    moto_server: str, monkeypatch: pytest.MonkeyPatch
+    moto_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bucket = _locked_bucket(moto_server, monkeypatch, retain="1d")
     repo = Repository.open(f"s3://{bucket}/{PREFIX}")
@@ -188,6 +189,16 @@ def test_prune_leaves_locked_backups_whole_and_reports_them(
     assert [m.id for m in repo.list_backups()] == [*old, newest]
     for backup_id in (*old, newest):
         assert repo.verify(backup_id).problems == []
+    # the CLI says so too, in --json and in text, and exits 0
+    capsys.readouterr()
+    url = f"s3://{bucket}/{PREFIX}"
+    assert runner_cli.main(["backups", "prune", "--keep-last", "1", "--repo", url,
+                            "--engine", "redis", "--json"]) == 0  # other engine: untouched
+    assert json.loads(capsys.readouterr().out)["locked"] == []
+    assert runner_cli.main(["backups", "prune", "--keep-last", "1", "--repo", url]) == 0
+    assert f"under S3 Object Lock (kept until it lapses): {', '.join(old)}" in (
+        capsys.readouterr().out)
+    assert [m.id for m in repo.list_backups()] == [*old, newest]
 
 
 def test_prune_deletes_a_backup_once_its_lock_has_passed(
