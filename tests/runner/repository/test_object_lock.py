@@ -28,6 +28,7 @@ from tonebridge_dr.runner.repository import manifest as manifests
 from tonebridge_dr.runner.repository.catalog import Repository
 from tonebridge_dr.runner.repository.retention import RetentionPolicy
 from tonebridge_dr.runner.storage import open_storage
+from tonebridge_dr.runner.storage.base import LEGAL_HOLD
 from tonebridge_dr.runner.storage.s3 import LOCK_MODE_ENV, LOCK_RETAIN_ENV, S3Storage
 
 PREFIX = "repo/p"
@@ -273,3 +274,18 @@ def test_extend_locks_lengthens_every_object_of_a_backup_and_never_shortens(
     assert max(other_until.values()) < now + 3 * DAY  # only the backup asked for moved
     with pytest.raises(errors.BackupNotFound):
         immutability.extend_locks(repo, "20200101T000000Z", far)
+
+
+def test_a_legal_hold_is_a_lock_without_a_date(
+    moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = _locked_bucket(moto_server, monkeypatch, retain=None)
+    storage = open_storage(f"s3://{bucket}/{PREFIX}")
+    storage.put_bytes("audit/a.json", b"{}")
+    s3_fixtures.client(moto_server).put_object_legal_hold(
+        Bucket=bucket, Key=f"{PREFIX}/audit/a.json", LegalHold={"Status": "ON"})
+    assert storage.retained_until(["audit/a.json"]) == {"audit/a.json": LEGAL_HOLD}
+    with pytest.raises(errors.ObjectLocked, match="under an S3 Object Lock legal hold") as held:
+        storage.delete("audit/a.json")
+    assert held.value.until is None
+    assert storage.get_bytes("audit/a.json") == b"{}"

@@ -661,12 +661,11 @@ class S3Storage(base.Storage):
             lock = self._version_lock(key, item.get("VersionId"))
             if lock is not None:
                 mode, until = lock
-                when = "under a legal hold" if until == base.LEGAL_HOLD else (
-                    f"until {until:%Y-%m-%dT%H:%M:%SZ}")
+                what = "an S3 Object Lock legal hold" if until == base.LEGAL_HOLD else (
+                    f"S3 Object Lock ({mode}) until {until:%Y-%m-%dT%H:%M:%SZ}")
                 raise errors.ObjectLocked(
-                    f"object {key} in {self._where()} is under S3 Object Lock ({mode}) {when}: "
-                    f"it cannot be deleted before then ({len(failed)} of {asked} versions "
-                    "refused)",
+                    f"object {key} in {self._where()} is under {what}: it cannot be deleted "
+                    f"before then ({len(failed)} of {asked} versions refused)",
                     until=None if until == base.LEGAL_HOLD else until,
                 )
         first = failed[0]
