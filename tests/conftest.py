@@ -53,6 +53,7 @@ PATH_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: Modules outside the pure layers that start nothing: they run with `make unit` too.
 UNIT = frozenset({
     "runner/repository/test_audit_units.py",
+    "runner/repository/test_immutability.py",
     "runner/repository/test_retention.py",
     "runner/restoretest/test_restore_test_units.py",
     "runner/redis/test_redis_rdb.py",

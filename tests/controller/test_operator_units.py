@@ -278,6 +278,25 @@ def test_decide_applies_desired_and_deletes_stale() -> None:
     assert 'Secret "dsn" (database DSN) has no key "dsn"' in decision.message
 
 
+def test_object_lock_not_enabled_is_ready_false_and_leaves_owned_objects() -> None:
+    lock = {"url": "s3://locked-bucket/p", "objectLock": {"mode": "GOVERNANCE",
+                                                           "retainFor": "30d"}}
+    policy = _policy({"repository": lock})
+    desired, owned = [_obj("CronJob", "p-daily")], [_obj("CronJob", "p-weekly")]
+    assert reconcile.object_lock_problem(policy, True) is None
+    assert reconcile.object_lock_problem(policy, None) is None  # cannot tell: no verdict
+    assert reconcile.object_lock_problem(_policy(), False) is None  # no objectLock asked
+    problem = reconcile.object_lock_problem(policy, False)
+    assert problem is not None and "bucket locked-bucket does not have S3 Object Lock" in problem
+    decision = reconcile.decide(policy, desired, owned, [], problem)
+    assert not decision.ready and decision.reason == "ObjectLockNotEnabled"
+    assert decision.apply == [] and decision.delete == [] and decision.message == problem
+    assert reconcile.Reason.OBJECT_LOCK_NOT_ENABLED in reconcile.RECHECKED_REASONS
+    # a missing Secret backup Jobs need is reported first
+    blocking = [secrets.SecretProblem(secrets.SecretUse("dsn", ("dsn",), "database DSN"))]
+    assert reconcile.decide(policy, desired, owned, blocking, problem).reason == "SecretNotFound"
+
+
 def test_referenced_secrets() -> None:
     policy = _policy({
         "repository": {"url": "s3://bucket/p", "credentialsSecretRef": {"name": "w"},

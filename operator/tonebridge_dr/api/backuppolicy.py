@@ -369,6 +369,19 @@ class BackupPolicySpec(SpecModel):
                 or p.encryption is not None
             ),
         ),
+        Rule(
+            "!has(self.repository.objectLock)"
+            " || self.repository.objectLock.retainFor != 'fromRetention'"
+            " || has(self.retention) || self.schedules.exists(s, has(s.retention))",
+            "objectLock retainFor: fromRetention needs retention rules (spec.retention or a "
+            "schedule's retention); or give a duration such as 30d",
+            lambda p: (
+                p.repository.object_lock is None
+                or not p.repository.object_lock.from_retention
+                or p.retention is not None
+                or any(s.retention is not None for s in p.schedules)
+            ),
+        ),
     )
 
     def describe_schedules(self) -> str:

@@ -3,10 +3,12 @@ notifications, resources."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, StrictInt
+from pydantic.json_schema import JsonSchemaValue
 
 from tonebridge_dr.api import formats
 from tonebridge_dr.api.base import (
@@ -17,10 +19,12 @@ from tonebridge_dr.api.base import (
     Quantity,
     Rule,
     SpecModel,
+    _PlainType,
     unique,
 )
 
 __all__ = [
+    "FROM_RETENTION",
     "Archive",
     "BackupMethod",
     "Compression",
@@ -32,6 +36,8 @@ __all__ = [
     "LocalObjectRef",
     "NotificationEvent",
     "Notifications",
+    "ObjectLock",
+    "ObjectLockMode",
     "Objectives",
     "Region",
     "Repository",
@@ -131,6 +137,82 @@ def _is_file(url: str) -> bool:
     return url.startswith("file://")
 
 
+class ObjectLockMode(StrEnum):
+    """S3 Object Lock retention modes."""
+
+    GOVERNANCE = "GOVERNANCE"
+    """Nobody deletes or overwrites a locked object version, except a user with the
+    s3:BypassGovernanceRetention permission (a break-glass role)."""
+    COMPLIANCE = "COMPLIANCE"
+    """Nobody, not even the account root, deletes a locked version or shortens its lock
+    until the date passes. Choose with care: a mistake costs storage until then."""
+
+
+FROM_RETENTION: Final = "fromRetention"
+"""`retainFor` value: the lock follows the retention rule that keeps each backup."""
+RETAIN_FOR_MESSAGE = (
+    "must be fromRetention or a duration longer than zero like 30d, 7d12h or 2555d"
+)
+
+
+class _RetainForType(_PlainType):
+    """`retainFor`: a positive duration (a `timedelta`) or the word `fromRetention`."""
+
+    @staticmethod
+    def _serialize(value: timedelta | str) -> str:
+        return value if isinstance(value, str) else formats.format_duration(value)
+
+    def _validate(self, value: Any) -> timedelta | str:
+        if value == FROM_RETENTION:
+            return FROM_RETENTION
+        if isinstance(value, timedelta):
+            parsed = value
+        elif isinstance(value, str):
+            try:
+                parsed = formats.parse_duration(value)
+            except ValueError:
+                raise ValueError(f"{value!r} {RETAIN_FOR_MESSAGE}") from None
+        else:
+            raise ValueError(f"{value!r} {RETAIN_FOR_MESSAGE}")
+        if parsed <= timedelta(0) or parsed.microseconds:
+            raise ValueError(f"{value!r} {RETAIN_FOR_MESSAGE}")
+        return parsed
+
+    def _json_schema(self) -> JsonSchemaValue:
+        rule = (
+            f"self == '{FROM_RETENTION}' || (self.size() > 0"
+            f" && self.matches(r'{formats.DURATION_RE}') && self.matches('[1-9]'))"
+        )
+        return {
+            "type": "string",
+            "maxLength": 32,
+            "x-kubernetes-validations": [{"rule": rule, "message": RETAIN_FOR_MESSAGE}],
+        }
+
+
+RetainFor = Annotated[timedelta | Literal["fromRetention"], _RetainForType()]
+
+
+class ObjectLock(SpecModel):
+    """S3 Object Lock (immutability, spec 11): every object the Jobs write (backups,
+    manifests, WAL, restore-test reports) carries a retention mode and a retain-until
+    date, so nobody holding the backup credentials can delete or overwrite it before
+    then. The bucket must have Object Lock enabled (the operator checks: Ready=False,
+    reason ObjectLockNotEnabled)."""
+
+    mode: ObjectLockMode
+    """GOVERNANCE or COMPLIANCE."""
+    retain_for: RetainFor
+    """How long each object stays locked after it is written, e.g. 30d; or fromRetention:
+    written with a 2-day lock, which the retention run extends to the start of the backup
+    plus the period of the longest rule keeping it (a yearly backup under yearly: 7 stays
+    locked 7 years)."""
+
+    @property
+    def from_retention(self) -> bool:
+        return self.retain_for == FROM_RETENTION
+
+
 class Repository(SpecModel):
     """Where backups are stored: an S3 bucket (and prefix) or a local directory."""
 
@@ -161,6 +243,9 @@ class Repository(SpecModel):
     """S3 server-side encryption: AES256 or aws:kms."""
     kms_key_id: Annotated[str, Field(max_length=2048)] | None = None
     """KMS key (id or ARN) for sse: aws:kms; omit to use the account's default key."""
+    object_lock: ObjectLock | None = None
+    """S3 Object Lock of every object written (docs/object-lock.md); the bucket must have
+    Object Lock enabled."""
 
     cel_rules = (
         Rule(
@@ -178,6 +263,11 @@ class Repository(SpecModel):
             "!has(self.kmsKeyId) || (has(self.sse) && self.sse == 'aws:kms')",
             "kmsKeyId requires sse: aws:kms",
             lambda r: r.kms_key_id is None or r.sse == ServerSideEncryption.KMS,
+        ),
+        Rule(
+            "!has(self.objectLock) || self.url.startsWith('s3://')",
+            "objectLock needs an s3:// repository (Object Lock is an S3 feature)",
+            lambda r: r.object_lock is None or r.url.startswith("s3://"),
         ),
     )
 

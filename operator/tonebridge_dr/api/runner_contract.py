@@ -16,6 +16,7 @@ Add, never rename or renumber.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Final, TypedDict
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "ENV_REDIS_TARGET_URL",
     "ENV_REDIS_URL",
     "ENV_REPO",
+    "ENV_S3_OBJECT_LOCK_MODE",
+    "ENV_S3_OBJECT_LOCK_RETAIN",
     "ENV_S3_SSE",
     "ENV_S3_SSE_KMS_KEY_ID",
     "ENV_SERVICE_ACCOUNT",
@@ -46,6 +49,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_TERMINATED",
+    "FROM_RETENTION_INITIAL_LOCK",
     "RESTORE_TEST_REPORTS",
     "TERMINATION_LIMIT",
     "WAL_FETCH_ABORT",
@@ -77,6 +81,17 @@ ENV_S3_SSE: Final = "TONEBRIDGE_DR_S3_SSE"
 """S3 server-side encryption of stored objects (`AES256` or `aws:kms`)."""
 ENV_S3_SSE_KMS_KEY_ID: Final = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
 """The KMS key of `aws:kms` server-side encryption."""
+ENV_S3_OBJECT_LOCK_MODE: Final = "TONEBRIDGE_DR_S3_OBJECT_LOCK_MODE"
+"""S3 Object Lock mode of every object written (`GOVERNANCE` or `COMPLIANCE`); unset: no
+lock. Set together with ENV_S3_OBJECT_LOCK_RETAIN."""
+ENV_S3_OBJECT_LOCK_RETAIN: Final = "TONEBRIDGE_DR_S3_OBJECT_LOCK_RETAIN"
+"""How long an object is locked after it is written, as a duration (`30d`, `1h30m`): its
+retain-until date is the write time plus this."""
+FROM_RETENTION_INITIAL_LOCK: Final = timedelta(days=2)
+"""The lock written with `retainFor: fromRetention`, and the least a retention run leaves
+on any backup it keeps: the run (after each backup, and daily) extends locks to the date
+the keeping rule gives, so this only has to outlast the time until the next run; two days
+let one daily run be missed or late."""
 ENV_DECRYPT_PASSPHRASE: Final = "TONEBRIDGE_DR_DECRYPT_PASSPHRASE"
 """Passphrase of the OpenPGP private key a restore decrypts with."""
 ENV_ENCRYPT_TO: Final = "TONEBRIDGE_DR_ENCRYPT_TO"
@@ -161,6 +176,10 @@ EXIT_CODES: Final[tuple[ExitCode, ...]] = (
     ExitCode(17, "BackupArchived", "objects of the backup (or the WAL it needs) are in an "
              "archive storage class and not readable yet; rehydrate them first",
              restore_retryable=False),
+    # Retryable: prune skips what is locked, so this only comes from a race with a lock's
+    # date (clock skew, a lock added meanwhile); a retry checks the locks again.
+    ExitCode(18, "ObjectLocked", "an object is under S3 Object Lock (retention or legal "
+             "hold): it cannot be deleted or overwritten before its retain-until date"),
     ExitCode(EXIT_INTERRUPTED, "Cancelled", "interrupted (SIGINT)"),
     ExitCode(EXIT_TERMINATED, "Cancelled", "terminated (SIGTERM: the Job was deleted or "
              "ran past its deadline)"),

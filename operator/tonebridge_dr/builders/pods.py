@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tonebridge_dr.api import formats
 from tonebridge_dr.api import runner_contract as contract
 from tonebridge_dr.api.common import Repository, ResourceRequirements, SecretKeyRef, SecretRef
 from tonebridge_dr.builders import names
@@ -43,6 +44,7 @@ __all__ = [
     "RunnerPod",
     "container_security_context",
     "field_env",
+    "object_lock_env",
     "pod_failure_policy",
     "pod_security_context",
     "pod_template",
@@ -122,6 +124,8 @@ def repository_env(
         env.append(value_env(contract.ENV_S3_SSE, repository.sse.value))
     if writes and repository.kms_key_id is not None:
         env.append(value_env(contract.ENV_S3_SSE_KMS_KEY_ID, repository.kms_key_id))
+    if writes:
+        env.extend(object_lock_env(repository))
     return env
 
 
@@ -137,6 +141,23 @@ IDENTITY_FIELDS: tuple[tuple[str, str], ...] = (
     (contract.ENV_JOB_NAME, f"metadata.labels['{LABEL_JOB_NAME}']"),
 )
 """Who the runner is, for its audit records: env var and downward-API field path."""
+
+
+def object_lock_env(repository: Repository) -> list[Manifest]:
+    """The S3 Object Lock every object a pod writes gets (none without `objectLock`): its
+    mode, and how long after the write it lasts (`retainFor`; with fromRetention the
+    initial lock, which the retention run extends)."""
+    lock = repository.object_lock
+    if lock is None:
+        return []
+    retain = (
+        contract.FROM_RETENTION_INITIAL_LOCK if isinstance(lock.retain_for, str)
+        else lock.retain_for
+    )
+    return [
+        value_env(contract.ENV_S3_OBJECT_LOCK_MODE, lock.mode.value),
+        value_env(contract.ENV_S3_OBJECT_LOCK_RETAIN, formats.format_duration(retain)),
+    ]
 
 
 def runner_env(entries: Iterable[Manifest]) -> list[Manifest]:

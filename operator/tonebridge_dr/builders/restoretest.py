@@ -161,8 +161,10 @@ def runner_args(rt: RestoreTest, source: ResolvedSource) -> list[str]:
 
 def pod_env(rt: RestoreTest, source: ResolvedSource) -> list[Manifest]:
     """Environment of the test container: how to read the backups (as a restore Job),
-    the scratch database's DSN (secretKeyRef), the checks, HOME."""
+    the Object Lock of the report it writes, the scratch database's DSN (secretKeyRef),
+    the checks, HOME."""
     env = restore.source_env(source)
+    env.extend(pods.object_lock_env(source.repository))
     database = rt.spec.scratch.database
     if database is not None:
         env.append(pods.secret_key_env(ENV_TARGET_DSN, database.dsn_secret_ref))

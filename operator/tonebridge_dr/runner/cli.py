@@ -283,6 +283,8 @@ def _backups_prune(args: argparse.Namespace) -> Outcome:
         out.write(f"{verb} ({len(report.deleted)}): {', '.join(report.deleted) or '-'}\n")
         if report.orphans:
             out.write(f"incomplete folders {verb}: {', '.join(report.orphans)}\n")
+        if report.locked:
+            out.write(f"under S3 Object Lock (kept until it lapses): {', '.join(report.locked)}\n")
         if report.unreadable:
             out.write(f"unreadable manifests (left alone): {', '.join(report.unreadable)}\n")
         if report.leftovers:
@@ -290,7 +292,8 @@ def _backups_prune(args: argparse.Namespace) -> Outcome:
         if wal_report is not None:
             out.write(f"wal: {wal_report}\n")
 
-    summary = {k: payload[k] for k in ("kept", "deleted", "orphans", "dry_run", "policy")}
+    summary = {k: payload[k]
+               for k in ("kept", "deleted", "orphans", "locked", "dry_run", "policy")}
     return Outcome(payload, show, summary)
 
 

@@ -13,6 +13,7 @@ success and writes it into the termination message with `error`, `message` and
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -145,3 +146,15 @@ class BackupArchived(DRError):
 
     exit_code = 17
     reason = "BackupArchived"
+
+
+class ObjectLocked(StorageError):
+    """S3 refused to delete an object version that Object Lock retains (`until`: its
+    retain-until date, None for a legal hold or when S3 did not say)."""
+
+    exit_code = 18
+    reason = "ObjectLocked"
+
+    def __init__(self, *args: object, until: dt.datetime | None = None) -> None:
+        super().__init__(*args)
+        self.until = until

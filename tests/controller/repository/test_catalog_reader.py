@@ -4,6 +4,7 @@ per-policy credentials (never the operator's environment), its error sentences."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,3 +76,28 @@ def test_catalog_reader(
 
     empty = _policy({"repository": {"url": (tmp_path / "none").as_uri()}})
     assert reader.read(empty, _Secrets({})).summary == catalog.CatalogSummary()  # type: ignore[arg-type]
+
+
+def test_object_lock_check_reads_the_bucket_configuration(
+    moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _clean_aws_env(monkeypatch)
+    creds = {"AWS_ACCESS_KEY_ID": "AKIAREAD", "AWS_SECRET_ACCESS_KEY": "read-secret"}
+    lock = {"mode": "COMPLIANCE", "retainFor": "30d"}
+
+    def policy(bucket: str) -> Any:
+        return _policy({"repository": {
+            "url": f"s3://{bucket}/repo", "endpoint": moto_server, "objectLock": lock,
+            "credentialsSecretRef": {"name": "writer"},
+            "restoreCredentialsSecretRef": {"name": "reader"}}})
+
+    reader = catalog.CatalogReader()
+    kube: Any = _Secrets({"reader": creds})
+    locked = s3_fixtures.new_bucket(moto_server, object_lock=True)
+    plain = s3_fixtures.new_bucket(moto_server)
+    assert reader.object_lock_enabled(policy(locked), kube) is True
+    assert reader.object_lock_enabled(policy(plain), kube) is False
+    # cannot tell (no Secret, no bucket, no s3://): no verdict, no exception
+    assert reader.object_lock_enabled(policy(locked), _Secrets({})) is None  # type: ignore[arg-type]
+    assert reader.object_lock_enabled(policy("no-such-bucket-y"), kube) is None
+    assert reader.object_lock_enabled(_policy(), kube) is None

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 OWNED_KINDS: tuple[kube.Kind, ...] = (kube.CRONJOB, kube.DEPLOYMENT)
 #: Ready=False reasons that can fix themselves (a Secret created later): the monitor
 #: reconciles again while Ready says one of them.
-RECHECKED_REASONS = frozenset({Reason.SECRET_NOT_FOUND, Reason.SECRET_KEY_NOT_FOUND})
+RECHECKED_REASONS = frozenset({Reason.SECRET_NOT_FOUND, Reason.SECRET_KEY_NOT_FOUND,
+                               Reason.OBJECT_LOCK_NOT_ENABLED})
 
 Json = dict[str, Any]
 PolicyController = Controller[BackupPolicy, BackupPolicyStatus]
@@ -95,12 +96,32 @@ def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
     return (str(obj.get("kind", "")), str((obj.get("metadata") or {}).get("name", "")))
 
 
+def object_lock_problem(policy: BackupPolicy, enabled: bool | None) -> str | None:
+    """Why the policy's objectLock cannot work (`enabled`: what the bucket says, None when
+    it could not be asked), or None."""
+    if policy.spec.repository.object_lock is None or enabled is not False:
+        return None
+    bucket = policy.spec.repository.url.removeprefix("s3://").split("/", 1)[0]
+    return (
+        f"bucket {bucket} does not have S3 Object Lock enabled, but spec.repository.objectLock "
+        "asks for locked objects (S3 would refuse every backup): enable Object Lock on the "
+        "bucket (aws s3api put-object-lock-configuration) or remove objectLock; backup "
+        "objects are left unchanged until then"
+    )
+
+
 def decide(
     policy: BackupPolicy,
     desired: list[Json],
     owned: list[Json],
     problems: list[secrets.SecretProblem],
+    object_lock: str | None = None,
 ) -> Decision:
+    """`object_lock`: `object_lock_problem`'s sentence; like a missing Secret that backup
+    Jobs need, it leaves the owned objects as they are."""
+    if object_lock is not None and not any(problem.blocking for problem in problems):
+        return Decision(apply=[], delete=[], ready=False,
+                        reason=Reason.OBJECT_LOCK_NOT_ENABLED, message=object_lock)
     blocking = [problem for problem in problems if problem.blocking]
     wanted = {_key(obj) for obj in desired}
     stale = [obj for obj in owned if _key(obj) not in wanted]
@@ -155,10 +176,16 @@ def reconcile(controller: PolicyController, policy: BackupPolicy, body: Json,
         controller.refuse(body, Reason(exc.reason), str(exc))
         return None
     problems = secrets.check(ctx.kube, namespace, referenced_secrets(policy))
+    lock_enabled = (
+        ctx.catalog.object_lock_enabled(policy, ctx.kube)
+        if policy.spec.repository.object_lock is not None
+        and not any(problem.blocking for problem in problems) else None
+    )
     prune = cause.trigger is not Trigger.CREATE or cause.retry > 0
     owned = observe_owned(ctx, policy) if prune else []
     # decide
-    decision = decide(policy, desired, owned, problems)
+    decision = decide(policy, desired, owned, problems,
+                      object_lock_problem(policy, lock_enabled))
     # act
     try:
         act(ctx, policy, decision)

@@ -201,6 +201,28 @@ class CatalogReader:
         )
         return CatalogRead(summary, newest.duration_seconds, newest.size_bytes)
 
+    def object_lock_enabled(self, policy: BackupPolicy, kube: Kube) -> bool | None:
+        """Whether the bucket of the policy's s3:// repository has S3 Object Lock enabled
+        (GetObjectLockConfiguration, with the catalog's read credentials); None when that
+        cannot be told now (no s3:// URL, missing Secret, endpoint unreachable, access
+        denied: the freshness monitor and the Secret checks report those). Never raises."""
+        url = names.policy_repository_url(policy.spec.repository.url, policy.metadata.name or "")
+        if not url.startswith("s3://"):
+            return None
+        try:
+            from tonebridge_dr.runner.storage.s3 import S3Storage
+
+            storage = self._storage(url, s3_config(policy, kube))
+            if not isinstance(storage, S3Storage):
+                return None
+            return storage.object_lock_enabled()
+        except (CredentialsMissing, ApiError, runner_errors.DRError) as exc:
+            log.warning("cannot check S3 Object Lock of %s: %s", url, exc)
+            return None
+        except Exception as exc:  # a bug or an unexpected library error: not a verdict
+            log.exception("checking S3 Object Lock of %s failed: %s", url, type(exc).__name__)
+            return None
+
     @staticmethod
     def _wal(policy: BackupPolicy, storage: Storage) -> tuple[dt.datetime | None, str | None]:
         postgres = policy.spec.target.postgres

@@ -62,6 +62,9 @@ class PruneReport:
     dry_run: bool
     policy: str
     protected: list[str] = dataclasses.field(default_factory=list)  # kept: a restore uses them
+    #: Backups (and incomplete folders) the policy lets go but S3 Object Lock still
+    #: retains: left whole, in neither `deleted` nor `orphans`; a later prune removes them.
+    locked: list[str] = dataclasses.field(default_factory=list)
 
     def result(self) -> dict[str, Any]:
         """Stable `--json` form."""
@@ -242,7 +245,7 @@ class Repository:
             if next(iter(self.storage.list(prefix)), None) is not None:
                 continue
             claim_key = f"{prefix}{CLAIM_PREFIX}{secrets.token_hex(8)}"
-            self.storage.put_bytes(claim_key, b"")
+            self.storage.put_marker(claim_key, b"")  # never locked: deleted at commit
             if any(info.key != claim_key for info in self.storage.list(prefix)):
                 self.storage.delete(claim_key)  # someone else got there too; both move on
                 continue
@@ -358,6 +361,23 @@ class Repository:
             if key != manifest_key:
                 self.storage.delete(key)
 
+    def _locked_until(
+        self, backup_id: str, keys: list[str], now: dt.datetime
+    ) -> dt.datetime | None:
+        """The latest Object Lock date among `keys` (the objects of one backup) that has
+        not passed yet, or None when none of them is locked. "Not passed" counts from the
+        later of `now` and the clock: S3 enforces locks by its own time, whatever `now` a
+        caller passes."""
+        dates = self.storage.retained_until(keys)
+        cutoff = max(now.astimezone(dt.UTC), dt.datetime.now(dt.UTC))
+        live = [until for until in dates.values() if until > cutoff]
+        if not live:
+            return None
+        until = max(live)
+        log.info("backup %s is under S3 Object Lock until %s: not deleted", backup_id,
+                 until.isoformat())
+        return until
+
     def delete_backup(self, backup_id: str) -> None:
         """Delete a backup: its manifest first, then its objects.
 
@@ -396,8 +416,10 @@ class Repository:
         folder is listed again right before it is deleted and spared when anything in it
         became younger than the grace. Leftovers of crashed writes (local temp files,
         incomplete multipart uploads) older than the grace are removed and reported as
-        `leftovers`. Idempotent; two prunes at once are harmless (a delete of something
-        already gone is not an error).
+        `leftovers`. A backup or folder any object of which S3 Object Lock still retains
+        is checked before anything of it is deleted, left whole and reported as `locked`
+        instead (also with `dry_run`). Idempotent; two prunes at once are harmless (a
+        delete of something already gone is not an error).
         """
         if isinstance(plan, retention.RetentionPolicy):
             plan = retention.RetentionPlan(
@@ -423,6 +445,14 @@ class Repository:
             and not scan.has_manifest(backup_id)
             and max(info.last_modified for info in scan.folders[backup_id]) <= now - orphan_grace
         ]
+        locked = [
+            backup_id for backup_id in deleted + orphans
+            if self._locked_until(
+                backup_id, [info.key for info in scan.folders[backup_id]], now
+            ) is not None
+        ]
+        deleted = [backup_id for backup_id in deleted if backup_id not in locked]
+        orphans = [backup_id for backup_id in orphans if backup_id not in locked]
         if not dry_run:
             for backup_id in deleted:
                 self._delete_folder(backup_id, [info.key for info in scan.folders[backup_id]])
@@ -453,6 +483,7 @@ class Repository:
             dry_run=dry_run,
             policy=plan.describe(),
             protected=protected,
+            locked=locked,
         )
 
 

@@ -111,7 +111,7 @@ class BackupWriter:
         """Rewrite the claim every `interval` seconds until stopped (its time is the pulse)."""
         while not self._stop.wait(interval):
             try:
-                self.storage.put_bytes(claim_key, dt.datetime.now(dt.UTC).isoformat().encode())
+                self.storage.put_marker(claim_key, dt.datetime.now(dt.UTC).isoformat().encode())
             except Exception as exc:  # the next beat may work; commit checks the claim
                 log.warning("could not renew claim of backup %s: %s", self.id, exc)
 

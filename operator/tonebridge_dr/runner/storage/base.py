@@ -25,6 +25,13 @@ exists), `change_storage_class` moves an object to another class in place (same 
 same bytes), `request_rehydration` asks for a temporary readable copy. `ObjectInfo`
 carries the storage class a listing reports (None: the backend has no classes).
 
+Object Lock (S3 only; docs/object-lock.md): a backend configured with an `ObjectLock`
+puts its mode and a retain-until date (write time + `retain`) on every object it
+writes, except markers written with `put_marker` (claims: rewritten every minute and
+deleted by their writer). `retained_until` tells which keys are still locked and
+`extend_retention` pushes a key's date later (never earlier). Deleting a locked version
+raises ObjectLocked. Backends without locks inherit the defaults: nothing is locked.
+
 Leftovers: a writer killed with SIGKILL cannot clean up after itself. What it
 leaves outside the key space (a local temp file, an S3 multipart upload that was
 never completed or aborted) is listed by `list_leftovers` and removed by
@@ -69,6 +76,29 @@ class ArchiveState:
 
 
 @dataclasses.dataclass(frozen=True)
+class ObjectLock:
+    """The S3 Object Lock every written object gets: `mode` and `retain` after the write."""
+
+    mode: str  # GOVERNANCE | COMPLIANCE
+    retain: dt.timedelta
+
+    def until(self, now: dt.datetime) -> dt.datetime:
+        """The retain-until date of an object written at `now`."""
+        return retain_date(now + self.retain)
+
+
+def retain_date(value: dt.datetime) -> dt.datetime:
+    """`value` as S3 stores a retain-until date: UTC, whole seconds (rounded up, so a lock
+    never ends before the date asked for)."""
+    value = value.astimezone(dt.UTC)
+    return value.replace(microsecond=0) + dt.timedelta(seconds=1 if value.microsecond else 0)
+
+
+#: What `retained_until` reports for a legal hold: locked with no date.
+LEGAL_HOLD = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
 class Leftover:
     """Something an interrupted write left behind, never visible as an object."""
 
@@ -82,6 +112,8 @@ class Storage(abc.ABC):
 
     #: Chunk size used when reading objects.
     read_chunk_size: int = 1024 * 1024
+    #: The Object Lock new objects get (None: none).
+    object_lock: ObjectLock | None = None
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -165,6 +197,25 @@ class Storage(abc.ABC):
         return errors.UsageError(
             f"cannot {action} objects in {self.url}: only s3:// repositories have storage "
             "classes (archive tiers need an s3:// repository)"
+        )
+
+    def put_marker(self, key: str, data: bytes) -> None:
+        """Store a short-lived marker its writer deletes (a claim): never under Object Lock."""
+        self.put_bytes(key, data)
+
+    def retained_until(self, keys: Iterable[str]) -> dict[str, dt.datetime]:
+        """The Object Lock retain-until date of each of `keys` that some version of is
+        locked by this backend's store: the latest date over its versions, LEGAL_HOLD for a
+        legal hold. Dates may lie in the past (an expired lock); keys never locked are
+        absent. Default: a backend without locks, nothing is locked."""
+        return {}
+
+    def extend_retention(self, key: str, until: dt.datetime, mode: str | None = None) -> bool:
+        """Make every version of `key` locked until at least `until` (never shorter; `mode`
+        or the version's own mode or `object_lock.mode`; COMPLIANCE is never weakened).
+        True when a date changed. Default: this backend has no Object Lock."""
+        raise errors.RepositoryConfigError(
+            f"{self.url} has no S3 Object Lock: objectLock needs an s3:// repository"
         )
 
     # Shared helpers built on the primitives.

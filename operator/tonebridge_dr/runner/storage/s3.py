@@ -27,6 +27,24 @@ readable rehydrated copy exists, ArchiveStatus of Intelligent-Tiering archive ti
 in-place copy adds a version: the STANDARD one stays as a noncurrent version until a
 lifecycle rule expires it.
 
+Object Lock comes from TONEBRIDGE_DR_S3_OBJECT_LOCK_MODE (`GOVERNANCE` or `COMPLIANCE`)
+and TONEBRIDGE_DR_S3_OBJECT_LOCK_RETAIN (a duration such as `30d`): every object written
+(PutObject, CreateMultipartUpload) carries the mode and a retain-until date of the write
+time plus that duration, except markers (`put_marker`). S3 wants a checksum on such
+uploads, so the client then always sends one (request_checksum_calculation
+"when_supported", whatever AWS_REQUEST_CHECKSUM_CALCULATION says). A completed multipart
+upload is checked (HEAD) and given its retention with PutObjectRetention when the store
+ignored the headers of CreateMultipartUpload (moto does; S3 does not).
+
+Versioned buckets (every Object Lock bucket is one): a plain DeleteObject only hides a
+key behind a delete marker and keeps its data, so `delete` / `delete_many` remove every
+version of the key (DeleteObject(s) with VersionId), data versions before delete markers.
+S3 refuses that for a version under Object Lock (403 AccessDenied): such a refusal is
+checked against the version's lock and becomes ObjectLocked (exit 18), naming the key and
+its retain-until date. Whether the bucket is versioned is asked once
+(GetBucketVersioning); when that is denied, a bucket with objectLock configured counts as
+versioned, any other as not.
+
 Every botocore failure becomes a runner error with one sentence: a missing bucket is
 a RepositoryConfigError, a missing key an ObjectNotFound, everything else a
 StorageError naming the operation and the key.
@@ -35,6 +53,7 @@ StorageError naming the operation and the key.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import email.utils
 import math
@@ -42,7 +61,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import boto3
 import botocore.config
@@ -60,6 +79,9 @@ DEFAULT_TIMEOUT = 120.0
 SSE_ENV = runner_contract.ENV_S3_SSE
 SSE_KMS_KEY_ENV = runner_contract.ENV_S3_SSE_KMS_KEY_ID
 SSE_MODES = ("AES256", "aws:kms")
+LOCK_MODE_ENV = runner_contract.ENV_S3_OBJECT_LOCK_MODE
+LOCK_RETAIN_ENV = runner_contract.ENV_S3_OBJECT_LOCK_RETAIN
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
 
 STORAGE_CLASSES = frozenset(
     {
@@ -157,15 +179,22 @@ class S3Storage(base.Storage):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._extra = self._sse_args()
+        self.object_lock = _object_lock()
+        self._versioned: bool | None = None  # asked once, see _is_versioned
+        self._lock_enabled: bool | None = None  # asked once, see _locks_possible
         explicit = config or S3Config()
         self.region = explicit.region or _region()
         self.timeout = _timeout()
         attempt = max(1.0, self.timeout / self.MAX_ATTEMPTS)
+        checksums: dict[str, Any] = {}
+        if self.object_lock is not None:  # S3 refuses locked uploads without a checksum
+            checksums["request_checksum_calculation"] = "when_supported"
         client_config = botocore.config.Config(
             region_name=self.region,
             connect_timeout=min(self.CONNECT_TIMEOUT, attempt),
             read_timeout=attempt,
             retries={"mode": "standard", "max_attempts": self.MAX_ATTEMPTS},
+            **checksums,
         )
         self._stalled_at: float | None = None  # monotonic time the endpoint last hung
         self.endpoint = explicit.endpoint_url or _endpoint()
@@ -242,6 +271,11 @@ class S3Storage(base.Storage):
             if code in _DENIED_CODES:
                 return errors.StorageError(f"access denied to {what} in {self._where()} ({code})")
             message = str(error.get("Message", "")).strip() or "no details"
+            if code == "InvalidRequest" and "objectlock" in message.lower().replace(" ", ""):
+                return errors.RepositoryConfigError(
+                    f"bucket {self.bucket} does not have S3 Object Lock enabled, but "
+                    f"{LOCK_MODE_ENV} asks for locked objects ({what} refused)"
+                )
             return errors.StorageError(
                 f"S3 refused to {what} in {self._where()}: {code or 'error'}: {message}"
             )
@@ -289,11 +323,19 @@ class S3Storage(base.Storage):
         size = max(self.part_size, self.MIN_PART_SIZE) << tier
         return min(size, self.MAX_PART_SIZE)
 
+    def put_marker(self, key: str, data: bytes) -> None:
+        """PutObject without Object Lock (a claim its writer deletes)."""
+        _check_key(key)
+        self._call("upload", key, "put_object", Key=self._full(key), Body=data, **self._extra)
+
     def put_stream(
         self, key: str, chunks: Iterable[bytes], *, storage_class: str | None = None
     ) -> int:
         _check_key(key)
-        extra = dict(self._extra)
+        extra: dict[str, Any] = dict(self._extra)
+        if self.object_lock is not None:
+            extra["ObjectLockMode"] = self.object_lock.mode
+            extra["ObjectLockRetainUntilDate"] = self.object_lock.until(dt.datetime.now(dt.UTC))
         if storage_class is not None:
             self._check_class(storage_class)
             extra["StorageClass"] = storage_class
@@ -338,7 +380,7 @@ class S3Storage(base.Storage):
                 self._call("upload", key, "put_object", Key=full, Body=part, **extra)
             else:
                 parts.append(self._upload_part(key, full, upload_id, len(parts) + 1, part))
-                self._call(
+                completed = self._call(
                     "complete the upload of",
                     key,
                     "complete_multipart_upload",
@@ -347,6 +389,11 @@ class S3Storage(base.Storage):
                     MultipartUpload={"Parts": parts},
                 )
                 upload_id = None
+                if "ObjectLockMode" in extra:
+                    self._ensure_retention(
+                        key, completed.get("VersionId"), extra["ObjectLockMode"],
+                        extra["ObjectLockRetainUntilDate"],
+                    )
             part = bytearray()
         except BaseException:
             # Whatever failed (S3, the input, Ctrl-C, a closed generator), leave no
@@ -360,6 +407,21 @@ class S3Storage(base.Storage):
                     close()
             raise
         return size
+
+    def _ensure_retention(
+        self, key: str, version_id: str | None, mode: str, until: dt.datetime
+    ) -> None:
+        """Give a completed multipart upload the lock its CreateMultipartUpload asked for,
+        when the store did not apply it (S3 does; some S3-compatible stores do not)."""
+        version = {"VersionId": version_id} if version_id else {}
+        head = self._call("inspect", key, "head_object", Key=self._full(key), **version)
+        current = head.get("ObjectLockRetainUntilDate")
+        if current is not None and _utc(_as_datetime(current)) >= until:
+            return
+        self._call(
+            "lock", key, "put_object_retention", Key=self._full(key), **version,
+            Retention={"Mode": mode, "RetainUntilDate": until},
+        )
 
     def _upload_part(
         self, key: str, full: str, upload_id: str, number: int, body: bytes | bytearray
@@ -486,19 +548,17 @@ class S3Storage(base.Storage):
             params = {"Prefix": full_prefix, "ContinuationToken": token}
 
     def delete_many(self, keys: Iterable[str]) -> int:
-        """DeleteObjects, up to 1000 keys a request; any per-key error fails the call."""
-        batch: list[str] = []
-        count = 0
-        for key in keys:
+        """DeleteObjects, up to 1000 keys (or versions) a request; any per-key error fails
+        the call (ObjectLocked when a version is under Object Lock)."""
+        wanted = list(keys)
+        for key in wanted:
             _check_key(key)
-            batch.append(key)
-            count += 1
-            if len(batch) == 1000:
-                self._delete_batch(batch)
-                batch = []
-        if batch:
-            self._delete_batch(batch)
-        return count
+        if wanted and self._is_versioned():
+            self._delete_versions(self._versions(wanted))
+            return len(wanted)
+        for start in range(0, len(wanted), 1000):
+            self._delete_batch(wanted[start:start + 1000])
+        return len(wanted)
 
     def _delete_batch(self, keys: Sequence[str]) -> None:
         answer = self._call(
@@ -648,7 +708,188 @@ class S3Storage(base.Storage):
 
     def delete(self, key: str) -> None:
         _check_key(key)
+        if not self._recently_stalled() and self._is_versioned():
+            self._delete_versions(self._versions([key]))
+            return
         self._cleanup_call("delete", key, "delete_object", Key=self._full(key))
+
+    # -- versions and Object Lock --------------------------------------------------------
+
+    def _is_versioned(self) -> bool:
+        """Whether deletes must remove versions (asked once per storage)."""
+        if self._versioned is None:
+            try:
+                answer = self.client.get_bucket_versioning(Bucket=self.bucket)
+                self._versioned = answer.get("Status") in ("Enabled", "Suspended")
+            except botocore.exceptions.ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code not in _DENIED_CODES:
+                    raise self._error(exc, "read the versioning of the bucket", None) from None
+                self._versioned = self.object_lock is not None
+            except (botocore.exceptions.BotoCoreError, *_NETWORK_ERRORS) as exc:
+                self._note_stall(exc)
+                raise self._error(exc, "read the versioning of the bucket", None) from None
+        return self._versioned
+
+    def object_lock_enabled(self) -> bool:
+        """Whether the bucket has S3 Object Lock enabled (GetObjectLockConfiguration);
+        StorageError when that cannot be asked (denied, unreachable)."""
+        try:
+            answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "ObjectLockConfigurationNotFoundError":
+                return False
+            raise self._error(exc, "read the Object Lock configuration of the bucket",
+                              None) from None
+        except (botocore.exceptions.BotoCoreError, *_NETWORK_ERRORS) as exc:
+            raise self._error(exc, "read the Object Lock configuration of the bucket",
+                              None) from None
+        config = answer.get("ObjectLockConfiguration") or {}
+        return bool(config.get("ObjectLockEnabled") == "Enabled")
+
+    def _locks_possible(self) -> bool:
+        """False only when the bucket surely has no Object Lock (asked once)."""
+        if self.object_lock is not None:
+            return True
+        if self._lock_enabled is None:
+            try:
+                self._lock_enabled = self.object_lock_enabled()
+            except errors.StorageError:
+                self._lock_enabled = True  # cannot tell: look at every key
+        return self._lock_enabled
+
+    def _versions(self, keys: Sequence[str]) -> Sequence[_Version]:
+        """Every version and delete marker of `keys` (relative), one listing per folder."""
+        folders: dict[str, set[str]] = {}
+        for key in keys:
+            full = self._full(key)
+            folder = full.rsplit("/", 1)[0] + "/" if len(keys) > 1 and "/" in full else full
+            folders.setdefault(folder, set()).add(full)
+        found: list[_Version] = []
+        for folder, wanted in folders.items():
+            marker: dict[str, str] = {}
+            while True:
+                page = self._call("list the versions of", self._relative(folder) or "/",
+                                  "list_object_versions", Prefix=folder, **marker)
+                for kind, is_marker in (("Versions", False), ("DeleteMarkers", True)):
+                    for item in page.get(kind) or ():
+                        if item["Key"] in wanted:
+                            found.append(_Version(item["Key"], str(item["VersionId"]), is_marker))
+                if not page.get("IsTruncated"):
+                    break
+                marker = {"KeyMarker": page.get("NextKeyMarker", ""),
+                          "VersionIdMarker": page.get("NextVersionIdMarker", "")}
+        return found
+
+    def _delete_versions(self, versions: Sequence[_Version]) -> None:
+        """Data versions first, then (only when all of them went) the delete markers, so a
+        refusal never uncovers a hidden object. A locked version raises ObjectLocked."""
+        data = [v for v in versions if not v.delete_marker]
+        markers = [v for v in versions if v.delete_marker]
+        for group in (data, markers):
+            for start in range(0, len(group), 1000):
+                batch = group[start:start + 1000]
+                answer = self._cleanup_call(
+                    "delete", self._relative(batch[0].key), "delete_objects",
+                    Delete={"Objects": [{"Key": v.key, "VersionId": v.version_id}
+                                        for v in batch], "Quiet": True},
+                )
+                failed = answer.get("Errors") or []
+                if failed:
+                    self._raise_delete_refused(failed, len(batch))
+
+    def _raise_delete_refused(self, failed: Sequence[dict[str, Any]], asked: int) -> NoReturn:
+        for item in failed:
+            if str(item.get("Code", "")) not in _DENIED_CODES:
+                continue
+            key = self._relative(str(item.get("Key", "")))
+            lock = self._version_lock(key, item.get("VersionId"))
+            if lock is not None:
+                mode, until = lock
+                what = "an S3 Object Lock legal hold" if until == base.LEGAL_HOLD else (
+                    f"S3 Object Lock ({mode}) until {until:%Y-%m-%dT%H:%M:%SZ}")
+                raise errors.ObjectLocked(
+                    f"object {key} in {self._where()} is under {what}: it cannot be deleted "
+                    f"before then ({len(failed)} of {asked} versions refused)",
+                    until=None if until == base.LEGAL_HOLD else until,
+                )
+        first = failed[0]
+        raise errors.StorageError(
+            f"S3 refused to delete {len(failed)} of {asked} object versions in {self._where()}, "
+            f"e.g. {self._relative(str(first.get('Key', '?')))}: {first.get('Code', 'error')}"
+        )
+
+    def _version_lock(
+        self, key: str, version_id: str | None
+    ) -> tuple[str, dt.datetime] | None:
+        """(mode, retain-until) of a version still locked now; None when it is not (or gone)."""
+        version = {"VersionId": version_id} if version_id else {}
+        try:
+            head = self._call("inspect", key, "head_object", Key=self._full(key), **version)
+        except errors.StorageError:
+            return None
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return "legal hold", base.LEGAL_HOLD
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is None:
+            return None
+        until = _utc(_as_datetime(until))
+        if until <= dt.datetime.now(dt.UTC):
+            return None
+        return str(head.get("ObjectLockMode") or "retention"), until
+
+    def retained_until(self, keys: Iterable[str]) -> dict[str, dt.datetime]:
+        """HEAD of every version of every key (only when the bucket may hold locks)."""
+        wanted = list(keys)
+        for key in wanted:
+            _check_key(key)
+        if not wanted or not self._locks_possible():
+            return {}
+        dates: dict[str, dt.datetime] = {}
+        for version in self._versions(wanted):
+            if version.delete_marker:
+                continue
+            key = self._relative(version.key)
+            try:
+                head = self._call("inspect", key, "head_object", Key=version.key,
+                                  VersionId=version.version_id)
+            except errors.ObjectNotFound:
+                continue  # deleted meanwhile
+            if head.get("ObjectLockLegalHoldStatus") == "ON":
+                until = base.LEGAL_HOLD
+            elif head.get("ObjectLockRetainUntilDate") is not None:
+                until = _utc(_as_datetime(head["ObjectLockRetainUntilDate"]))
+            else:
+                continue
+            dates[key] = max(until, dates.get(key, until))
+        return dates
+
+    def extend_retention(self, key: str, until: dt.datetime, mode: str | None = None) -> bool:
+        """PutObjectRetention on every version of `key` whose date is earlier than `until`."""
+        _check_key(key)
+        until = base.retain_date(until)
+        changed = False
+        for version in self._versions([key]):
+            if version.delete_marker:
+                continue
+            head = self._call("inspect", key, "head_object", Key=version.key,
+                              VersionId=version.version_id)
+            current = head.get("ObjectLockRetainUntilDate")
+            if current is not None and _utc(_as_datetime(current)) >= until:
+                continue
+            modes = {m for m in (mode, head.get("ObjectLockMode"),
+                                 self.object_lock.mode if self.object_lock else None) if m}
+            if not modes:
+                raise errors.UsageError(
+                    f"no Object Lock mode for {key}: set {LOCK_MODE_ENV} or pass a mode"
+                )
+            chosen = "COMPLIANCE" if "COMPLIANCE" in modes else "GOVERNANCE"
+            self._call("lock", key, "put_object_retention", Key=version.key,
+                       VersionId=version.version_id,
+                       Retention={"Mode": chosen, "RetainUntilDate": until})
+            changed = True
+        return changed
 
     def check(self) -> None:
         """The bucket exists and its prefix can be listed; else a one-sentence error."""
@@ -663,6 +904,36 @@ class S3Storage(base.Storage):
             raise self._error(exc, "open the bucket", None) from None
         prefix = f"{self.prefix}/" if self.prefix else ""
         self._call("list", prefix or "/", "list_objects_v2", Prefix=prefix, MaxKeys=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Version:
+    key: str  # full key
+    version_id: str
+    delete_marker: bool
+
+
+def _object_lock() -> base.ObjectLock | None:
+    """The Object Lock of written objects from the environment (both or neither set)."""
+    mode = os.environ.get(LOCK_MODE_ENV, "").strip()
+    retain = os.environ.get(LOCK_RETAIN_ENV, "").strip()
+    if not mode and not retain:
+        return None
+    if mode not in LOCK_MODES:
+        raise errors.RepositoryConfigError(
+            f"{LOCK_MODE_ENV} must be one of {', '.join(LOCK_MODES)}, got {mode!r}"
+        )
+    from tonebridge_dr.api import formats  # standard library only
+
+    try:
+        duration = formats.parse_duration(retain)
+    except ValueError:
+        duration = dt.timedelta(0)
+    if duration <= dt.timedelta(0):
+        raise errors.RepositoryConfigError(
+            f"{LOCK_RETAIN_ENV} must be a duration longer than zero such as 30d, got {retain!r}"
+        )
+    return base.ObjectLock(mode=mode, retain=duration)
 
 
 def _timeout() -> float:

@@ -18,6 +18,7 @@ stops at the first folder after it), then batched deletes.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 from typing import Any
 
@@ -39,6 +40,7 @@ class WalPruneReport:
     deleted_bytes: int = 0
     deleted_names: list[str] = dataclasses.field(default_factory=list)
     reason: str | None = None
+    locked: int = 0  # files old enough to go that S3 Object Lock still retains: kept
 
     def result(self) -> dict[str, Any]:
         """Stable `--json` form."""
@@ -84,17 +86,24 @@ def prune_wal(repo: Repository, *, dry_run: bool = False) -> WalPruneReport:
             position = (ref.wal.log << 32) + ref.wal.low * size
             if position + size <= cut:
                 doomed.append(catalog.ArchivedObject(ref, info))
+    if doomed:  # S3 Object Lock: what is still retained stays, and is counted
+        cutoff = dt.datetime.now(dt.UTC)
+        retained = repo.storage.retained_until(obj.key for obj in doomed)
+        held = {key for key, until in retained.items() if until > cutoff}
+        report.locked = len(held)
+        doomed = [obj for obj in doomed if obj.key not in held]
     report.deleted = len(doomed)
     report.deleted_bytes = sum(obj.info.size for obj in doomed)
     report.deleted_names = [obj.name for obj in doomed[:REPORT_NAMES]]
     if doomed and not dry_run:
         repo.storage.delete_many(obj.key for obj in doomed)
     log.info(
-        "%s %d archived WAL files (%d bytes) before %s, the start of backup %s",
+        "%s %d archived WAL files (%d bytes) before %s, the start of backup %s%s",
         "would delete" if dry_run else "deleted",
         report.deleted,
         report.deleted_bytes,
         cut_segment,
         oldest.id,
+        f"; {report.locked} more are under S3 Object Lock" if report.locked else "",
     )
     return report
