@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures import s3 as s3_fixtures
 from tests.fixtures.operator import (
     apply_docs,
     backups_list,
@@ -175,3 +176,45 @@ def test_operator_applies_grandfather_father_son_retention(
     assert first_archived
     pruned = [e for e in events_for(sandbox, namespace, "pg") if e["reason"] == "BackupsPruned"]
     assert pruned and protected in " ".join(e["message"] for e in pruned)
+
+
+def test_from_retention_locks_follow_the_rule_that_keeps_each_backup(
+    sandbox: Sandbox, namespace: str, moto_server: str, monkeypatch: pytest.MonkeyPatch,
+    operator_factory: Any,
+) -> None:
+    """`objectLock.retainFor: fromRetention`: the operator's retention run locks each kept
+    backup until the end of the longest rule keeping it (yearly: 2 -> two years from its
+    start); the backup the rules let go is deleted (it never had a longer lock)."""
+    s3_fixtures.s3_env(monkeypatch, moto_server)
+    bucket = s3_fixtures.new_bucket(moto_server, object_lock=True)
+    repo = Repository.open(f"s3://{bucket}/repo/pg")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    yearly = _inject(repo, now.replace(year=now.year - 1, month=6, day=15), "daily-full")
+    older = _inject(repo, now.replace(year=now.year - 2, month=6, day=15), "daily-full")
+    daily = _inject(repo, now - dt.timedelta(hours=1), "daily-full")
+    doc = policy_doc("pg", repo_url=f"s3://{bucket}/repo", endpoint=moto_server, schedules=[
+        {"name": "daily-full", "cron": "0 2 * * *", "retention": {"daily": 1, "yearly": 2}}])
+    doc["spec"]["repository"]["objectLock"] = {"mode": "GOVERNANCE",
+                                               "retainFor": "fromRetention"}
+    apply_docs(sandbox, namespace, secret_doc("db-dsn", {"dsn": "host=127.0.0.1 dbname=x"}),
+               *s3_secrets(f"w-{uuid.uuid4().hex}", f"r-{uuid.uuid4().hex}"), doc)
+    op = operator_factory(namespace)
+    policy = wait_for(lambda: _retention_ran(sandbox, namespace, "schedule"), 90,
+                      message=lambda: op.log_tail())
+    assert "Extended the Object Lock of 2" in policy["status"]["retention"]["message"]
+    assert {m.id for m in repo.list_backups()} == {yearly, daily}  # `older`: not kept
+    assert older not in {m.id for m in repo.list_backups()}
+    s3 = s3_fixtures.client(moto_server)
+
+    def lock_of(backup_id: str) -> dt.datetime:
+        key = f"repo/pg/base/{backup_id}/manifest.json"
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head["ObjectLockMode"] == "GOVERNANCE"
+        return head["ObjectLockRetainUntilDate"].astimezone(dt.UTC)
+
+    started = {m.id: m.started_at for m in repo.list_backups()}
+    # yearly: 2 -> 2 calendar years from the start of each backup it keeps (this year's
+    # newest is this year's yearly too: its longest rule decides).
+    for backup_id in (yearly, daily):
+        two_years = started[backup_id].replace(year=started[backup_id].year + 2)
+        assert abs(lock_of(backup_id) - two_years) < dt.timedelta(seconds=2), backup_id

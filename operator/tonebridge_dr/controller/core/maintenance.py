@@ -15,7 +15,10 @@ What one run does (see runner/repository/retention.py for the rules):
 2. For PostgreSQL targets: archived WAL older than the oldest retained physical backup is
    deleted (none without a physical backup), so the PITR window is exactly the retained
    physical backups up to the newest archived WAL.
-3. With `spec.archive`: the data objects of retained backups older than `archive.after`
+3. With `repository.objectLock.retainFor: fromRetention`: every kept backup's objects are
+   locked until the end of the longest rule that keeps it (a yearly backup under
+   `yearly: 7` for 7 years from its start); a lock is never shortened.
+4. With `spec.archive`: the data objects of retained backups older than `archive.after`
    move to `archive.storageClass` in place (manifests stay readable), and so does WAL
    that no non-archived physical backup needs (runner/repository/tiering.py,
    runner/engines/postgres/wal/tiering.py). After the prune, so nothing is archived only
@@ -36,7 +39,8 @@ from tonebridge_dr.controller.core import catalog
 from tonebridge_dr.controller.core.kube import ApiError, Kube
 from tonebridge_dr.runner import errors as runner_errors
 from tonebridge_dr.runner.repository import retention
-from tonebridge_dr.runner.repository.catalog import PruneReport, Repository
+from tonebridge_dr.runner.repository.catalog import PruneReport, Repository, candidate_of
+from tonebridge_dr.runner.repository.manifest import Manifest
 from tonebridge_dr.runner.storage import S3Config, open_storage
 from tonebridge_dr.status.retention import RetentionOutcome
 
@@ -81,14 +85,13 @@ def _storage_config(policy: BackupPolicy, kube: Kube) -> S3Config | None:
 
 def _outcome(
     report: PruneReport,
-    repo: Repository,
+    kept: list[Manifest],
     trigger: str,
     *,
     wal_deleted: int,
     wal_bytes: int,
     wal_end: dt.datetime | None,
 ) -> RetentionOutcome:
-    kept = [m for m in repo.list_backups() if m.id in set(report.kept)]
     oldest = min(kept, key=lambda m: m.started_at, default=None)
     physical = [m for m in kept if m.engine == "postgres" and m.method == "physical"]
     oldest_physical = min(physical, key=lambda m: m.started_at, default=None)
@@ -98,7 +101,7 @@ def _outcome(
         kept=len(report.kept),
         deleted=tuple(report.deleted),
         protected=tuple(report.protected),
-        locked=tuple(getattr(report, "locked", ()) or ()),
+        locked=tuple(report.locked),
         orphans=len(report.orphans),
         oldest_kept_id=oldest.id if oldest else None,
         oldest_kept_time=oldest.started_at if oldest else None,
@@ -141,6 +144,8 @@ def apply_retention(
             if postgres.wal_archive is not None:
                 archived = wal_catalog.archive_status(storage).last_archived_at
                 wal_end = archived.astimezone(dt.UTC) if archived else None
+        kept = [m for m in repo.list_backups() if m.id in set(report.kept)]
+        extended = _extend_locks(policy, repo, plan, report, kept, when)
         tiered = _archive(policy, repo, when)
     except catalog.CredentialsMissing as exc:
         return RetentionOutcome(trigger=trigger, error=str(exc))
@@ -154,11 +159,43 @@ def apply_retention(
     if report.deleted:
         log.info("%s: retention deleted %s", url, ", ".join(report.deleted))
     outcome = _outcome(
-        report, repo, trigger, wal_deleted=wal_deleted, wal_bytes=wal_bytes, wal_end=wal_end
+        report, kept, trigger, wal_deleted=wal_deleted, wal_bytes=wal_bytes, wal_end=wal_end
     )
+    sentences = tiered[1]
+    if extended:
+        sentences = (f"Extended the Object Lock of {extended} kept backup(s) to what their "
+                     "rules keep.", *sentences)
     return dataclasses.replace(
-        outcome, archived=tiered[0], extra=tiered[1], no_rules=plan.is_empty
+        outcome, archived=tiered[0], extra=sentences, no_rules=plan.is_empty
     )
+
+
+def _extend_locks(
+    policy: BackupPolicy,
+    repo: Repository,
+    plan: retention.RetentionPlan,
+    report: PruneReport,
+    kept: list[Manifest],
+    now: dt.datetime,
+) -> int:
+    """`objectLock.retainFor: fromRetention`: lock every kept backup until the end of the
+    longest rule that keeps it (runner/repository/immutability.py); never shortens a lock.
+    Returns how many backups got a later date."""
+    lock = policy.spec.repository.object_lock
+    if lock is None or not lock.from_retention:
+        return 0
+    from tonebridge_dr.runner.repository import immutability
+
+    extended = 0
+    for manifest in kept:
+        reasons = report.reasons.get(manifest.id)
+        rule = plan.rule_for(candidate_of(manifest))
+        if reasons is None or rule is None:
+            continue
+        until = immutability.retain_until(reasons, manifest.started_at, rule.policy, now=now)
+        if immutability.extend_locks(repo, manifest.id, until, mode=lock.mode.value):
+            extended += 1
+    return extended
 
 
 def _archive(
