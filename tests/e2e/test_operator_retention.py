@@ -16,6 +16,9 @@ Backdated backups are written into the policy's repository through the repositor
 from __future__ import annotations
 
 import datetime as dt
+import json
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -36,7 +39,7 @@ from tests.fixtures.operator import (
     wait_for,
 )
 from tests.fixtures.postgres import PgServer
-from tonebridge_dr.runner.repository import retention
+from tonebridge_dr.runner.repository import audit, retention
 from tonebridge_dr.runner.repository.catalog import Repository, candidate_of
 from tonebridge_dr.sandbox.runtime import Sandbox
 
@@ -176,6 +179,17 @@ def test_operator_applies_grandfather_father_son_retention(
     assert first_archived
     pruned = [e for e in events_for(sandbox, namespace, "pg") if e["reason"] == "BackupsPruned"]
     assert pruned and protected in " ".join(e["message"] for e in pruned)
+    # The audit trail: one record per retention run of the operator (and one of the
+    # backup Job), each naming what it deleted.
+    records = json.loads(subprocess.run(
+        [sys.executable, "-m", "tonebridge_dr.cli", "audit", "list", "--repo",
+         f"{s3_repo_url}/pg", "--json"], capture_output=True, text=True, check=True,
+    ).stdout)
+    runs = [r for r in records if r["operation"] == "prune"]
+    assert [r["who"]["trigger"] for r in runs] == ["schedule", "backup"]
+    assert all(r["who"]["kind"] == "operator" and r["outcome"] == "succeeded" for r in runs)
+    assert protected in runs[1]["backup_ids"] and protected not in runs[0]["backup_ids"]
+    assert [r["operation"] for r in records].count("backup") == 1
 
 
 def test_from_retention_locks_follow_the_rule_that_keeps_each_backup(
@@ -192,6 +206,10 @@ def test_from_retention_locks_follow_the_rule_that_keeps_each_backup(
     yearly = _inject(repo, now.replace(year=now.year - 1, month=6, day=15), "daily-full")
     older = _inject(repo, now.replace(year=now.year - 2, month=6, day=15), "daily-full")
     daily = _inject(repo, now - dt.timedelta(hours=1), "daily-full")
+    ancient = now - dt.timedelta(days=4 * 365)  # beyond the default auditRetention (1095d)
+    old_record = audit.write_record(repo.storage, audit.AuditRecord(
+        operation="backup", started_at=ancient, finished_at=ancient, outcome=audit.SUCCEEDED,
+        who={"kind": "cli"}))
     doc = policy_doc("pg", repo_url=f"s3://{bucket}/repo", endpoint=moto_server, schedules=[
         {"name": "daily-full", "cron": "0 2 * * *", "retention": {"daily": 1, "yearly": 2}}])
     doc["spec"]["repository"]["objectLock"] = {"mode": "GOVERNANCE",
@@ -204,6 +222,8 @@ def test_from_retention_locks_follow_the_rule_that_keeps_each_backup(
     assert "Extended the Object Lock of 2" in policy["status"]["retention"]["message"]
     assert {m.id for m in repo.list_backups()} == {yearly, daily}  # `older`: not kept
     assert older not in {m.id for m in repo.list_backups()}
+    assert not repo.storage.exists(old_record)  # the daily run applies auditRetention
+    assert "1 audit record(s)" in policy["status"]["retention"]["message"]
     s3 = s3_fixtures.client(moto_server)
 
     def lock_of(backup_id: str) -> dt.datetime:

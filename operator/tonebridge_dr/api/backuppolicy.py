@@ -320,12 +320,17 @@ class BackupPolicySpec(SpecModel):
     """Which backups to keep; omit to keep everything."""
     archive: Archive | None = None
     """Move older backups to an archive storage class."""
+    audit_retention: PositiveDuration = Field(default="1095d", validate_default=True)
+    """How long audit records (`audit/` in the repository: who backed up, restored or
+    deleted what, when) are kept; the operator's daily retention run deletes older ones.
+    Default 3 years (spec 11.1)."""
     objectives: Objectives | None = None
     """RPO / RTO objectives."""
     notifications: Notifications | None = None
     """Webhook notifications and escalation."""
     suspend: StrictBool = False
-    """Stop scheduling new backups; existing backups and retention are untouched."""
+    """Stop scheduling new backups, and delete nothing (no retention run) while suspended:
+    existing backups stay as they are."""
     resources: ResourceRequirements | None = None
     """Resources of backup Jobs."""
 

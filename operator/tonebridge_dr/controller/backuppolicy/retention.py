@@ -35,8 +35,8 @@ from tonebridge_dr.status.retention import RetentionOutcome
 log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
-TRIGGER_BACKUP = "backup"
-TRIGGER_SCHEDULE = "schedule"
+TRIGGER_BACKUP = maintenance.TRIGGER_BACKUP
+TRIGGER_SCHEDULE = maintenance.TRIGGER_SCHEDULE
 _FINISHED_RESTORE = frozenset({"Succeeded", "Failed"})
 
 
@@ -105,8 +105,9 @@ def run(controller: PolicyController, body: Mapping[str, Any], trigger: str) -> 
     namespace, name = objects.ident(body)
     ctx = controller.ctx
     outcome: RetentionOutcome
-    if maintenance.plan_of(policy).is_empty and policy.spec.archive is None:
-        outcome = RetentionOutcome(trigger=trigger, no_rules=True)
+    if (maintenance.plan_of(policy).is_empty and policy.spec.archive is None
+            and trigger != TRIGGER_SCHEDULE):
+        outcome = RetentionOutcome(trigger=trigger, no_rules=True)  # nothing to do
     else:
         try:
             protect, wait = in_use(ctx.kube, namespace, name)

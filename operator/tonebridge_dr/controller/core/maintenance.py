@@ -30,7 +30,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import socket
 import urllib.parse
+from pathlib import Path
 
 from tonebridge_dr.api.common import Retention
 from tonebridge_dr.api.kinds import BackupPolicy
@@ -38,13 +40,16 @@ from tonebridge_dr.builders import names
 from tonebridge_dr.controller.core import catalog
 from tonebridge_dr.controller.core.kube import ApiError, Kube
 from tonebridge_dr.runner import errors as runner_errors
-from tonebridge_dr.runner.repository import retention
+from tonebridge_dr.runner.repository import audit, retention
 from tonebridge_dr.runner.repository.catalog import PruneReport, Repository, candidate_of
 from tonebridge_dr.runner.repository.manifest import Manifest
 from tonebridge_dr.runner.storage import S3Config, open_storage
 from tonebridge_dr.status.retention import RetentionOutcome
 
 log = logging.getLogger(__name__)
+
+TRIGGER_BACKUP = "backup"
+TRIGGER_SCHEDULE = "schedule"
 
 
 def _policy(rules: Retention) -> retention.RetentionPolicy:
@@ -122,42 +127,79 @@ def apply_retention(
     protect: frozenset[str] = frozenset(),
     now: dt.datetime | None = None,
 ) -> RetentionOutcome:
-    """Run retention on the policy's repository (see the module docstring); never raises."""
+    """Run retention on the policy's repository (see the module docstring); never raises.
+
+    Every run that touched the repository leaves one audit record (operation `prune`);
+    the daily run (`trigger="schedule"`) also deletes audit records older than
+    `spec.auditRetention`. Without any rule and without `spec.archive`, a run after a
+    backup does nothing at all.
+    """
     plan = plan_of(policy)
-    if plan.is_empty and policy.spec.archive is None:
+    idle = plan.is_empty and policy.spec.archive is None
+    if idle and trigger != TRIGGER_SCHEDULE:
         return RetentionOutcome(trigger=trigger, no_rules=True)
     url = names.policy_repository_url(policy.spec.repository.url, policy.metadata.name or "")
     when = now or dt.datetime.now(dt.UTC)
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "file" and not Path(urllib.parse.unquote(parsed.path)).is_dir():
+        # No backup ran yet (the folder is made by the first one): nothing to keep or delete.
+        return RetentionOutcome(trigger=trigger, no_rules=idle)
+    repo: Repository | None = None
     try:
         storage = open_storage(url, create=False, s3=_storage_config(policy, kube))
         repo = Repository(storage)
-        report = repo.prune(plan, now=when, protect=protect)
-        wal_deleted = wal_bytes = 0
-        wal_end: dt.datetime | None = None
-        postgres = policy.spec.target.postgres
-        if postgres is not None and not plan.is_empty:  # no rules: keep all WAL too
-            from tonebridge_dr.runner.engines.postgres.wal import catalog as wal_catalog
-            from tonebridge_dr.runner.engines.postgres.wal import retention as wal_retention
-
-            wal = wal_retention.prune_wal(repo)
-            wal_deleted, wal_bytes = wal.deleted, wal.deleted_bytes
-            if postgres.wal_archive is not None:
-                archived = wal_catalog.archive_status(storage).last_archived_at
-                wal_end = archived.astimezone(dt.UTC) if archived else None
-        kept = [m for m in repo.list_backups() if m.id in set(report.kept)]
-        extended = _extend_locks(policy, repo, plan, report, kept, when)
-        tiered = _archive(policy, repo, when)
+        outcome = (
+            RetentionOutcome(trigger=trigger, no_rules=True) if idle
+            else _prune(policy, repo, plan, trigger, protect, when)
+        )
+        if trigger == TRIGGER_SCHEDULE:
+            old = audit.prune_audit(repo, older_than=policy.spec.audit_retention, now=when)
+            if old.deleted:
+                outcome = dataclasses.replace(outcome, extra=(
+                    *outcome.extra, f"Deleted {len(old.deleted)} audit record(s) older than "
+                    f"the audit retention."))
     except catalog.CredentialsMissing as exc:
-        return RetentionOutcome(trigger=trigger, error=str(exc))
+        outcome = RetentionOutcome(trigger=trigger, error=str(exc))
     except ApiError as exc:
-        return RetentionOutcome(trigger=trigger, error=f"cannot read the credentials Secret: {exc}")
+        outcome = RetentionOutcome(
+            trigger=trigger, error=f"cannot read the credentials Secret: {exc}"
+        )
     except runner_errors.DRError as exc:
-        return RetentionOutcome(trigger=trigger, error=f"repository: {exc}")
+        outcome = RetentionOutcome(trigger=trigger, error=f"repository: {exc}")
     except Exception as exc:  # a bug or an unexpected library error: still a condition
         log.exception("retention of %s failed", url)
-        return RetentionOutcome(trigger=trigger, error=f"unexpected {type(exc).__name__}")
+        outcome = RetentionOutcome(trigger=trigger, error=f"unexpected {type(exc).__name__}")
+    if repo is not None:
+        _audit(policy, repo, outcome, when)
+    return outcome
+
+
+def _prune(
+    policy: BackupPolicy,
+    repo: Repository,
+    plan: retention.RetentionPlan,
+    trigger: str,
+    protect: frozenset[str],
+    when: dt.datetime,
+) -> RetentionOutcome:
+    report = repo.prune(plan, now=when, protect=protect)
+    wal_deleted = wal_bytes = 0
+    wal_end: dt.datetime | None = None
+    postgres = policy.spec.target.postgres
+    if postgres is not None and not plan.is_empty:  # no rules: keep all WAL too
+        from tonebridge_dr.runner.engines.postgres.wal import catalog as wal_catalog
+        from tonebridge_dr.runner.engines.postgres.wal import retention as wal_retention
+
+        wal = wal_retention.prune_wal(repo)
+        wal_deleted, wal_bytes = wal.deleted, wal.deleted_bytes
+        if postgres.wal_archive is not None:
+            archived = wal_catalog.archive_status(repo.storage).last_archived_at
+            wal_end = archived.astimezone(dt.UTC) if archived else None
+    kept = [m for m in repo.list_backups() if m.id in set(report.kept)]
+    extended = _extend_locks(policy, repo, plan, report, kept, when)
+    tiered = _archive(policy, repo, when)
     if report.deleted:
-        log.info("%s: retention deleted %s", url, ", ".join(report.deleted))
+        log.info("%s: retention deleted %s", repo.url, ", ".join(report.deleted))
     outcome = _outcome(
         report, kept, trigger, wal_deleted=wal_deleted, wal_bytes=wal_bytes, wal_end=wal_end
     )
@@ -168,6 +210,35 @@ def apply_retention(
     return dataclasses.replace(
         outcome, archived=tiered[0], extra=sentences, no_rules=plan.is_empty
     )
+
+
+def _audit(policy: BackupPolicy, repo: Repository, outcome: RetentionOutcome,
+           started: dt.datetime) -> None:
+    """One audit record of this run (best effort: a failure is one warning line)."""
+    namespace = policy.metadata.namespace or "default"
+    failed = outcome.error is not None
+    record = audit.AuditRecord(
+        operation="prune",
+        started_at=started,
+        finished_at=max(dt.datetime.now(dt.UTC), started),
+        outcome=audit.FAILED if failed else audit.SUCCEEDED,
+        who={"kind": "operator", "principal": "tonebridge-dr operator",
+             "host": socket.gethostname(), "policy": f"{namespace}/{policy.metadata.name}",
+             "trigger": outcome.trigger},
+        backup_ids=outcome.deleted,
+        repository=repo.url,
+        details={"kept": outcome.kept, "deleted": len(outcome.deleted),
+                 "protected": list(outcome.protected), "locked": list(outcome.locked),
+                 "wal_deleted": outcome.wal_deleted, "archived": outcome.archived,
+                 "rules": outcome.rules},
+        error_reason="PruneFailed" if failed else None,
+        error_message=outcome.error,
+        exit_code=1 if failed else 0,
+    )
+    try:
+        audit.write_record(repo.storage, record)
+    except Exception as exc:  # never turns a retention run into a failure
+        log.warning("%s: could not write the audit record of retention: %s", repo.url, exc)
 
 
 def _extend_locks(
