@@ -122,9 +122,9 @@ def statefulset_progress(statefulset: Json) -> tuple[str, str]:
     partition = int(rolling.get("partition") or 0)
     updated = int(status.get("updatedReplicas") or 0)
     if partition:
-        if updated < replicas - partition:
-            return "waiting", f"{updated} of {replicas - partition} replicas above the " \
-                f"partition updated"
+        above = replicas - partition
+        if updated < above:
+            return "waiting", f"{updated} of {above} replicas above the partition updated"
         return "done", f"{updated} replicas above partition {partition} updated"
     if status.get("updateRevision") != status.get("currentRevision"):
         return "waiting", f"{updated} of {replicas} replicas updated"
