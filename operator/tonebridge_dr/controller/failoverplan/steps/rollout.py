@@ -181,7 +181,10 @@ class RolloutRestartExecutor:
             if problem:
                 return outcomes.failed(f"{where} {problem}", memo)
             moment = _parse(current)
-            if moment is not None and moment >= ctx.started_at.replace(microsecond=0):
+            started = ctx.started_at.replace(microsecond=0)
+            if started.tzinfo is None:
+                started = started.replace(tzinfo=dt.UTC)
+            if moment is not None and moment >= started:
                 value = current  # set by an earlier call of this step whose memo was lost
             else:
                 value = stamp(ctx.now)
