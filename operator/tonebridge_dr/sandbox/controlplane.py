@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 #: Controllers the sandbox runs. podgc, nodelifecycle and taint-eviction are left out on
 #: purpose: they would collect or evict the fake node's pods. root-ca-cert-publisher
-#: fills `kube-root-ca.crt`, which every pod's service-account volume projects.
+#: fills `kube-root-ca.crt`, which every pod's service-account volume projects. The
+#: workload controllers and endpointslice let Deployments, StatefulSets and DaemonSets
+#: roll out (their pods run as placeholders when the node cannot run their image, see
+#: node/pod.py) and Services list their ready pods in EndpointSlices.
 CONTROLLERS = (
     "job",
     "cronjob",
@@ -40,6 +43,11 @@ CONTROLLERS = (
     "serviceaccount",
     "serviceaccount-token",
     "root-ca-cert-publisher",
+    "deployment",
+    "replicaset",
+    "statefulset",
+    "daemonset",
+    "endpointslice",
 )
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 CONTEXT_NAME = "tonebridge-dr-sandbox"

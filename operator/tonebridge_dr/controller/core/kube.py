@@ -104,12 +104,17 @@ PERSISTENT_VOLUME_CLAIM = Kind("v1", "PersistentVolumeClaim", "persistentvolumec
 STATEFULSET = Kind("apps/v1", "StatefulSet", "statefulsets")
 SERVICE = Kind("v1", "Service", "services")
 SERVICE_ACCOUNT = Kind("v1", "ServiceAccount", "serviceaccounts")
+# What FailoverPlan steps switch, restart and watch.
+DAEMONSET = Kind("apps/v1", "DaemonSet", "daemonsets")
+REPLICASET = Kind("apps/v1", "ReplicaSet", "replicasets")
+ENDPOINT_SLICE = Kind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
 
 _KINDS: dict[tuple[str, str], Kind] = {
     (k.api_version, k.kind): k
     for k in (
         SECRET, POD, EVENT, JOB, CRONJOB, DEPLOYMENT,
         PERSISTENT_VOLUME_CLAIM, STATEFULSET, SERVICE, SERVICE_ACCOUNT,
+        DAEMONSET, REPLICASET, ENDPOINT_SLICE,
     )
 }
 
@@ -263,16 +268,28 @@ class Kube:
         }
 
     # --- writes ----------------------------------------------------------------------
-    def apply(self, obj: Mapping[str, Any]) -> Json:
-        """Server-side apply of `obj` as this operator's field manager (force: the
-        operator owns these objects). Idempotent; an unchanged object is not written."""
+    def apply(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        field_manager: str | None = None,
+        dry_run: bool = False,
+    ) -> Json:
+        """Server-side apply of `obj` as this operator's field manager, or `field_manager`
+        (force: the operator owns these fields). Idempotent; an unchanged object is not
+        written. `dry_run`: the server validates and answers with the object as it would
+        be (dryRun=All), and stores nothing."""
         kind = kind_of(obj)
         metadata = obj["metadata"]
         return self.request(
             "PATCH",
             kind.path(metadata.get("namespace"), metadata["name"]),
             body=dict(obj),
-            query={"fieldManager": self.field_manager, "force": "true"},
+            query={
+                "fieldManager": field_manager or self.field_manager,
+                "force": "true",
+                "dryRun": "All" if dry_run else None,
+            },
             content_type="application/apply-patch+yaml",
         )
 

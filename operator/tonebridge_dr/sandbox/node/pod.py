@@ -16,12 +16,19 @@ Stopping: deletion (deletionTimestamp, or the object vanished), the pod's
 activeDeadlineSeconds, or agent shutdown. Processes get SIGTERM to their process
 group, SIGKILL after the grace period; a deleted pod then gets its final status
 and is deleted with gracePeriodSeconds=0, so controllers see it gone.
+
+Pods of ReplicaSets, StatefulSets and DaemonSets (WORKLOAD_OWNERS) get their own pod
+IP (EndpointSlices refuse 127.0.0.1), and a container of theirs that has no command
+and is not the operator's image runs a placeholder (`sleep infinity`; `true` for an
+init container), so rollouts complete and Services list them as ready endpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import ipaddress
+import itertools
 import logging
 import os
 import subprocess
@@ -51,6 +58,19 @@ DEFAULT_GRACE_SECONDS = 30
 #: Pods without `command` run this when their image is the operator's own.
 DEFAULT_ENTRYPOINT = ("tonebridge-dr",)
 OWN_IMAGE_MARKER = "tonebridge-dr"
+#: Pods of these controllers whose container has no `command` and another image run a
+#: placeholder instead (the sandbox cannot know the image's entrypoint), so Deployments,
+#: StatefulSets and DaemonSets roll out and their pods become Ready: main containers
+#: sleep until stopped, init containers succeed at once. Job pods and bare pods do not.
+WORKLOAD_OWNERS = frozenset({"ReplicaSet", "StatefulSet", "DaemonSet"})
+PLACEHOLDER_MAIN = ("sleep", "infinity")
+PLACEHOLDER_INIT = ("true",)
+#: Pods of those controllers report their own pod IP from this range, because EndpointSlices
+#: refuse loopback addresses; it is not routable (their processes share the host's network,
+#: as every sandbox pod does). Other pods report 127.0.0.1, as before.
+WORKLOAD_POD_NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
+_pod_ip_numbers = itertools.count()
+_pod_ip_lock = threading.Lock()
 LOG_DIR_ANNOTATION = "sandbox.dr.tonebridge.io/log-dir"
 
 SHUTDOWN, DELETED, DEADLINE = "shutdown", "deleted", "deadline"
@@ -59,6 +79,20 @@ TERMINAL = ("Succeeded", "Failed")
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_workload_pod(pod: Json) -> bool:
+    """Whether a ReplicaSet, StatefulSet or DaemonSet controls `pod`."""
+    owners = pod["metadata"].get("ownerReferences") or []
+    return any(o.get("controller") and o.get("kind") in WORKLOAD_OWNERS for o in owners)
+
+
+def next_workload_pod_ip() -> str:
+    """A pod IP from WORKLOAD_POD_NETWORK no other pod of this node agent got (until the
+    range wraps after 65,534 pods)."""
+    with _pod_ip_lock:
+        number = next(_pod_ip_numbers)
+    return str(WORKLOAD_POD_NETWORK[1 + number % (WORKLOAD_POD_NETWORK.num_addresses - 2)])
 
 
 class NodeContext(Protocol):
@@ -145,6 +179,7 @@ class PodWorker(threading.Thread):
         for c in spec.get("containers") or []:
             self.runs[c["name"]] = ContainerRun(c, init=False)
         self.restart_policy: str = spec.get("restartPolicy") or "Always"
+        self.pod_ip = next_workload_pod_ip() if is_workload_pod(pod) else "127.0.0.1"
         self._deadline: float | None = None
         self.rejected = False  # refused before any container ran: no container statuses
 
@@ -199,8 +234,8 @@ class PodWorker(threading.Thread):
             "message": self.message,
             "hostIP": "127.0.0.1",
             "hostIPs": [{"ip": "127.0.0.1"}],
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
+            "podIP": self.pod_ip,
+            "podIPs": [{"ip": self.pod_ip}],
             "conditions": list(self.conditions.values()),
             "containerStatuses": [r.status() for r in runs if not r.init and not self.rejected],
         }
@@ -268,6 +303,12 @@ class PodWorker(threading.Thread):
         self.node.event(self.pod, reason, message, warning=True)
         self.publish()
 
+    def _placeholder(self, run: ContainerRun) -> bool:
+        """Whether `run` gets a placeholder process (see WORKLOAD_OWNERS)."""
+        if run.spec.get("command") or OWN_IMAGE_MARKER in run.spec.get("image", ""):
+            return False
+        return is_workload_pod(self.pod)
+
     def _unsupported(self) -> str | None:
         problem = volumes.unsupported(self.pod)
         if problem:
@@ -277,7 +318,11 @@ class PodWorker(threading.Thread):
                 return f'init container "{run.name}" is a sidecar (restartPolicy Always), ' + (
                     "which the sandbox node agent does not support"
                 )
-            if not run.spec.get("command") and OWN_IMAGE_MARKER not in run.spec.get("image", ""):
+            if (
+                not run.spec.get("command")
+                and OWN_IMAGE_MARKER not in run.spec.get("image", "")
+                and not self._placeholder(run)
+            ):
                 return (
                     f'container "{run.name}" has no command and its image '
                     f'"{run.spec.get("image", "")}" is not the operator\'s; the sandbox ignores '
@@ -301,6 +346,14 @@ class PodWorker(threading.Thread):
         for sub in ("work", "home", "volumes"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
         self._annotate()
+        placeholders = [run.name for run in self.runs.values() if self._placeholder(run)]
+        if placeholders:
+            self.node.event(
+                self.pod,
+                "SandboxPlaceholder",
+                f"containers {', '.join(placeholders)} run a placeholder process: the sandbox "
+                "cannot run their images",
+            )
         with self._lock:
             self._condition("Initialized", not any(r.init for r in self.runs.values()))
             self._condition("Ready", False, "ContainersNotReady")
@@ -422,7 +475,9 @@ class PodWorker(threading.Thread):
             pod, spec, self.node.objects(), self.node.base_env(pod), self.node.allocatable
         )
         argv = envmod.container_argv(spec, env)
-        if not spec.get("command"):
+        if self._placeholder(run):
+            argv = list(PLACEHOLDER_INIT if run.init else PLACEHOLDER_MAIN)
+        elif not spec.get("command"):
             argv = [*DEFAULT_ENTRYPOINT, *argv]
         mounts = volumes.container_mounts(spec, folders)
         termination = self._termination_file(run)
