@@ -238,3 +238,8 @@ def test_from_retention_locks_follow_the_rule_that_keeps_each_backup(
     for backup_id in (yearly, daily):
         two_years = started[backup_id].replace(year=started[backup_id].year + 2)
         assert abs(lock_of(backup_id) - two_years) < dt.timedelta(seconds=2), backup_id
+    # The operator's own audit record of the run is locked like what Jobs write.
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="repo/pg/audit/")
+            .get("Contents", []) if "-prune-" in o["Key"]]
+    assert len(keys) == 1
+    assert s3.head_object(Bucket=bucket, Key=keys[0])["ObjectLockMode"] == "GOVERNANCE"

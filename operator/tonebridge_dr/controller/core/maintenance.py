@@ -34,6 +34,7 @@ import socket
 import urllib.parse
 from pathlib import Path
 
+from tonebridge_dr.api import runner_contract
 from tonebridge_dr.api.common import Retention
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.builders import names
@@ -44,6 +45,7 @@ from tonebridge_dr.runner.repository import audit, retention
 from tonebridge_dr.runner.repository.catalog import PruneReport, Repository, candidate_of
 from tonebridge_dr.runner.repository.manifest import Manifest
 from tonebridge_dr.runner.storage import S3Config, open_storage
+from tonebridge_dr.runner.storage.base import ObjectLock
 from tonebridge_dr.status.retention import RetentionOutcome
 
 log = logging.getLogger(__name__)
@@ -82,10 +84,19 @@ def plan_of(policy: BackupPolicy) -> retention.RetentionPlan:
 
 
 def _storage_config(policy: BackupPolicy, kube: Kube) -> S3Config | None:
+    """The backup credentials, and the policy's Object Lock: what the operator writes
+    (audit records) is locked like what its Jobs write."""
     url = policy.spec.repository.url
     if urllib.parse.urlsplit(url).scheme == "file":
         return None
-    return catalog.s3_config(policy, kube, writer=True)
+    config = catalog.s3_config(policy, kube, writer=True)
+    lock = policy.spec.repository.object_lock
+    if lock is None:
+        return config
+    retain = (runner_contract.FROM_RETENTION_INITIAL_LOCK if lock.from_retention
+              else lock.retain_for)
+    assert isinstance(retain, dt.timedelta)
+    return dataclasses.replace(config, object_lock=ObjectLock(lock.mode.value, retain))
 
 
 def _outcome(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.contract import runner_contract
-from tonebridge_dr.runner.storage.base import ObjectInfo, Storage
+from tonebridge_dr.runner.storage.base import ObjectInfo, ObjectLock, Storage
 
 __all__ = ["ObjectInfo", "S3Config", "Storage", "open_storage", "repo_from_env"]
 
@@ -30,6 +30,8 @@ class S3Config:
     session_token: str | None = dataclasses.field(default=None, repr=False)
     endpoint_url: str | None = None
     region: str | None = None
+    object_lock: ObjectLock | None = None
+    """The Object Lock of written objects (None: from the environment, as for Jobs)."""
 
 
 def repo_from_env(value: str | None) -> str:

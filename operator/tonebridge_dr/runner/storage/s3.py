@@ -179,10 +179,10 @@ class S3Storage(base.Storage):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._extra = self._sse_args()
-        self.object_lock = _object_lock()
+        explicit = config or S3Config()
+        self.object_lock = explicit.object_lock or _object_lock()
         self._versioned: bool | None = None  # asked once, see _is_versioned
         self._lock_enabled: bool | None = None  # asked once, see _locks_possible
-        explicit = config or S3Config()
         self.region = explicit.region or _region()
         self.timeout = _timeout()
         attempt = max(1.0, self.timeout / self.MAX_ATTEMPTS)
