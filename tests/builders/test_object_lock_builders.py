@@ -50,7 +50,28 @@ def test_every_writing_pod_gets_mode_and_duration(retain_for: str, written: str)
     for container in containers:
         env = _env(container)
         assert env[contract.ENV_S3_OBJECT_LOCK_MODE] == "COMPLIANCE"
-        assert env[contract.ENV_S3_OBJECT_LOCK_RETAIN] == written
+        if container["name"] == "wal-stream" and retain_for == "fromRetention":
+            # Streamed WAL: as long as the longest rule of the physical schedule (daily: 7).
+            assert env[contract.ENV_S3_OBJECT_LOCK_RETAIN] == "7d"
+            assert [e["name"] for e in container["env"]].count(
+                contract.ENV_S3_OBJECT_LOCK_RETAIN) == 1
+        else:
+            assert env[contract.ENV_S3_OBJECT_LOCK_RETAIN] == written
+
+
+def test_wal_lock_period_is_the_longest_physical_rule() -> None:
+    def period(**spec: Any) -> str:
+        policy = bp.load_policy("01-postgres-backup",
+                                repository=_repository("fromRetention"), **spec)
+        return formats.format_duration(backup.wal_lock_period(policy))
+
+    assert period() == "7d"  # daily-physical: daily 7 (the logical yearlies need no WAL)
+    schedules = bp.policy_body("01-postgres-backup")["spec"]["schedules"]
+    schedules[2]["retention"] = {"daily": 7, "monthly": 2, "minAge": "90d"}
+    assert period(schedules=schedules) == "90d"
+    schedules[2]["retention"] = {"keepLast": 3}
+    assert period(schedules=schedules) == formats.format_duration(
+        contract.FROM_RETENTION_INITIAL_LOCK)
 
 
 def test_without_object_lock_no_pod_gets_the_lock_env() -> None:

@@ -23,6 +23,7 @@ runs the database.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from tonebridge_dr.api import formats
@@ -37,8 +38,10 @@ from tonebridge_dr.api.runner_contract import (  # re-exported: the runner envir
     ENV_ENCRYPT_TO,
     ENV_REDIS_URL,
     ENV_REPO,
+    ENV_S3_OBJECT_LOCK_RETAIN,
     ENV_S3_SSE,
     ENV_S3_SSE_KMS_KEY_ID,
+    FROM_RETENTION_INITIAL_LOCK,
 )
 from tonebridge_dr.builders import metadata, names, pods
 from tonebridge_dr.builders.names import CONTAINER_BACKUP, CONTAINER_WAL_STREAM
@@ -216,7 +219,7 @@ def _runner_pod(
     return pods.RunnerPod(
         container=container,
         args=args,
-        env=pod_env(policy) + (extra_env or []),
+        env=_env_with(pod_env(policy), extra_env or []),
         service_account=settings.backup_service_account,
         requested_resources=policy.spec.resources,
         volumes=volumes,
@@ -308,6 +311,42 @@ def wal_stream_args(policy: BackupPolicy) -> list[str]:
     return ["wal-stream", "--slot", slot, "--archive-timeout", timeout]
 
 
+def _env_with(env: list[Manifest], extra: list[Manifest]) -> list[Manifest]:
+    """`env` with `extra` (an entry of `extra` replaces the one of the same name in place)."""
+    replaced = {var["name"]: var for var in extra}
+    out = [replaced.pop(var["name"], var) for var in env]
+    return out + [var for var in extra if var["name"] in replaced]
+
+
+#: Longest a rule of each period can keep a backup, per count (months and years at
+#: their longest), for the lock of streamed WAL under `fromRetention`.
+_PERIODS = (("hourly", timedelta(hours=1)), ("daily", timedelta(days=1)),
+            ("weekly", timedelta(weeks=1)), ("monthly", timedelta(days=31)),
+            ("yearly", timedelta(days=366)))
+
+
+def wal_lock_period(policy: BackupPolicy) -> timedelta:
+    """How long streamed WAL is locked under `objectLock.retainFor: fromRetention`.
+
+    WAL is needed as long as a retained physical backup that it follows; a physical backup
+    started before the WAL was written and is kept at most the longest period of its rule
+    (or its minAge), so that period from the write is always enough, and never much more.
+    Without a physical schedule (or with only keepLast rules) the initial lock."""
+    longest = FROM_RETENTION_INITIAL_LOCK
+    for schedule in policy.spec.schedules:
+        if policy.spec.method_of(schedule) is not BackupMethod.PHYSICAL:
+            continue
+        rules = schedule.retention or policy.spec.retention
+        if rules is None:
+            continue
+        for field, unit in _PERIODS:
+            count = getattr(rules, field) or 0
+            longest = max(longest, unit * count)
+        if rules.min_age is not None:
+            longest = max(longest, rules.min_age)
+    return longest
+
+
 def wal_codec_env(policy: BackupPolicy) -> list[Manifest]:
     """Compression and encryption of streamed WAL, as the policy's backups have them
     (wal-push takes the same variables from the archive_command's environment). The level
@@ -319,6 +358,10 @@ def wal_codec_env(policy: BackupPolicy) -> list[Manifest]:
     key_path = encrypt_to_path(policy)
     if key_path is not None:
         env.append({"name": ENV_ENCRYPT_TO, "value": key_path})
+    lock = policy.spec.repository.object_lock
+    if lock is not None and lock.from_retention:
+        env.append({"name": ENV_S3_OBJECT_LOCK_RETAIN,
+                    "value": formats.format_duration(wal_lock_period(policy))})
     return env
 
 
