@@ -23,6 +23,7 @@ from tonebridge_dr.controller.core import catalog
 from tonebridge_dr.runner.engines.postgres import dump
 from tonebridge_dr.runner.engines.postgres.wal import naming
 from tonebridge_dr.runner.repository import Repository, WalRange
+from tonebridge_dr.runner.repository import manifest as manifests
 from tonebridge_dr.runner.storage import S3Config, Storage, open_storage
 from tonebridge_dr.runner.storage.base import ObjectInfo
 from tonebridge_dr.status import conditions, freshness, recoverypoint
@@ -96,7 +97,7 @@ def test_a_real_hot_table_dump_is_no_recovery_point_and_a_full_dump_is(
     summary = reader.read(policy, secrets).summary
     assert summary.newest_backup_id == newer.id
     assert freshness.recovery_point(summary) == full.finished_at
-    assert dump.DATABASE_OBJECT == catalog.WHOLE_DATABASE_OBJECT
+    assert dump.DATABASE_OBJECT == manifests.WHOLE_DATABASE_OBJECT
 
 
 class RecordingStorage(Storage):

@@ -59,7 +59,6 @@ SESSION_TOKEN = "AWS_SESSION_TOKEN"
 CACHE_SIZE = 64
 #: The object of a logical backup of the whole database (runner.engines.postgres.dump
 #: DATABASE_OBJECT; a table-subset dump has one object per table instead).
-WHOLE_DATABASE_OBJECT = "database.dump"
 
 
 class CredentialsMissing(Exception):
@@ -306,18 +305,7 @@ def backup_record(manifest: Manifest) -> recoverypoint.BackupRecord:
     range gets its `WalStart`: the start segment, or the segment after its stop segment
     when pg_basebackup put the backup's own WAL into it (like the PITR planner).
     """
-    tables: tuple[str, ...] | None = None
-    if manifest.engine == "postgres" and manifest.method == "logical" and (
-        manifest.extra.get("scope") == "tables"
-        or manifest.object(WHOLE_DATABASE_OBJECT) is None
-    ):
-        listed = manifest.extra.get("tables")
-        entries = listed if isinstance(listed, list) else []
-        tables = tuple(
-            f"{entry['schema']}.{entry['name']}"
-            for entry in entries
-            if isinstance(entry, dict) and "schema" in entry and "name" in entry
-        )
+    tables = manifest.table_subset if manifest.is_table_subset else None
     start: recoverypoint.WalStart | None = None
     if manifest.engine == "postgres" and manifest.method == "physical" and manifest.wal:
         start = _wal_start(manifest)

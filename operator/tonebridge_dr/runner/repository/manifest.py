@@ -23,6 +23,8 @@ from tonebridge_dr.runner.repository import ids
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: The object of a whole-database PostgreSQL logical backup (what a full restore needs).
+WHOLE_DATABASE_OBJECT = "database.dump"
 
 
 def format_time(value: dt.datetime, *, timespec: str = "auto") -> str:
@@ -155,10 +157,18 @@ class Manifest(_Model):
         return sum(entry.raw_size for entry in self.objects)
 
     @property
+    def is_table_subset(self) -> bool:
+        """A PostgreSQL logical backup of chosen tables only (hot tables): its dump says so
+        (`scope: tables`), or it lacks the whole-database object a full restore needs."""
+        return self.engine == "postgres" and self.method == "logical" and (
+            self.extra.get("scope") == "tables" or self.object(WHOLE_DATABASE_OBJECT) is None
+        )
+
+    @property
     def table_subset(self) -> tuple[str, ...]:
-        """"schema.table" names when this is a dump of chosen tables only (hot tables), else
-        () (a whole-database dump lists every table in `extra["tables"]` too)."""
-        if self.extra.get("scope") != "tables":
+        """"schema.table" names of a table-subset backup, else () (a whole-database dump
+        lists every table in `extra["tables"]` too)."""
+        if not self.is_table_subset:
             return ()
         names = []
         for entry in self.extra.get("tables") or ():
