@@ -108,7 +108,8 @@ def test_redis_policy_backs_up_and_reports_aof(
         assert policy["status"]["target"] == "redis"
     cronjob = get_json(sandbox, namespace, "cronjob", "cache-hourly")
     container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["backup", "redis", "--compression", "zstd", "--json"]
+    assert container["args"] == ["backup", "redis", "--compression", "zstd",
+                                 "--schedule", "hourly", "--json"]
     env = {e["name"]: e for e in container["env"]}
     assert env["TONEBRIDGE_DR_REDIS_URL"] == {
         "name": "TONEBRIDGE_DR_REDIS_URL",
