@@ -575,3 +575,21 @@ def test_physical_restores_are_not_retried_logical_ones_are() -> None:
                                           SETTINGS)
     assert volume["spec"]["backoffLimit"] == 0
     assert database["spec"]["backoffLimit"] == SETTINGS.backoff_limit
+
+
+@pytest.mark.parametrize(("image", "major"), [
+    ("postgres:16", 16), ("postgres:15.6-alpine", 15), ("registry:5000/team/pg:16.2.0", 16),
+    ("postgres:latest", None), ("postgres", None), ("registry:5000/postgres", None),
+    ("postgres@sha256:" + "a" * 64, None),
+])
+def test_image_major(image: str, major: int | None) -> None:
+    assert builders.image_major(image) == major
+
+
+def test_an_instance_image_must_match_the_backups_major_version() -> None:
+    assert builders.instance_image_problem("postgres:15", 15) is None
+    assert builders.instance_image_problem("postgres:latest", 15) is None  # cannot tell
+    assert builders.instance_image_problem("postgres:16", None) is None
+    problem = builders.instance_image_problem("postgres:16", 15)
+    assert problem is not None and "PostgreSQL 16 but the backup is PostgreSQL 15" in problem
+    assert "postgres:15" in problem

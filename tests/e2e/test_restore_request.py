@@ -811,6 +811,34 @@ def test_point_in_time_restore_fills_a_volume_ready_for_postgres(
     assert "StatefulSet pitr" in (world.rr("pitr") or {})["status"]["message"]
 
 
+def test_an_instance_image_of_another_major_version_is_not_started(
+    world: World, archive: Archive
+) -> None:
+    """The restore succeeds (the volume is ready), but PostgreSQL 16 would refuse a 15 data
+    directory: no StatefulSet, and the message says why and what to set."""
+    physical_policy(world, archive)
+    world.request("wrong-major", {
+        "source": {"policyRef": {"name": POLICY}},
+        "latest": True,
+        "method": "physical",
+        "target": {"volume": {"claimTemplate": {"size": "1Gi"}},
+                   "instance": {"image": "postgres:16.4-bookworm"}},
+    })
+    body = world.finished("wrong-major")
+    assert body["status"]["phase"] == "Succeeded"
+    def noted() -> str | None:
+        message = str(((world.rr("wrong-major") or {}).get("status") or {}).get("message"))
+        return message if "not started" in message else None
+
+    message = wait_until(noted, 30, "the instance note")
+    major = re.search(r"backup is PostgreSQL (\d+)", message)
+    assert major and major.group(1) != "16", message
+    assert "image postgres:16.4-bookworm is PostgreSQL 16" in message
+    with pytest.raises(ApiError) as missing:
+        world.kube.get(world.path("statefulsets", "wrong-major", group="/apis/apps/v1"))
+    assert missing.value.status == 404
+
+
 def test_a_target_time_before_the_oldest_backup_is_refused(
     world: World, archive: Archive
 ) -> None:

@@ -112,6 +112,7 @@ class Reason(StrEnum):
     RESTORE_SUCCEEDED = "RestoreSucceeded"
     RESTORE_FAILED = "RestoreFailed"
     JOB_DELETED = "JobDeleted"
+    INSTANCE_NOT_STARTED = "InstanceNotStarted"
     # RestoreTest: its runs, their verdict (Passed) and the measured restore time (RTOMet).
     RESTORE_TEST_STARTED = "RestoreTestStarted"
     RESTORE_TEST_PASSED = "RestoreTestPassed"

@@ -640,6 +640,31 @@ def instance_image(rr: RestoreRequest, server_major: int | None) -> str | None:
 _MAJOR_RE = re.compile(r"^(\d+)")
 
 
+def image_major(image: str) -> int | None:
+    """The PostgreSQL major version an image tag names (`postgres:16`, `postgres:15.6-alpine`,
+    `registry:5000/team/pg:16.2.0` -> 16), None when the tag does not say (`latest`, a
+    digest, no tag)."""
+    if "@" in image:
+        return None
+    name, colon, tag = image.rpartition(":")
+    if not colon or "/" in tag or not name:
+        return None
+    match = _MAJOR_RE.match(tag)
+    return int(match.group(1)) if match else None
+
+
+def instance_image_problem(image: str, server_major: int | None) -> str | None:
+    """Why `image` cannot run the restored data directory of PostgreSQL `server_major`, or
+    None (also when either version is unknown: then nothing can be judged)."""
+    major = image_major(image)
+    if major is None or server_major is None or major == server_major:
+        return None
+    return (f"image {image} is PostgreSQL {major} but the backup is PostgreSQL {server_major}: "
+            f"a data directory only starts on its own major version; set "
+            f"spec.target.instance.image to a PostgreSQL {server_major} image (or omit it for "
+            f"postgres:{server_major})")
+
+
 def server_major(result: Mapping[str, Any] | None) -> int | None:
     """The PostgreSQL major version a physical restore result records, if any."""
     for key in ("server_version_major", "server_major", "server_version"):

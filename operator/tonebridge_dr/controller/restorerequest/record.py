@@ -112,15 +112,20 @@ def _start_instance(
     controller: RequestController, rr: RestoreRequest, policy: BackupPolicy | None,
     body: Json, outcome: JobOutcome,
 ) -> None:
-    image = builders.instance_image(rr, builders.server_major(outcome.result))
+    major = builders.server_major(outcome.result)
+    image = builders.instance_image(rr, major)
+    problem = builders.instance_image_problem(image, major) if image is not None else None
     if image is None:
         note = ("The PostgreSQL instance was not started: the backup records no PostgreSQL "
                 "version; start one with spec.target.instance.image set, or by hand.")
+    elif problem is not None:
+        note = f"The PostgreSQL instance was not started: {problem}."
+        controller.event(body, Reason.INSTANCE_NOT_STARTED, note, warning=True)
     else:
         name = builders.instance_name(rr.metadata.name or "")
         port = rr.spec.target.instance.port if rr.spec.target.instance else 5432
-        note = (f"PostgreSQL ({image}) runs on it: StatefulSet {name}, Service {name} "
-                f"port {port}.")
+        note = (f"PostgreSQL ({image}) is starting on it: StatefulSet {name}, Service "
+                f"{name} port {port} (`kubectl rollout status statefulset/{name}`).")
         for obj in builders.build_instance(rr, policy, image=image):
             try:
                 controller.ctx.kube.create(obj)
