@@ -164,6 +164,8 @@ _LIST_COLUMNS = (
     ("engine", "ENGINE"),
     ("method", "METHOD"),
     ("databases", "DATABASES"),
+    ("schedule", "SCHEDULE"),
+    ("tables", "TABLES"),
     ("started_at", "STARTED"),
     ("duration_seconds", "SECONDS"),
     ("size_bytes", "SIZE"),
@@ -190,6 +192,10 @@ def _backups_list(args: argparse.Namespace) -> Outcome:
         {**m.result(), "current_storage_class": tiering.class_of(m, objects)} for m in manifests
     ]
     summary = {"backups": len(rows), "latest": rows[-1]["id"] if rows else None}
+    if not rows and args.engine is None and args.method is None:
+        hint = _empty_repository_hint(repo)
+        if hint:
+            sys.stderr.write(f"backups list: {hint}\n")
 
     def show(out: TextIO) -> None:
         if rows:
@@ -198,6 +204,28 @@ def _backups_list(args: argparse.Namespace) -> Outcome:
             out.write("no backups\n")
 
     return Outcome(rows, show, summary)
+
+
+#: How many keys `backups list` looks at to explain an empty answer.
+_HINT_KEYS = 1000
+
+
+def _empty_repository_hint(repo: Any) -> str | None:
+    """Why a repository without backups may be the wrong URL: nothing stored at all, or
+    backups of policies one folder further down (a BackupPolicy writes to
+    `<spec.repository.url>/<policy name>`)."""
+    from itertools import islice
+
+    keys = [info.key for info in islice(repo.storage.list(""), _HINT_KEYS)]
+    if not keys:
+        return (f"nothing is stored under {repo.url}; a BackupPolicy's backups are under "
+                "<spec.repository.url>/<policy name>, and the folder appears with its first "
+                "backup")
+    folders = sorted({key.split("/", 1)[0] for key in keys if "/base/" in key})
+    if folders:
+        shown = ", ".join(f"{repo.url.rstrip('/')}/{name}" for name in folders[:5])
+        return f"no backups directly under {repo.url}, but there are in: {shown}"
+    return None
 
 
 def _backups_show(args: argparse.Namespace) -> Outcome:

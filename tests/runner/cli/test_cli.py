@@ -268,6 +268,8 @@ def test_list_show_verify(pg: PgServer, cli: Cli, file_repo_url: str) -> None:
         "ENGINE",
         "METHOD",
         "DATABASES",
+        "SCHEDULE",
+        "TABLES",
         "STARTED",
         "SECONDS",
         "SIZE",
@@ -275,6 +277,7 @@ def test_list_show_verify(pg: PgServer, cli: Cli, file_repo_url: str) -> None:
         "CLASS",
     ]
     assert [row.split()[0] for row in rows] == ids
+    assert [(b["schedule"], b["tables"]) for b in listed.json] == [(None, [])] * 2
     assert [row.split()[-1] for row in rows] == ["-", "-"]  # file:// has no storage classes
     assert [b["current_storage_class"] for b in listed.json] == [None, None]
     assert cli.termination() == {"backups": 2, "latest": ids[-1]}
@@ -288,6 +291,25 @@ def test_list_show_verify(pg: PgServer, cli: Cli, file_repo_url: str) -> None:
     verified = cli("backups", "verify", ids[0], "--repo", file_repo_url, "--json")
     assert verified.code == 0
     assert verified.json["ok"] is True and verified.json["objects_checked"] == 2
+
+
+def test_an_empty_listing_says_where_the_backups_are(
+    pg: PgServer, cli: Cli, s3_repo_url: str
+) -> None:
+    """A policy writes to <url>/<policy>: listing <url> (or a typo) finds no backups and
+    says why on stderr, instead of a bare "no backups"."""
+    dsn = tiny_db(pg)
+    cli("backup", "postgres", "--dsn", dsn, "--repo", f"{s3_repo_url}/orders", "--json",
+        "--schedule", "hot", "--table", "t")
+    above = cli("backups", "list", "--repo", s3_repo_url)
+    assert (above.code, above.out) == (0, "no backups\n")
+    assert f"there are in: {s3_repo_url}/orders" in above.err
+    typo = cli("backups", "list", "--repo", f"{s3_repo_url}/ordres", "--json")
+    assert (typo.code, typo.json) == (0, [])
+    assert "nothing is stored under" in typo.err
+    listed = cli("backups", "list", "--repo", f"{s3_repo_url}/orders")
+    header, row = listed.out.splitlines()
+    assert "hot" in row.split() and "public.t" in row
 
 
 def test_prune_on_a_real_repository(pg: PgServer, cli: Cli, file_repo_url: str) -> None:
