@@ -839,6 +839,77 @@ def test_an_instance_image_of_another_major_version_is_not_started(
     assert missing.value.status == 404
 
 
+def test_a_future_target_time_is_refused_before_a_volume_is_made(
+    world: World, archive: Archive
+) -> None:
+    physical_policy(world, archive)
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=9)  # e.g. JST written as UTC
+    world.request("future", {
+        "source": {"policyRef": {"name": POLICY}},
+        "targetTime": future.isoformat(),
+        "method": "physical",
+        "target": {"volume": {"claimTemplate": {"size": "1Gi"}}},
+    })
+    body = world.finished("future")
+    failed = condition(body, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "TargetTimeInFuture")
+    assert "in the future" in failed["message"] and "time zone" in failed["message"]
+    with pytest.raises(ApiError) as missing:  # nothing was created, nothing left behind
+        world.kube.get(world.path("persistentvolumeclaims", "future", group="/api/v1"))
+    assert missing.value.status == 404
+
+
+def test_a_target_time_whose_wal_is_not_archived_yet_waits_for_it(
+    world: World, pg_factory: PgFactory, moto_server: str,
+) -> None:
+    """Right after an incident the WAL holding the target is still on the server (it is
+    archived within archiveTimeout): the request waits (WaitingForWAL) instead of failing,
+    and restores once the segment is in the repository."""
+    with pytest.MonkeyPatch.context() as mp:
+        s3_env(mp, moto_server)
+        mp.setenv("PGPASSWORD", ADMIN_PASSWORD)
+        bucket_url = f"s3://{new_bucket(moto_server)}/postgresql"
+        server = start_archiving(pg_factory, "rr-walwait", f"{bucket_url}/{POLICY}")
+        server.execute("postgres", "CREATE TABLE t (batch int NOT NULL, i int NOT NULL)")
+        backup = subprocess.run(
+            [str(CLI), "backup", "postgres", "--method", "physical", "--dsn", server.dsn(),
+             "--repo", f"{bucket_url}/{POLICY}", "--json"],
+            capture_output=True, text=True, check=False, env=dict(os.environ), timeout=600,
+        )
+        assert backup.returncode == 0, backup.stderr
+        commit_batch(server, 1, ROWS)
+        wait_archived(server, switch_wal(server))
+        target = commit_batch(server, 2, ROWS)[0]  # only in the server's current segment
+        world.bucket_url = bucket_url
+        world.policy(
+            target={"postgres": {"database": "postgres",
+                                 "dsnSecretRef": {"name": "db-backup", "key": "dsn"},
+                                 "walArchive": {"mode": "archive_command",
+                                                "archiveTimeout": "10m"}}},
+            schedules=[{"name": "daily-physical", "cron": "30 3 * * *", "method": "physical"}],
+        )
+        world.request("walwait", {
+            "source": {"policyRef": {"name": POLICY}},
+            "targetTime": target.isoformat(),
+            "method": "physical",
+            "target": {"volume": {"claimTemplate": {"size": "1Gi"}}},
+        })
+        waiting = world.pending("walwait", "WaitingForWAL")
+        message = condition(waiting, "Ready")["message"]
+        assert "waiting for WAL up to targetTime" in message and "wal-status" in message
+        assert world.jobs() == [] or all(
+            j["metadata"]["name"] != "walwait" for j in world.jobs())
+        wait_archived(server, switch_wal(server))  # what archive_timeout would do
+        body = world.finished("walwait")
+        assert body["status"]["phase"] == "Succeeded", body["status"]["message"]
+        restored = pg_factory.start_datadir(f"rr-walwait-{world.namespace[-6:]}",
+                                            claim_folder(world, "walwait") / "pgdata")
+        try:
+            assert batches(restored) == [(1, ROWS), (2, ROWS)]
+        finally:
+            restored.stop()
+
+
 def test_a_target_time_before_the_oldest_backup_is_refused(
     world: World, archive: Archive
 ) -> None:

@@ -78,6 +78,7 @@ def test_logical_success_records_what_was_restored_and_how_long_it_took() -> Non
     assert status.restored.method is not None and status.restored.method.value == "logical"
     assert condition(status, "Complete")[:2] == ("True", "Succeeded")
     assert condition(status, "Failed")[0] == "False"
+    assert condition(status, "Ready")[:2] == ("True", "Succeeded")  # not "JobCreated" any more
     assert "Restored backup 20240115T020000Z into the database of Secret" in (status.message or "")
     wire = status.model_dump(mode="json", exclude_none=True)
     assert wire["duration"] == "12m30s"

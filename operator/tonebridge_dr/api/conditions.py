@@ -113,6 +113,8 @@ class Reason(StrEnum):
     RESTORE_FAILED = "RestoreFailed"
     JOB_DELETED = "JobDeleted"
     INSTANCE_NOT_STARTED = "InstanceNotStarted"
+    TARGET_TIME_IN_FUTURE = "TargetTimeInFuture"
+    WAITING_FOR_WAL = "WaitingForWAL"
     # RestoreTest: its runs, their verdict (Passed) and the measured restore time (RTOMet).
     RESTORE_TEST_STARTED = "RestoreTestStarted"
     RESTORE_TEST_PASSED = "RestoreTestPassed"

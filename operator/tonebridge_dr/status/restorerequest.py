@@ -77,7 +77,8 @@ _HINTS: dict[str, str] = {
     ),
     "RecoveryTargetUnreachable": (
         "Choose a targetTime / targetLSN covered by a base backup and the WAL archive "
-        "(`tonebridge-dr backups list --repo {repo}`), in a new RestoreRequest."
+        "(`tonebridge-dr backups list --repo {repo}`, `tonebridge-dr wal-status --repo "
+        "{repo}`), or latest: true, in a new RestoreRequest."
     ),
     "EncryptionError": (
         "Give the restore the OpenPGP private key: spec.source.privateKeySecretRef (or the "
@@ -479,8 +480,13 @@ def job_observed(
         )
     summary = restored_summary(outcome.result)
     text = _success_message(target, summary, outcome.result)
+    # Ready no longer says "JobCreated": the request is done, and says how it ended.
     updated = conditions.set_condition(
-        current.conditions, type=COMPLETE, status="True", reason="Succeeded", message=text,
+        current.conditions, type=READY, status="True", reason="Succeeded", message=text,
+        observed_generation=generation, now=now,
+    )
+    updated = conditions.set_condition(
+        updated, type=COMPLETE, status="True", reason="Succeeded", message=text,
         observed_generation=generation, now=now,
     )
     updated = conditions.set_condition(

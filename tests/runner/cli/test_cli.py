@@ -308,7 +308,7 @@ def test_an_empty_listing_says_where_the_backups_are(
     assert (typo.code, typo.json) == (0, [])
     assert "nothing is stored under" in typo.err
     listed = cli("backups", "list", "--repo", f"{s3_repo_url}/orders")
-    header, row = listed.out.splitlines()
+    _header, row = listed.out.splitlines()
     assert "hot" in row.split() and "public.t" in row
 
 

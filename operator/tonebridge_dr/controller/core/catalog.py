@@ -246,6 +246,25 @@ class CatalogReader:
         return recoverypoint.wal_chain_end(base, wal_objects(storage, base.wal))
 
 
+    def newest_wal(self, kube: Kube, namespace: str,
+                   source: ResolvedSource) -> dt.datetime | None:
+        """When the newest WAL in the restore source's repository was archived; None when
+        there is none or it cannot be read (the restore Job then decides for itself)."""
+        from tonebridge_dr.runner.engines.postgres.wal.catalog import archive_status
+
+        try:
+            config = None
+            if urllib.parse.urlsplit(source.repository_url).scheme != "file":
+                secret = source.credentials.name if source.credentials else None
+                config = repository_s3_config(source.repository, namespace, secret, kube)
+            status = archive_status(self._storage(source.repository_url, config))
+        except Exception as exc:  # any trouble: no wait, the Job reports for itself
+            log.info("newest WAL of %s unknown: %s", source.repository_url,
+                     type(exc).__name__)
+            return None
+        when = status.last_archived_at
+        return when.astimezone(dt.UTC) if when is not None else None
+
     def restore_readiness(
         self,
         kube: Kube,

@@ -11,8 +11,10 @@ can never run as written is a `Refusal` (reason and one sentence).
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tonebridge_dr.api import formats
 from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.api.restorerequest import Rehydration
@@ -110,6 +112,59 @@ def plan_restore(
         started=f"restore Job {job_name} started: {builders.target_description(request)} "
         f"from {source.describe()}",
         write_credentials=write_credentials,
+    )
+
+
+#: A targetTime this much past "now" is a mistake (a time zone offset), not clock skew.
+FUTURE_SLACK = timedelta(seconds=60)
+#: On top of archiveTimeout: the upload of the segment that closes it.
+WAL_SLACK = timedelta(seconds=60)
+#: archiveTimeout of a repository given directly (no policy): PostgreSQL's own default
+#: for tonebridge-dr's documented setting.
+DEFAULT_ARCHIVE_TIMEOUT = timedelta(minutes=5)
+
+
+def _utc_text(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def archive_timeout(policy: BackupPolicy | None) -> timedelta:
+    postgres = policy.spec.target.postgres if policy is not None else None
+    if postgres is not None and postgres.wal_archive is not None:
+        return postgres.wal_archive.archive_timeout
+    return DEFAULT_ARCHIVE_TIMEOUT
+
+
+def point_in_time(
+    request: RestoreRequest, policy: BackupPolicy | None, *, now: datetime,
+    newest_wal: datetime | None,
+) -> Refusal | str | None:
+    """A `targetTime` the archive cannot cover yet: a Refusal when it lies in the future
+    (before anything is created: no volume is left behind), the WaitingForWAL message when
+    the WAL holding it is due within archiveTimeout (the newest archived WAL is older than
+    the target, and the target is younger than archiveTimeout + a minute), else None (the
+    runner decides; too late a target then fails with a message naming `wal-status`)."""
+    target = request.spec.target_time
+    if target is None:
+        return None
+    shown = _utc_text(target)
+    if target > now + FUTURE_SLACK:
+        return Refusal(
+            Reason.TARGET_TIME_IN_FUTURE,
+            f"targetTime {shown} is in the future (now {_utc_text(now)}): only a "
+            "point in time that has passed can be restored; check the time zone offset, or "
+            "use latest: true",
+        )
+    if newest_wal is None or target <= newest_wal:
+        return None
+    timeout = archive_timeout(policy)
+    if now - target > timeout + WAL_SLACK:
+        return None
+    return (
+        f"waiting for WAL up to targetTime {shown}: the newest archived WAL is from "
+        f"{_utc_text(newest_wal)}, and WAL is archived at least every "
+        f"{formats.format_duration(timeout)} (walArchive.archiveTimeout); "
+        "`tonebridge-dr wal-status` shows the archive"
     )
 
 

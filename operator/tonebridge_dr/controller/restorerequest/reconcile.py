@@ -27,7 +27,7 @@ import logging
 from typing import Any
 
 from tonebridge_dr.api.conditions import Reason
-from tonebridge_dr.api.kinds import RestoreRequest
+from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.api.restorerequest import RestorePhase, RestoreRequestStatus
 from tonebridge_dr.builders import names
 from tonebridge_dr.builders import restore as builders
@@ -39,6 +39,7 @@ from tonebridge_dr.controller.restorerequest.plan import (
     ClaimPlan,
     RestorePlan,
     plan_restore,
+    point_in_time,
     rehydration,
     rehydration_wait,
 )
@@ -85,11 +86,11 @@ def reconcile(controller: RequestController, rr: RestoreRequest, body: Json,
         _refuse(controller, body, plan.reason, plan.message, source_text)
         return None
     # act
-    return _act(controller, rr, body, plan, source_text)
+    return _act(controller, rr, policy, body, plan, source_text)
 
 
-def _act(controller: RequestController, rr: RestoreRequest, body: Json, plan: RestorePlan,
-         source_text: str) -> str | Wait | None:
+def _act(controller: RequestController, rr: RestoreRequest, policy: BackupPolicy | None,
+         body: Json, plan: RestorePlan, source_text: str) -> str | Wait | None:
     ctx = controller.ctx
     namespace, name = objects.ident(body)
     problems = secrets.check(ctx.kube, namespace, plan.secrets)
@@ -101,6 +102,12 @@ def _act(controller: RequestController, rr: RestoreRequest, body: Json, plan: Re
                      f'ServiceAccount "{plan.service_account}" (restore Jobs run as it) not '
                      f'found in namespace "{namespace}"; create it (the Helm chart\'s restore '
                      "RBAC)", source_text)
+    timing = _point_in_time(controller, rr, policy, body, plan, source_text)
+    if isinstance(timing, Refusal):
+        _refuse(controller, body, timing.reason, timing.message, source_text)
+        return None
+    if timing is not None:
+        return timing
     waiting = _rehydrate(controller, rr, body, plan, source_text)
     if waiting is not None:
         return waiting
@@ -133,6 +140,31 @@ def _act(controller: RequestController, rr: RestoreRequest, body: Json, plan: Re
         now=ctx.clock(),
     ))
     return None
+
+
+#: How often a request waiting for WAL looks again.
+WAL_RECHECK_SECONDS = 15.0
+
+
+def _point_in_time(controller: RequestController, rr: RestoreRequest,
+                   policy: BackupPolicy | None, body: Json, plan: RestorePlan,
+                   source_text: str) -> Refusal | Wait | None:
+    """A targetTime in the future is refused (before anything is created: no volume is
+    left behind); one whose WAL is due within archiveTimeout waits (WaitingForWAL)."""
+    if rr.spec.target_time is None:
+        return None
+    ctx = controller.ctx
+    now = ctx.clock()
+    if rr.spec.target_time > now:  # read the archive only when it can matter
+        newest = None
+    else:
+        newest = ctx.catalog.newest_wal(ctx.kube, rr.metadata.namespace or "default",
+                                        plan.source)
+    decision = point_in_time(rr, policy, now=now, newest_wal=newest)
+    if decision is None or isinstance(decision, Refusal):
+        return decision
+    _wait(controller, body, Reason.WAITING_FOR_WAL, decision, source_text)
+    return Wait(decision, WAL_RECHECK_SECONDS)
 
 
 def _rehydrate(controller: RequestController, rr: RestoreRequest, body: Json,

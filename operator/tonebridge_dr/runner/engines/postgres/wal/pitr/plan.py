@@ -375,7 +375,9 @@ class _Planner:
         )
         raise RecoveryTargetUnreachable(
             f"the target {target.describe()} is after the newest archived WAL "
-            f"(last segment {last}{when}); use --latest or an earlier target"
+            f"(last segment {last}{when}): use --latest (a RestoreRequest: latest: true) or "
+            "an earlier target; WAL still on the server is archived within its "
+            "archive_timeout (`tonebridge-dr wal-status` shows the newest archived segment)"
         )
 
 
