@@ -416,6 +416,8 @@ def test_enum_values_are_stable() -> None:
         "Running",
         "Succeeded",
         "Failed",
+        "DrillSucceeded",
+        "DrillFailed",
     ]
     assert [s.value for s in StageState] == [
         "Pending",
