@@ -6,7 +6,8 @@ operator continues where the last write left it.
 A tick, in order:
 1. reset: a new `dr.tonebridge.io/reset` value ends a finished run (the plan watches and
    may run again); refused (Event ResetRefused) while a run is in progress.
-2. health: when `intervalSeconds` have passed since the last probe, probe the trigger,
+2. health: when `intervalSeconds` have passed since the last probe, probe the trigger
+   (while a run is in progress: after step 4, so a slow probe never delays a step),
    apply the hysteresis (`status.failoverplan.observe_probe`), write `status.health`
    and Healthy; an Event and a notification on each Up/Down transition only.
 3. start: a new `dr.tonebridge.io/failover-now` value starts a run (a drill in mode
@@ -97,8 +98,13 @@ def has_work(controller: PlanController, body: Json) -> bool:
         or runnow.pending_value(body, names.ANNOTATION_FAILOVER_NOW,
                                 names.ANNOTATION_FAILOVER_NOW_HANDLED)
         or runnow.pending_value(body, names.ANNOTATION_RESET, names.ANNOTATION_RESET_HANDLED)
-        or plan_status.open_problem(status) is not None
+        or (_escalates(plan) and plan_status.open_problem(status) is not None)
     )
+
+
+def _escalates(plan: FailoverPlan) -> bool:
+    notifications = plan.spec.notifications
+    return bool(notifications is not None and notifications.escalation)
 
 
 class Engine:
@@ -122,10 +128,19 @@ class Engine:
         except objects.InvalidSpec:
             return  # the reconcile refused it (Ready=False, InvalidSpec)
         body = self._reset(plan, body)
-        body = self._health(plan, body)
+        running = self._running(body)
+        if not running:  # a probe of a dead target may take timeoutSeconds: steps first
+            body = self._health(plan, body)
         body = self._start(plan, body)
         body = self._advance(plan, body)
+        if running:
+            body = self._health(plan, body)
         escalation.tick(plan, body, self.outbox, self._write)
+
+    @staticmethod
+    def _running(body: Json) -> bool:
+        status = _status(body)
+        return status is not None and status.phase == FailoverPhase.RUNNING
 
     def _write(self, body: Json, mutate: Callable[[Json, FailoverPlanStatus | None],
                                                   FailoverPlanStatus | None]) -> Json | None:
