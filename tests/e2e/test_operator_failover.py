@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -39,7 +40,9 @@ from tests.fixtures.operator import (
     secret_doc,
     wait_for,
 )
-from tests.fixtures.postgres import PgFactory, PgServer
+from tests.fixtures.postgres import PG_BIN, PgFactory, PgServer, clean_env
+from tonebridge_dr.api.failoverplan import HealthCheck
+from tonebridge_dr.controller.failoverplan import probes
 from tonebridge_dr.sandbox.runtime import Sandbox
 
 pytestmark = pytest.mark.timeout(300)
@@ -188,6 +191,34 @@ def _step(status: dict[str, Any], stage: str, step: str) -> dict[str, Any]:
                 if entry["name"] == step:
                     return dict(entry)
     raise AssertionError(f"no step {stage}/{step} in {json.dumps(status)[:2000]}")
+
+
+# --- the postgres probe ---------------------------------------------------------------------
+def _pg_isready(port: int) -> int:
+    return subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(port),
+                           "-t", "2"], capture_output=True, env=clean_env(),
+                          check=False).returncode
+
+
+def test_postgres_probe_decides_like_pg_isready(pg_factory: PgFactory) -> None:
+    """Accepting (0: up), rejecting (1: down, 57P03 of a standby without hot standby) and
+    no response (2: down), each compared with the real pg_isready."""
+    primary = pg_factory.start("probe-primary")
+    rejecting = pg_factory.start_standby(primary, "probe-cold", hot_standby="off")
+
+    def check(port: int) -> probes.ProbeResult:
+        return probes.probe(HealthCheck.model_validate(
+            {"kind": "postgres", "target": f"127.0.0.1:{port}", "timeoutSeconds": 2}))
+
+    up = check(primary.port)
+    assert (_pg_isready(primary.port), up.ok) == (0, True), up.message
+    wait_for(lambda: _pg_isready(rejecting.port) == 1, 30, message="a rejecting standby")
+    refused = check(rejecting.port)
+    assert not refused.ok and "rejects connections" in refused.message
+    rejecting.stop()
+    primary.stop()
+    gone = check(primary.port)
+    assert (_pg_isready(primary.port), gone.ok) == (2, False), gone.message
 
 
 # --- automatic ----------------------------------------------------------------------------
@@ -500,3 +531,47 @@ def test_failing_step_stops_the_plan_and_escalates(
              message=op.log_tail)
     assert len(arrived("/level-1", "Escalation")) == 1  # each level once
     assert len(arrived("/level-2", "Escalation")) == 1
+
+
+# --- restoreRequest ---------------------------------------------------------------------------
+def test_restore_request_step_creates_an_owned_child_and_waits_for_it(
+    sandbox: Sandbox, namespace: str, operator_factory: Any,
+) -> None:
+    """The child is named <plan>-<stage>-<step>, owned by the plan, waited for (here it
+    cannot succeed: its policy does not exist, so the step's timeout fails it); a run
+    after a reset does not silently reuse the earlier run's child."""
+    apply_docs(sandbox, namespace,
+               secret_doc("target-db", {"dsn": "host=127.0.0.1 port=1 dbname=x"}),
+               plan_doc("restorer", mode="manual", stages=[
+                   {"name": "cache", "priority": 1, "rto": "1m", "steps": [
+                       {"name": "refill", "timeout": "4s", "restoreRequest": {"spec": {
+                           "source": {"policyRef": {"name": "no-such-policy"}},
+                           "latest": True,
+                           "target": {"database": {"dsnSecretRef": {"name": "target-db",
+                                                                    "key": "dsn"}}},
+                       }}},
+                   ]},
+               ]))
+    op = operator_factory(namespace)
+    wait_for(lambda: _phase_is(sandbox, namespace, "restorer", "Idle"), 60,
+             message=op.log_tail)
+    _annotate(sandbox, namespace, "restorer", "failover-now", "one")
+    done = wait_for(lambda: _phase_is(sandbox, namespace, "restorer", "Failed", "Succeeded"),
+                    60, message=op.log_tail)
+    step = _step(done, "cache", "refill")
+    assert done["phase"] == "Failed" and step["state"] == "Failed"
+    assert step["message"].startswith("timed out after 4s: RestoreRequest "
+                                      "restorer-cache-refill ")
+    child = get_json(sandbox, namespace, "restorerequest", "restorer-cache-refill")
+    plan_uid = _plan(sandbox, namespace, "restorer")["metadata"]["uid"]
+    (owner,) = child["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"]) == ("FailoverPlan", plan_uid)
+    assert step["memo"]["uid"] == child["metadata"]["uid"]
+
+    _annotate(sandbox, namespace, "restorer", "reset", "r1")
+    wait_for(lambda: _phase_is(sandbox, namespace, "restorer", "Idle"), 30,
+             message=op.log_tail)
+    _annotate(sandbox, namespace, "restorer", "failover-now", "two")
+    again = wait_for(lambda: (s := _phase_is(sandbox, namespace, "restorer", "Failed"))
+                     and s.get("runToken") == "two" and s, 60, message=op.log_tail)
+    assert "exists from an earlier run: delete it" in _step(again, "cache", "refill")["message"]

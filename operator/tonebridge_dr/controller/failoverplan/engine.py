@@ -329,7 +329,9 @@ class Engine:
                                     memo)
         if (progress.state == StepState.RUNNING and deadline is not None
                 and self.ctx.clock() >= deadline):
-            progress = StepProgress(StepState.FAILED, f"timed out after {step.timeout}: "
+            limit = plan_status.elapsed_text(step.timeout.total_seconds()) if step.timeout \
+                else ""
+            progress = StepProgress(StepState.FAILED, f"timed out after {limit}: "
                                     f"{progress.message}", progress.memo, progress.diff)
         return progress
 
