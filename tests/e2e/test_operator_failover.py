@@ -358,6 +358,9 @@ def test_manual_plan_reports_health_and_runs_once_per_token(
                      and s.get("runToken") == "t3" and s, 60, message=op.log_tail)
     assert again["triggeredAt"] >= first_run
     assert len(_events(sandbox, namespace, "by-hand", "FailoverStarted")) == 2
+    # two ticks a second per plan: kopf's line for each would drown the log
+    assert "Timer 'engine' succeeded" not in op.log()
+    assert "failover started (dr.tonebridge.io/failover-now=t3)" in op.log()
 
 
 # --- drill --------------------------------------------------------------------------------
