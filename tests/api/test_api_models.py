@@ -137,14 +137,10 @@ def test_defaults() -> None:
     assert check is not None
     assert (check.interval_seconds, check.timeout_seconds, check.rise, check.fall) == (2, 5, 2, 3)
     steps = plan.stages[0].steps
-    assert [s.kind for s in steps] == [
-        StepKind.PROMOTE_POSTGRES,
-        StepKind.UPDATE_DNS,
-        StepKind.ROLLOUT_RESTART,
-    ]
+    assert [s.kind for s in steps] == [StepKind.PROMOTE_POSTGRES, StepKind.CHECK]
     assert steps[0].promote_postgres is not None
     assert steps[0].promote_postgres.wait_seconds == 60
-    assert steps[2].rollout_restart is not None and steps[2].rollout_restart.kind == "Deployment"
+    assert steps[1].check is not None and steps[1].check.timeout_seconds == 5
 
     minimal = {"stages": [{"name": "a", "priority": 1, "rto": "1h", "steps": [{"wait": {
         "duration": "1m"}}]}]}  # fmt: skip
@@ -418,6 +414,8 @@ def test_enum_values_are_stable() -> None:
         "Running",
         "Succeeded",
         "Failed",
+        "DrillSucceeded",
+        "DrillFailed",
     ]
     assert [s.value for s in StageState] == [
         "Pending",

@@ -101,7 +101,7 @@ def test_short_names_and_printer_columns() -> None:
     assert columns == {
         "bp": ["TARGET", "SCHEDULE", "LAST BACKUP", "RPO", "RESTORABLE", "READY", "AGE"],
         "rr": ["PHASE", "SOURCE", "TARGET TIME", "DURATION", "AGE"],
-        "fp": ["MODE", "PHASE", "STAGE", "AGE"],
+        "fp": ["MODE", "HEALTH", "PHASE", "STAGE", "ELAPSED", "AGE"],
         "rt": ["SOURCE", "LAST RESULT", "RESTORE TIME", "RTO MET", "LAST RUN", "AGE"],
     }
 
@@ -135,9 +135,13 @@ def test_schema_is_structural(kind: str) -> None:
     assert [problem for p, n in nodes for problem in _structural_problems(kind, p, n)] == []
 
 
-def test_only_status_kopf_preserves_unknown_fields() -> None:
+def test_only_status_kopf_and_step_facts_preserve_unknown_fields() -> None:
+    """...and the free-form facts a FailoverPlan step keeps (memo) and reports (diff)."""
     preserving = [(k, p) for k, p, n in ALL if n.get("x-kubernetes-preserve-unknown-fields")]
-    assert preserving == [(info.kind, "status.kopf") for info in KINDS]
+    steps = [("FailoverPlan", f"status.stages[].steps[].{f}") for f in ("diff", "memo")]
+    assert sorted(preserving) == sorted(
+        [(info.kind, "status.kopf") for info in KINDS] + steps
+    )
 
 
 def test_optional_fields_are_nullable_and_required_fields_are_listed() -> None:

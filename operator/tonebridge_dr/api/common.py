@@ -384,6 +384,12 @@ class NotificationEvent(StrEnum):
     FAILOVER_STARTED = "FailoverStarted"
     FAILOVER_SUCCEEDED = "FailoverSucceeded"
     FAILOVER_FAILED = "FailoverFailed"
+    TARGET_DOWN = "TargetDown"
+    TARGET_UP = "TargetUp"
+    DRILL_SUCCEEDED = "DrillSucceeded"
+    DRILL_FAILED = "DrillFailed"
+    ESCALATION = "Escalation"
+    RESOLVED = "Resolved"
 
 
 DEFAULT_NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
@@ -396,6 +402,8 @@ DEFAULT_NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
     NotificationEvent.FAILOVER_STARTED,
     NotificationEvent.FAILOVER_SUCCEEDED,
     NotificationEvent.FAILOVER_FAILED,
+    NotificationEvent.TARGET_DOWN,
+    NotificationEvent.TARGET_UP,
 )
 """What is sent when `notifications.events` is omitted: failures, staleness and failovers."""
 

@@ -23,17 +23,21 @@ from tonebridge_dr.api.base import (
 )
 from tonebridge_dr.api.common import Notifications, SecretKeyRef, SecretRef
 from tonebridge_dr.api.conditions import ConditionList
-from tonebridge_dr.api.restorerequest import RestoreRequestSpec
+from tonebridge_dr.api.restorerequest import RestoreRequestSpec, RestoreTarget
 
 __all__ = [
     "DnsProvider",
     "DnsRecordType",
+    "Drill",
+    "DrillPromotePostgres",
+    "EscalationStatus",
     "FailoverMode",
     "FailoverPhase",
     "FailoverPlanSpec",
     "FailoverPlanStatus",
     "HealthCheck",
     "HealthCheckKind",
+    "HealthState",
     "HealthStatus",
     "PromotePostgres",
     "RestoreRequestStep",
@@ -43,6 +47,8 @@ __all__ = [
     "StageStatus",
     "Step",
     "StepKind",
+    "StepRunState",
+    "StepStatus",
     "SwitchService",
     "Trigger",
     "UpdateDNS",
@@ -213,6 +219,9 @@ class RestoreRequestStep(SpecModel):
 
     spec: RestoreRequestSpec
     """Spec of the RestoreRequest to create (named <plan>-<stage>-<step>)."""
+    drill_target: RestoreTarget | None = None
+    """Drill mode: restore for real into this scratch target (the spec's target replaced);
+    without it a drill only validates the RestoreRequest (server-side dry run)."""
 
 
 class Wait(SpecModel):
@@ -306,6 +315,26 @@ class Stage(SpecModel):
     """Steps, run one after the other."""
 
 
+class DrillPromotePostgres(SpecModel):
+    """A throwaway standby (or clone) a drill may really promote."""
+
+    dsn_secret_ref: SecretKeyRef
+    """Secret key holding a connection string to the throwaway standby."""
+
+
+class Drill(SpecModel):
+    """Copies a drill may act on instead of production (spec 11.2)."""
+
+    promote_postgres: DrillPromotePostgres | None = None
+    """promotePostgres steps promote this standby in a drill (without it a drill only
+    checks that the production standby is reachable and in recovery)."""
+    hosted_zone_id: Annotated[
+        str, Field(max_length=32), Matches(formats.HOSTED_ZONE_RE, formats.HOSTED_ZONE_MESSAGE)
+    ] | None = None
+    """updateDNS steps submit their change to this zone in a drill (without it a drill only
+    validates the change against the production zone)."""
+
+
 class FailoverPlanSpec(SpecModel):
     """A disaster-recovery runbook the operator can execute."""
 
@@ -327,6 +356,8 @@ class FailoverPlanSpec(SpecModel):
     """Stages in priority order."""
     notifications: Notifications | None = None
     """Webhook notifications and escalation for failovers."""
+    drill: Drill | None = None
+    """Throwaway copies drills act on (mode: drill)."""
 
     cel_rules = (
         Rule(None, "stage names must be unique", lambda p: unique(p.stages, "name")),
@@ -349,13 +380,18 @@ class FailoverPhase(StrEnum):
     IDLE = "Idle"
     """Nothing watched, nothing running (manual or drill mode without a run)."""
     MONITORING = "Monitoring"
-    """Health check running, primary up."""
+    """The health check runs and no run is in progress or waiting for a reset (the
+    shipped value kept: monitoring reads it; not renamed to Watching)."""
     RUNNING = "Running"
     """Stages are being executed."""
     SUCCEEDED = "Succeeded"
-    """The last run finished every stage."""
+    """The last (real) run finished every stage; stays until dr.tonebridge.io/reset."""
     FAILED = "Failed"
-    """The last run stopped at a failed step."""
+    """The last (real) run stopped at a failed step; stays until dr.tonebridge.io/reset."""
+    DRILL_SUCCEEDED = "DrillSucceeded"
+    """The last drill finished every stage (nothing in production changed)."""
+    DRILL_FAILED = "DrillFailed"
+    """The last drill stopped at a failed step (nothing in production changed)."""
 
 
 class StageState(StrEnum):
@@ -366,6 +402,37 @@ class StageState(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SKIPPED = "Skipped"
+
+
+class StepRunState(StrEnum):
+    """State of one step in a run."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+class StepStatus(StatusModel):
+    """Progress of one step, as its executor last reported it."""
+
+    name: str
+    """Step name (its own, or <action>-<position>)."""
+    kind: str
+    """The step's action, e.g. promotePostgres."""
+    state: StepRunState
+    """Pending, Running, Succeeded, Failed or Skipped."""
+    started_at: Time | None = None
+    """When the step started."""
+    completed_at: Time | None = None
+    """When it finished."""
+    message: str | None = None
+    """What the step did or waits for (never a secret)."""
+    memo: FreeForm | None = None
+    """Facts the step keeps between ticks and operator restarts (what it already did)."""
+    diff: FreeForm | None = None
+    """Drill: what a real run would change."""
 
 
 class StageStatus(StatusModel):
@@ -389,11 +456,23 @@ class StageStatus(StatusModel):
     """Step running now."""
     message: str | None = None
     """Last error or progress note."""
+    steps: list[StepStatus] | None = None
+    """Per-step progress."""
+
+
+class HealthState(StrEnum):
+    """The target after rise/fall hysteresis."""
+
+    UNKNOWN = "Unknown"
+    UP = "Up"
+    DOWN = "Down"
 
 
 class HealthStatus(StatusModel):
     """Latest health-check results."""
 
+    state: HealthState | None = None
+    """Up, Down or Unknown (not yet `rise` successes or `fall` failures in a row)."""
     healthy: bool | None = None
     """Whether the target counts as up (after rise/fall hysteresis)."""
     consecutive_successes: Annotated[int, Field(ge=0)] | None = None
@@ -404,6 +483,22 @@ class HealthStatus(StatusModel):
     """When the target was last probed."""
     message: str | None = None
     """Result of the last probe."""
+    last_error: str | None = None
+    """The last failed probe's error."""
+    last_transition_time: Time | None = None
+    """When `state` last changed."""
+
+
+class EscalationStatus(StatusModel):
+    """An open problem (a run in progress or failed, the target down) and the escalation
+    levels already notified (spec 10.2)."""
+
+    opened_at: Time
+    """When the problem was opened (level times count from here)."""
+    reason: str
+    """What is open, e.g. "the target is down"."""
+    notified_levels: list[int] | None = None
+    """Levels already handed to the notifier."""
 
 
 class FailoverPlanStatus(StatusModel):
@@ -414,7 +509,7 @@ class FailoverPlanStatus(StatusModel):
     conditions: ConditionList | None = None
     """Ready, Healthy, RTOMet."""
     phase: FailoverPhase | None = None
-    """Idle, Monitoring, Running, Succeeded or Failed."""
+    """Idle, Monitoring, Running, Succeeded, Failed, DrillSucceeded or DrillFailed."""
     run_mode: FailoverMode | None = None
     """Mode of the current or last run (drill runs never switch traffic)."""
     current_stage: str | None = None
@@ -425,9 +520,17 @@ class FailoverPlanStatus(StatusModel):
     """What started it (health check, a person, a drill schedule)."""
     completed_at: Time | None = None
     """When the last run finished."""
+    run_token: str | None = None
+    """The dr.tonebridge.io/failover-now value that started the current or last run."""
+    elapsed: str | None = None
+    """Time from the start of the current or last run to now or its end, e.g. 1m30s."""
     stages: list[StageStatus] | None = None
     """Per-stage progress of the current or last run."""
     health: HealthStatus | None = None
     """Latest health-check results."""
+    escalation: EscalationStatus | None = None
+    """The open problem being escalated (absent when nothing is open)."""
+    reset_token: str | None = None
+    """The dr.tonebridge.io/reset value handled last."""
     kopf: FreeForm | None = None
     """Reserved for the kopf framework's own bookkeeping."""

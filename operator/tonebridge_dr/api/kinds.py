@@ -251,10 +251,14 @@ FAILOVER_PLAN = KindInfo(
     resource_model=FailoverPlan,
     printer_columns=(
         PrinterColumn("MODE", ".spec.mode", description="automatic, manual or drill"),
+        PrinterColumn("HEALTH", ".status.health.state", description="Up, Down or Unknown"),
         PrinterColumn("PHASE", ".status.phase", description="Idle, Monitoring, Running, ..."),
         PrinterColumn("STAGE", ".status.currentStage", description="Stage running now"),
+        PrinterColumn("ELAPSED", ".status.elapsed",
+                      description="Time since the start of the current or last run"),
         AGE,
         PrinterColumn("HEALTHY", ".status.health.healthy", "boolean", priority=1),
+        PrinterColumn("RTO MET", _condition("RTOMet"), priority=1),
     ),
 )
 

@@ -22,7 +22,11 @@ import re
 
 __all__ = [
     "ANNOTATION_DEFAULT_CONTAINER",
+    "ANNOTATION_FAILOVER_NOW",
+    "ANNOTATION_FAILOVER_NOW_HANDLED",
     "ANNOTATION_INSTANTIATE",
+    "ANNOTATION_RESET",
+    "ANNOTATION_RESET_HANDLED",
     "ANNOTATION_RUN_NOW",
     "ANNOTATION_RUN_NOW_HANDLED",
     "COMPONENT_BACKUP",
@@ -104,6 +108,14 @@ ANNOTATION_RUN_NOW = "dr.tonebridge.io/run-now"
 on a run-now Job it records the token the Job was created for."""
 ANNOTATION_RUN_NOW_HANDLED = "dr.tonebridge.io/run-now-handled"
 """Stored on the BackupPolicy or RestoreTest: the run-now value that was last handled."""
+ANNOTATION_FAILOVER_NOW = "dr.tonebridge.io/failover-now"
+"""FailoverPlan: a new value runs the plan once (a drill in mode drill)."""
+ANNOTATION_FAILOVER_NOW_HANDLED = "dr.tonebridge.io/failover-now-handled"
+"""The failover-now value handled last (written by the operator)."""
+ANNOTATION_RESET = "dr.tonebridge.io/reset"
+"""FailoverPlan: a new value ends a finished run's Succeeded / Failed (watch again)."""
+ANNOTATION_RESET_HANDLED = "dr.tonebridge.io/reset-handled"
+"""The reset value handled last (written by the operator)."""
 ANNOTATION_INSTANTIATE = "cronjob.kubernetes.io/instantiate"
 """What `kubectl create job --from=cronjob/x` sets (value `manual`)."""
 ANNOTATION_DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"

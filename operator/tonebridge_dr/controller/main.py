@@ -44,7 +44,7 @@ class _RoutineFilter(logging.Filter):
     """Drops kopf's INFO line for every timer tick and watch event: with hundreds of
     policies they would drown everything else (failures are still logged)."""
 
-    _ROUTINE = re.compile(r"^(Timer|Handler) '(monitor|run-now|job-event)' succeeded\.$")
+    _ROUTINE = re.compile(r"^(Timer|Handler) '(monitor|run-now|job-event|engine)' succeeded\.$")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno > logging.INFO or not self._ROUTINE.match(record.getMessage())

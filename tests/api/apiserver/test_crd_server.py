@@ -188,9 +188,13 @@ def test_defaults_are_applied_by_the_api_server(
     )
     check = created["spec"]["trigger"]["healthCheck"]
     assert check["timeoutSeconds"] == 5
-    dns = created["spec"]["stages"][0]["steps"][1]["updateDNS"]
+    assert created["spec"]["stages"][0]["steps"][0]["promotePostgres"]["waitSeconds"] == 60
+    region: Any = custom_objects.create_namespaced_custom_object(
+        GROUP, VERSION, validation_namespace, "failoverplans", load_example(FP), dry_run="All",
+    )
+    dns = region["spec"]["stages"][1]["steps"][2]["updateDNS"]
     assert dns["provider"] == "route53"
-    assert created["spec"]["stages"][0]["steps"][2]["rolloutRestart"]["kind"] == "Deployment"
+    assert region["spec"]["stages"][2]["steps"][0]["rolloutRestart"]["kind"] == "Deployment"
 
 
 def _statuses() -> dict[str, tuple[str, dict[str, Any], list[str]]]:

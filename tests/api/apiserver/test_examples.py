@@ -115,7 +115,7 @@ def test_examples_are_listed_by_category_and_short_names(sandbox: Any, namespace
     for short, header in (
         ("bp", "NAME TARGET SCHEDULE LAST BACKUP RPO RESTORABLE READY AGE"),
         ("rr", "NAME PHASE SOURCE TARGET TIME DURATION AGE"),
-        ("fp", "NAME MODE PHASE STAGE AGE"),
+        ("fp", "NAME MODE HEALTH PHASE STAGE ELAPSED AGE"),
         ("rt", "NAME SOURCE LAST RESULT RESTORE TIME RTO MET LAST RUN AGE"),
     ):
         table = sandbox.kubectl("get", short, "-n", namespace).stdout.splitlines()

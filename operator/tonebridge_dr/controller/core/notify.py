@@ -25,6 +25,7 @@ from tonebridge_dr.api.common import (
     DEFAULT_NOTIFICATION_EVENTS,
     NotificationEvent,
     Notifications,
+    SecretKeyRef,
 )
 from tonebridge_dr.controller.core.context import Context
 from tonebridge_dr.controller.core.kube import ApiError
@@ -63,9 +64,25 @@ class Notification:
         }
 
 
+def webhooks(notifications: Notifications | None) -> list[SecretKeyRef]:
+    """Where ordinary notifications go: `webhookSecretRef`, else the webhooks of the
+    escalation levels due at once (after: 0s), so notifications configured with
+    per-level webhooks only are delivered too."""
+    if notifications is None:
+        return []
+    if notifications.webhook_secret_ref is not None:
+        return [notifications.webhook_secret_ref]
+    refs: list[SecretKeyRef] = []
+    for level in notifications.escalation or ():
+        ref = level.webhook_secret_ref
+        if level.after.total_seconds() == 0 and ref is not None and ref not in refs:
+            refs.append(ref)
+    return refs
+
+
 def wanted(notifications: Notifications | None, event: NotificationEvent) -> bool:
     """Whether `spec.notifications` asks for `event` (and has somewhere to send it)."""
-    if notifications is None or notifications.webhook_secret_ref is None:
+    if notifications is None or not webhooks(notifications):
         return False
     events = notifications.events or DEFAULT_NOTIFICATION_EVENTS
     return event in events
@@ -108,6 +125,21 @@ def send(url: str, notification: Notification, *, timeout: float) -> bool:
     return True
 
 
+def webhook_url(ctx: Context, namespace: str, name: str, ref: SecretKeyRef) -> str | None:
+    """The URL in the Secret key `ref` (None, logged without the URL, when unreadable)."""
+    try:
+        data = ctx.kube.secret_data(namespace, ref.name)
+    except ApiError as exc:
+        log.warning("cannot read the webhook Secret of %s/%s: %s", namespace, name, exc)
+        return None
+    url = (data or {}).get(ref.key, "").strip()
+    if not url:
+        log.warning('webhook Secret "%s" of %s/%s has no key "%s"', ref.name, namespace, name,
+                    ref.key)
+        return None
+    return url
+
+
 def send_notification(
     ctx: Context,
     namespace: str,
@@ -119,22 +151,10 @@ def send_notification(
     message: str,
 ) -> bool:
     """Send one webhook notification about the object `namespace/name` if its
-    `notifications` ask for `event`. The URL is read from its Secret here and goes
-    nowhere else. Never raises for API trouble (best effort, like `send`)."""
+    `notifications` ask for `event` (to every webhook of `webhooks`). The URL is read
+    from its Secret here and goes nowhere else. Never raises for API trouble (best
+    effort, like `send`). True when every webhook took it."""
     if not wanted(notifications, event):
-        return False
-    ref = notifications.webhook_secret_ref if notifications else None
-    if ref is None:
-        return False
-    try:
-        data = ctx.kube.secret_data(namespace, ref.name)
-    except ApiError as exc:
-        log.warning("cannot read the webhook Secret of %s/%s: %s", namespace, name, exc)
-        return False
-    url = (data or {}).get(ref.key, "").strip()
-    if not url:
-        log.warning('webhook Secret "%s" of %s/%s has no key "%s"', ref.name, namespace, name,
-                    ref.key)
         return False
     notification = Notification(
         namespace=namespace,
@@ -144,4 +164,10 @@ def send_notification(
         message=message,
         contacts=first_contacts(notifications),
     )
-    return send(url, notification, timeout=ctx.settings.notify_timeout)
+    delivered = True
+    for ref in webhooks(notifications):
+        url = webhook_url(ctx, namespace, name, ref)
+        delivered = (url is not None and send(url, notification,
+                                              timeout=ctx.settings.notify_timeout)
+                     and delivered)
+    return delivered

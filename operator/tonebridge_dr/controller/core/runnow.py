@@ -62,22 +62,34 @@ Job is created (so the Job's end is always recorded after it), with the refusal 
 the token is marked handled. A crash repeats it: it must be idempotent."""
 
 
-def pending_token(body: Mapping[str, Any]) -> str | None:
-    """The run-now value still to handle, or None."""
+def pending_value(body: Mapping[str, Any], annotation: str, handled: str) -> str | None:
+    """The value of the token annotation `annotation` still to handle (differs from the
+    one recorded in `handled`), or None. Every one-shot token annotation works like
+    run-now: FailoverPlan's failover-now and reset too."""
     annotations = (body.get("metadata") or {}).get("annotations") or {}
-    token = annotations.get(names.ANNOTATION_RUN_NOW)
-    if not token or token == annotations.get(names.ANNOTATION_RUN_NOW_HANDLED):
+    token = annotations.get(annotation)
+    if not token or token == annotations.get(handled):
         return None
     return str(token)
 
 
-def _mark_handled(controller: Controller[Any, Any], body: Mapping[str, Any],
-                  token: str) -> None:
+def mark_handled(controller: Controller[Any, Any], body: Mapping[str, Any], handled: str,
+                 token: str) -> None:
+    """Record `token` as handled in the annotation `handled`."""
     namespace, name = objects.ident(body)
     controller.ctx.kube.merge_patch(
-        controller.kind, namespace, name,
-        {"metadata": {"annotations": {names.ANNOTATION_RUN_NOW_HANDLED: token}}},
+        controller.kind, namespace, name, {"metadata": {"annotations": {handled: token}}},
     )
+
+
+def pending_token(body: Mapping[str, Any]) -> str | None:
+    """The run-now value still to handle, or None."""
+    return pending_value(body, names.ANNOTATION_RUN_NOW, names.ANNOTATION_RUN_NOW_HANDLED)
+
+
+def _mark_handled(controller: Controller[Any, Any], body: Mapping[str, Any],
+                  token: str) -> None:
+    mark_handled(controller, body, names.ANNOTATION_RUN_NOW_HANDLED, token)
 
 
 def _refuse(controller: Controller[Any, Any], body: Mapping[str, Any], token: str,

@@ -1,2 +1,4 @@
-"""The FailoverPlan controller. This version accepts and validates plans but does not
-run them yet: `reconcile` says so in the Ready condition (reason NotImplemented)."""
+"""The FailoverPlan controller: health watching with rise/fall hysteresis, runs of the
+plan's stages in priority order (automatic on a down target, on demand with
+dr.tonebridge.io/failover-now, rehearsals in mode drill), reset, and escalation. See
+engine.py for the tick and docs/failover.md for the user's view."""

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, Protocol
 
-from tonebridge_dr.api.failoverplan import Step
+from tonebridge_dr.api.failoverplan import Drill, Step
 from tonebridge_dr.controller.core.kube import Kube
 
 
@@ -59,6 +59,9 @@ class StepContext:
     started_at: dt.datetime  # when this step first started (from status)
     deadline: dt.datetime | None
     secret_value: Callable[[str, str], str | None]  # (secret name, key) -> value or None
+    drill_targets: Drill | None = None
+    """The plan's `spec.drill`: throwaway copies a drill acts on (promotePostgres: a
+    standby to really promote; updateDNS: a zone to really submit to)."""
 
 
 @dataclasses.dataclass(frozen=True)
