@@ -61,5 +61,7 @@ def test_wait_counts_from_the_step_start_across_restarts() -> None:
 def test_child_restore_request_names_fit_63_characters() -> None:
     assert child_name("plan", "cache", "restore-1") == "plan-cache-restore-1"
     assert child_name("plan", "cache", "restore-1", drill=True) == "plan-cache-restore-1-drill"
+    # a default step name is its action's (camelCase): still a valid object name
+    assert child_name("plan", "cache", "restoreRequest-1") == "plan-cache-restorerequest-1"
     long = child_name("p" * 40, "s" * 30, "restore-1")
     assert len(long) == 63 and long != child_name("p" * 40, "s" * 30, "restore-2")

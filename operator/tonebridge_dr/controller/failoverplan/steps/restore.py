@@ -33,7 +33,9 @@ SKEW = dt.timedelta(seconds=5)
 
 
 def child_name(plan: str, stage: str, step: str, *, drill: bool = False) -> str:
-    name = f"{plan}-{stage}-{step}" + ("-drill" if drill else "")
+    """`<plan>-<stage>-<step>[-drill]`, a valid object name: lower case (a default step
+    name is its action's, e.g. restoreRequest-1), shortened with a digest when too long."""
+    name = f"{plan}-{stage}-{step}".lower() + ("-drill" if drill else "")
     if len(name) <= MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
