@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -26,7 +29,15 @@ import pytest
 import yaml
 
 from tests.fixtures import EXAMPLES
-from tests.fixtures.operator import apply_docs, get_json, secret_doc, wait_for
+from tests.fixtures import s3 as s3_fixtures
+from tests.fixtures.operator import (
+    apply_docs,
+    get_json,
+    policy_doc,
+    s3_secrets,
+    secret_doc,
+    wait_for,
+)
 from tests.fixtures.postgres import PgFactory, PgServer
 from tonebridge_dr.sandbox.runtime import Sandbox
 
@@ -78,6 +89,15 @@ def _workload(kind: str, name: str) -> dict[str, Any]:
     if kind == "StatefulSet":
         spec["serviceName"] = name
     return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+def _cli_json(moto_server: str, *args: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL_S3=moto_server, AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    done = subprocess.run([sys.executable, "-m", "tonebridge_dr.cli", *args, "--json"],
+                          capture_output=True, text=True, env=env, check=True)
+    return json.loads(done.stdout)
 
 
 def _dsn(server: PgServer) -> str:
@@ -139,15 +159,21 @@ def test_the_six_stage_region_plan_rehearses_end_to_end(
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "tonebridge-postgres"},
                "spec": {"selector": {"app": "postgres", "region": "ap-northeast-1"},
                         "ports": [{"port": 5432}]}}
+    plan = _plan(zone, health.url, primary)
+    plan["spec"]["policyRef"] = {"name": "reports"}  # where the drill report is kept
+    bucket = s3_fixtures.new_bucket(moto_server)
     apply_docs(
         sandbox, namespace,
+        secret_doc("db-dsn", {"dsn": _dsn(primary)}),
+        *s3_secrets(f"w-{uuid.uuid4().hex}", f"r-{uuid.uuid4().hex}"),
+        policy_doc("reports", repo_url=f"s3://{bucket}/dr", endpoint=moto_server),
         *[_workload(kind, name) for kind, names in WORKLOADS.items() for name in names],
         service,
         secret_doc("tonebridge-db-standby-admin", {"dsn": _dsn(standby)}),
         secret_doc("route53-failover", {"AWS_ACCESS_KEY_ID": "testing",
                                         "AWS_SECRET_ACCESS_KEY": "testing"}),
         secret_doc("slack-webhook", {"url": "http://127.0.0.1:9/never-called"}),
-        _plan(zone, health.url, primary),
+        plan,
     )
     before = _workloads(sandbox, namespace)
     op = operator_factory(namespace, env={"AWS_ENDPOINT_URL_ROUTE53": moto_server,
@@ -194,3 +220,18 @@ def test_the_six_stage_region_plan_rehearses_end_to_end(
     cname = [r for r in records if r["Name"] == RECORD + "." and r["Type"] == "CNAME"]
     assert [v["Value"] for v in cname[0]["ResourceRecords"]] == [OLD_VALUE]
     assert get_json(sandbox, namespace, "restorerequests")["items"] == []
+
+    # The drill report is kept in the policy's repository, checksummed, with an audit record.
+    def stored() -> list[dict[str, Any]] | None:
+        found = _cli_json(moto_server, "drills", "list", "--repo", f"s3://{bucket}/dr/reports")
+        return found or None
+
+    (kept,) = wait_for(stored, 60, message=op.log_tail)
+    assert (kept["plan"], kept["namespace"], kept["mode"], kept["phase"], kept["token"]) == (
+        "tonebridge-region", namespace, "drill", "DrillSucceeded", "annual-drill")
+    assert kept["checksum"] == "ok" and kept["rto_met"] is True
+    assert [s["name"] for s in kept["stages"]] == [s["name"] for s in stages]
+    assert any(step.get("diff") for s in kept["stages"] for step in s["steps"])
+    audit = _cli_json(moto_server, "audit", "list", "--repo", f"s3://{bucket}/dr/reports",
+                      "--operation", "failover")
+    assert len(audit) == 1 and audit[0]["details"]["report"] == kept["key"]

@@ -114,6 +114,8 @@ class Reason(StrEnum):
     JOB_DELETED = "JobDeleted"
     INSTANCE_NOT_STARTED = "InstanceNotStarted"
     TARGET_TIME_IN_FUTURE = "TargetTimeInFuture"
+    REPORT_STORED = "ReportStored"
+    REPORT_NOT_STORED = "ReportNotStored"
     WAITING_FOR_WAL = "WaitingForWAL"
     # RestoreTest: its runs, their verdict (Passed) and the measured restore time (RTOMet).
     RESTORE_TEST_STARTED = "RestoreTestStarted"

@@ -21,7 +21,7 @@ from tonebridge_dr.api.base import (
     Time,
     unique,
 )
-from tonebridge_dr.api.common import Notifications, SecretKeyRef, SecretRef
+from tonebridge_dr.api.common import LocalObjectRef, Notifications, SecretKeyRef, SecretRef
 from tonebridge_dr.api.conditions import ConditionList
 from tonebridge_dr.api.restorerequest import RestoreRequestSpec, RestoreTarget
 
@@ -358,6 +358,10 @@ class FailoverPlanSpec(SpecModel):
     """Webhook notifications and escalation for failovers."""
     drill: Drill | None = None
     """Throwaway copies drills act on (mode: drill)."""
+    policy_ref: LocalObjectRef | None = None
+    """A BackupPolicy in this namespace whose repository keeps the report of every run
+    (drills and real failovers, under `drills/`, listed by `tonebridge-dr drills list`) and
+    an audit record of it; without one the report is only in status and an Event."""
 
     cel_rules = (
         Rule(None, "stage names must be unique", lambda p: unique(p.stages, "name")),

@@ -21,6 +21,7 @@ from typing import Final, TypedDict
 
 __all__ = [
     "AUDIT_PREFIX",
+    "DRILL_REPORTS",
     "ENGINES",
     "ENGINE_NAMES",
     "ENV_CHECKS",
@@ -265,6 +266,8 @@ RESTORE_TEST_REPORTS: Final = "restore-tests/"
 `<UTC start YYYYMMDDTHHMMSSZ>-<name>.json` and its `.json.sha256`."""
 
 
+DRILL_REPORTS: Final = "drills/"
+"""Where FailoverPlan run reports (drills and real failovers) go in a policy's repository."""
 AUDIT_PREFIX: Final = "audit/"
 """Where audit records live, relative to the repository (policy) folder:
 `audit/YYYY/MM/DD/<UTC start YYYYMMDDTHHMMSS.ffffffZ>-<operation>-<random>.json`, one per

@@ -486,6 +486,37 @@ def _restore_tests_list(args: argparse.Namespace) -> Outcome:
     return Outcome(rows, show, summary)
 
 
+_DRILL_COLUMNS = (
+    ("completed_at", "COMPLETED"),
+    ("namespace", "NAMESPACE"),
+    ("plan", "PLAN"),
+    ("mode", "MODE"),
+    ("phase", "PHASE"),
+    ("elapsed_seconds", "SECONDS"),
+    ("rto_met", "RTO MET"),
+    ("checksum", "CHECKSUM"),
+)
+
+
+def _drills_list(args: argparse.Namespace) -> Outcome:
+    from tonebridge_dr.runner.repository import reports
+
+    stored = reports.list_reports(_open_repo(args).storage, prefix=reports.DRILL_PREFIX)
+    rows = [report.drill_row() for report in stored]
+    bad = [row["key"] for row in rows if row["checksum"] != reports.CHECKSUM_OK]
+    for key in bad:
+        log.warning("failover report %s: its checksum does not verify", key)
+    summary = {"reports": len(rows), "latest": rows[0]["key"] if rows else None, "unverified": bad}
+
+    def show(out: TextIO) -> None:
+        if rows:
+            result.print_table(rows, _DRILL_COLUMNS, out)
+        else:
+            out.write("no failover or drill reports\n")
+
+    return Outcome(rows, show, summary)
+
+
 # --- audit trail --------------------------------------------------------------------------------
 _AUDIT_COLUMNS = (
     ("started_at", "STARTED"),
@@ -865,6 +896,18 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     _common(test_listing)
     test_listing.set_defaults(handler=_restore_tests_list)
+
+    drills = verbs.add_parser(
+        "drills", help="reports of FailoverPlan runs (drills and real failovers)"
+    )
+    drill_actions = drills.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=console.Parser
+    )
+    drill_listing = drill_actions.add_parser(
+        "list", help="reports, newest first, each checked against its recorded SHA-256"
+    )
+    _common(drill_listing)
+    drill_listing.set_defaults(handler=_drills_list)
 
     audit_parser = verbs.add_parser(
         "audit", help="the audit trail: one record per backup, restore, prune and restore test"

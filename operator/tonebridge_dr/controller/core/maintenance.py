@@ -33,6 +33,7 @@ import logging
 import socket
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from tonebridge_dr.api import runner_contract
 from tonebridge_dr.api.common import Retention
@@ -306,3 +307,44 @@ def _archive(
         if wal.moved:
             sentences.append(f"Moved {wal.moved} archived WAL file(s) to {storage_class}.")
     return len(report.moved), tuple(sentences)
+
+
+def record_run(
+    policy: BackupPolicy,
+    kube: Kube,
+    *,
+    name: str,
+    report: dict[str, Any],
+    succeeded: bool,
+    started: dt.datetime,
+) -> str:
+    """Store a FailoverPlan run's `report` under `drills/` in `policy`'s repository (with
+    its SHA-256, like restore-test reports) and one audit record (operation `failover`);
+    returns the report's key. Raises DRError / CredentialsMissing / ApiError: the caller
+    reports the failure (the run itself is over either way)."""
+    from tonebridge_dr.runner.repository import reports
+
+    url = names.policy_repository_url(policy.spec.repository.url, policy.metadata.name or "")
+    storage = open_storage(url, create=True, s3=_storage_config(policy, kube))
+    key = reports.free_key(storage, started, name, prefix=reports.DRILL_PREFIX)
+    reports.write_report(storage, key, report)
+    record = audit.AuditRecord(
+        operation="failover",
+        started_at=started,
+        finished_at=max(dt.datetime.now(dt.UTC), started),
+        outcome=audit.SUCCEEDED if succeeded else audit.FAILED,
+        who={"kind": "operator", "principal": "tonebridge-dr operator",
+             "host": socket.gethostname(), "plan": f"{report.get('namespace')}/"
+             f"{report.get('plan')}", "trigger": report.get("triggered_by")},
+        repository=storage.url,
+        details={"mode": report.get("mode"), "phase": report.get("phase"),
+                 "report": key, "stages": len(report.get("stages") or [])},
+        error_reason=None if succeeded else str(report.get("phase")),
+        error_message=None if succeeded else "see the report",
+        exit_code=0 if succeeded else 1,
+    )
+    try:
+        audit.write_record(storage, record)
+    except Exception as exc:  # the report is stored; the record is best effort
+        log.warning("%s: could not write the audit record of a failover run: %s", url, exc)
+    return key

@@ -42,10 +42,10 @@ from tonebridge_dr.api.failoverplan import (
     HealthState,
     StepRunState,
 )
-from tonebridge_dr.api.kinds import FailoverPlan
+from tonebridge_dr.api.kinds import BACKUP_POLICY, BackupPolicy, FailoverPlan
 from tonebridge_dr.builders import names
-from tonebridge_dr.controller.core import objects, runnow
-from tonebridge_dr.controller.core.kind import Controller
+from tonebridge_dr.controller.core import maintenance, objects, runnow
+from tonebridge_dr.controller.core.kind import Controller, api_kind
 from tonebridge_dr.controller.core.kube import ApiError
 from tonebridge_dr.controller.failoverplan import escalation, probes
 from tonebridge_dr.controller.failoverplan.steps import StepContext, StepProgress, StepState
@@ -385,6 +385,61 @@ class Engine:
         log.info("%s/%s: %s", *objects.ident(body), summary)
         self._event(body, reason, summary, warning=not ok)
         self.outbox.notify(plan, event, state=str(status.phase), message=summary[:900])
+        if plan.spec.policy_ref is not None:
+            self._store_report(plan, body, status, ok)
+
+    def _store_report(self, plan: FailoverPlan, body: Json, status: FailoverPlanStatus,
+                      ok: bool) -> None:
+        """The whole run report (stages, steps, diffs) into the repository of
+        `spec.policyRef`, plus an audit record; a failure is a Warning Event."""
+        assert plan.spec.policy_ref is not None
+        namespace, name = objects.ident(body)
+        policy_name = plan.spec.policy_ref.name
+        try:
+            found = self.ctx.kube.get_or_none(api_kind(BACKUP_POLICY), namespace, policy_name)
+            if found is None:
+                raise LookupError(f'BackupPolicy "{policy_name}" not found')
+            policy = objects.parse(BackupPolicy, found)
+            started = status.triggered_at or self.ctx.clock()
+            key = maintenance.record_run(
+                policy, self.ctx.kube, name=f"{namespace}.{name}",
+                report=run_report(namespace, name, status), succeeded=ok, started=started,
+            )
+        except Exception as exc:  # the run is over either way: say what was not kept
+            message = (f"the report of this run could not be stored in the repository of "
+                       f"BackupPolicy {policy_name}: {exc}")
+            log.warning("%s/%s: %s", namespace, name, message)
+            self._event(body, Reason.REPORT_NOT_STORED, message, warning=True)
+            return
+        self._event(body, Reason.REPORT_STORED,
+                    f"run report stored as {key} in the repository of BackupPolicy "
+                    f"{policy_name} (`tonebridge-dr drills list`)", warning=False)
+
+
+def run_report(namespace: str, name: str, status: FailoverPlanStatus) -> dict[str, Any]:
+    """What `drills list` shows of a run: identity, outcome, timings, every stage and step
+    with its message and diff (the status, which the next run overwrites, kept)."""
+    rto = next((c for c in status.conditions or () if c.type == "RTOMet"), None)
+    dumped = status.model_dump(mode="json", by_alias=False, exclude_none=True)
+    return {
+        "plan": name,
+        "namespace": namespace,
+        "mode": str(status.run_mode) if status.run_mode else None,
+        "phase": str(status.phase) if status.phase else None,
+        "token": status.run_token,
+        "triggered_by": status.triggered_by,
+        "started_at": dumped.get("triggered_at"),
+        "completed_at": dumped.get("completed_at"),
+        "elapsed_seconds": _elapsed_seconds(status),
+        "rto_met": None if rto is None else rto.status.value == "True",
+        "stages": dumped.get("stages") or [],
+    }
+
+
+def _elapsed_seconds(status: FailoverPlanStatus) -> float | None:
+    if status.triggered_at is None or status.completed_at is None:
+        return None
+    return round((status.completed_at - status.triggered_at).total_seconds(), 3)
 
 
 def drill_report(status: FailoverPlanStatus) -> dict[str, Any]:

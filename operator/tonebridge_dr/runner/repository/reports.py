@@ -1,9 +1,10 @@
-"""Restore test reports: the evidence a restore test leaves in the repository.
+"""Reports: the evidence restore tests and failover drills leave in the repository.
 
 Layout, relative to the repository URL (next to `base/` and `wal/`):
 
     restore-tests/<UTC start>-<name>.json          the report (indented JSON)
     restore-tests/<UTC start>-<name>.json.sha256   its SHA-256, `sha256sum` format, written last
+    drills/<UTC start>-<namespace>.<plan>.json     a FailoverPlan run's report (same scheme)
 
 `<UTC start>` is `YYYYMMDDTHHMMSSZ` (when the test started), so key order is time
 order; a second report of the same test in the same second gets `-2`, `-3`, ...
@@ -32,6 +33,7 @@ from tonebridge_dr.runner.storage.base import Storage
 log = logging.getLogger(__name__)
 
 PREFIX = runner_contract.RESTORE_TEST_REPORTS
+DRILL_PREFIX = runner_contract.DRILL_REPORTS
 REPORT_SUFFIX = ".json"
 CHECKSUM_SUFFIX = ".sha256"
 #: Checksum states `list_reports` gives each report.
@@ -57,11 +59,12 @@ def check_name(name: str) -> str:
     return name
 
 
-def free_key(storage: Storage, started_at: dt.datetime, name: str) -> str:
-    """The key a report of test `name` started at `started_at` gets: the first one free."""
+def free_key(storage: Storage, started_at: dt.datetime, name: str, *,
+             prefix: str = PREFIX) -> str:
+    """The key a report of `name` started at `started_at` gets: the first one free."""
     stamp = started_at.astimezone(dt.UTC).strftime(_STAMP_FORMAT)
     for n in range(1, _MAX_SUFFIX):
-        key = f"{PREFIX}{stamp}-{name}{'' if n == 1 else f'-{n}'}{REPORT_SUFFIX}"
+        key = f"{prefix}{stamp}-{name}{'' if n == 1 else f'-{n}'}{REPORT_SUFFIX}"
         if storage.head(key) is None:
             return key
     raise errors.ConflictError(f"no free report key for {name} at {stamp}")
@@ -82,7 +85,7 @@ def write_report(storage: Storage, key: str, payload: Mapping[str, Any]) -> str:
     digest = hashlib.sha256(data).hexdigest()
     storage.put_bytes(key, data)
     storage.put_bytes(key + CHECKSUM_SUFFIX, f"{digest}  {key.rsplit('/', 1)[-1]}\n".encode())
-    log.info("restore test report stored as %s (sha256 %s)", key, digest)
+    log.info("report stored as %s (sha256 %s)", key, digest)
     return digest
 
 
@@ -116,16 +119,35 @@ class StoredReport:
             "checksum": self.checksum,
         }
 
+    def drill_row(self) -> dict[str, Any]:
+        """The stable `--json` row of `drills list`."""
+        data = self.data or {}
+        return {
+            "key": self.key,
+            "plan": data.get("plan"),
+            "namespace": data.get("namespace"),
+            "mode": data.get("mode"),
+            "phase": data.get("phase"),
+            "token": data.get("token"),
+            "started_at": data.get("started_at"),
+            "completed_at": data.get("completed_at"),
+            "elapsed_seconds": data.get("elapsed_seconds"),
+            "rto_met": data.get("rto_met"),
+            "stages": data.get("stages"),
+            "sha256": self.sha256,
+            "checksum": self.checksum,
+        }
+
 
 def _recorded(text: bytes) -> str | None:
     head = text.decode("ascii", "replace").split()
     return head[0].lower() if head and re.fullmatch(r"[0-9a-fA-F]{64}", head[0]) else None
 
 
-def list_reports(storage: Storage) -> list[StoredReport]:
-    """Every report under `restore-tests/`, newest first, each read and checked against its
-    recorded SHA-256 (one LIST, two GETs per report)."""
-    keys = {info.key for info in storage.list(PREFIX)}
+def list_reports(storage: Storage, *, prefix: str = PREFIX) -> list[StoredReport]:
+    """Every report under `prefix` (default `restore-tests/`), newest first, each read and
+    checked against its recorded SHA-256 (one LIST, two GETs per report)."""
+    keys = {info.key for info in storage.list(prefix)}
     found: list[StoredReport] = []
     for key in sorted((k for k in keys if k.endswith(REPORT_SUFFIX)), reverse=True):
         try:
