@@ -235,3 +235,100 @@ def test_the_six_stage_region_plan_rehearses_end_to_end(
     audit = _cli_json(moto_server, "audit", "list", "--repo", f"s3://{bucket}/dr/reports",
                       "--operation", "failover")
     assert len(audit) == 1 and audit[0]["details"]["report"] == kept["key"]
+
+
+def test_automatic_failover_promotes_switches_rolls_out_and_updates_dns(
+    sandbox: Sandbox, namespace: str, pg_factory: PgFactory, moto_server: str,
+    operator_factory: Any,
+) -> None:
+    """Automatic mode for real: the primary stops; after `fall` failed probes the standby is
+    promoted and takes writes, the Service selects the new pods (its EndpointSlice lists
+    them), the Deployment rolled out (a new ReplicaSet), the Route 53 record holds the new
+    value; status shows each stage's elapsed time and rtoMet."""
+    primary = pg_factory.start("fp-auto-primary")
+    standby = pg_factory.start_standby(primary, "fp-auto-standby")
+    wait_for(lambda: _in_recovery(standby), 60, message="the standby to run")
+    route53 = boto3.client("route53", endpoint_url=moto_server, region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+    zone = str(route53.create_hosted_zone(
+        Name="tonebridge.io.", CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
+    ).split("/")[-1]
+    route53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [{
+        "Action": "UPSERT", "ResourceRecordSet": {
+            "Name": RECORD, "Type": "CNAME", "TTL": 300,
+            "ResourceRecords": [{"Value": OLD_VALUE}]}}]})
+    standby_pods = _workload("Deployment", "postgres-standby")
+    standby_pods["spec"]["template"]["metadata"]["labels"] = {"app": "postgres-standby",
+                                                              "role": "standby"}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+               "spec": {"selector": {"app": "postgres-primary"}, "ports": [{"port": 5432}]}}
+    stages = [
+        {"name": "database", "priority": 1, "rto": "2m", "steps": [
+            {"name": "promote", "promotePostgres": {
+                "dsnSecretRef": {"name": "standby-admin", "key": "dsn"}}},
+            {"name": "switch", "switchService": {"service": "db",
+                                                 "selector": {"role": "standby"}}},
+            {"name": "dns", "updateDNS": {
+                "hostedZoneId": zone, "recordName": RECORD, "recordType": "CNAME",
+                "values": ["standby-db.us-west-2.tonebridge.io"], "ttl": 60,
+                "credentialsSecretRef": {"name": "route53-failover"}}},
+        ]},
+        {"name": "api", "priority": 2, "rto": "4m", "steps": [
+            {"name": "restart", "rolloutRestart": {"name": "gateway"}},
+        ]},
+    ]
+    plan = {"apiVersion": "dr.tonebridge.io/v1alpha1", "kind": "FailoverPlan",
+            "metadata": {"name": "db-failover"},
+            "spec": {"mode": "automatic", "stages": stages, "trigger": {"healthCheck": {
+                "kind": "postgres", "target": f"127.0.0.1:{primary.port}",
+                "intervalSeconds": 1, "timeoutSeconds": 1, "rise": 1, "fall": 3}}}}
+    apply_docs(
+        sandbox, namespace, _workload("Deployment", "gateway"), standby_pods, service,
+        secret_doc("standby-admin", {"dsn": _dsn(standby)}),
+        secret_doc("route53-failover", {"AWS_ACCESS_KEY_ID": "testing",
+                                        "AWS_SECRET_ACCESS_KEY": "testing"}),
+        plan,
+    )
+    op = operator_factory(namespace, env={"AWS_ENDPOINT_URL_ROUTE53": moto_server,
+                                          "AWS_REGION": "us-east-1"})
+    wait_for(lambda: ((get_json(sandbox, namespace, "failoverplan", "db-failover")
+                       .get("status") or {}).get("health") or {}).get("state") == "Up",
+             60, message=op.log_tail)
+    before = get_json(sandbox, namespace, "deployment", "gateway")["metadata"]["generation"]
+    primary.stop()
+
+    def finished() -> dict[str, Any] | None:
+        status = get_json(sandbox, namespace, "failoverplan", "db-failover").get(
+            "status") or {}
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    done = wait_for(finished, 180, message=op.log_tail)
+    failed = [s for s in done.get("stages") or [] if s["state"] != "Succeeded"]
+    assert done["phase"] == "Succeeded", json.dumps(failed)[:4000]
+    for stage in done["stages"]:
+        assert stage["rtoMet"] is True and 0 < stage["elapsedSeconds"] <= stage["rtoSeconds"]
+    # promoted, and takes writes
+    assert not _in_recovery(standby)
+    standby.execute("postgres", "CREATE TABLE after_failover (id int)")
+    # the Service selects the standby's pods, and its EndpointSlice lists them
+    assert get_json(sandbox, namespace, "service", "db")["spec"]["selector"] == {
+        "role": "standby"}
+    slices = get_json(sandbox, namespace, "endpointslices")["items"]
+    endpoints = [e for s in slices
+                 if s["metadata"]["labels"].get("kubernetes.io/service-name") == "db"
+                 for e in s.get("endpoints") or []]
+    assert endpoints and all(e["conditions"]["ready"] for e in endpoints)
+    # the Deployment rolled out: a new generation, a new ReplicaSet, complete
+    gateway = get_json(sandbox, namespace, "deployment", "gateway")
+    assert gateway["metadata"]["generation"] > before
+    annotations = gateway["spec"]["template"]["metadata"].get("annotations") or {}
+    assert "kubectl.kubernetes.io/restartedAt" in annotations
+    sets = [r for r in get_json(sandbox, namespace, "replicasets")["items"]
+            if r["metadata"]["name"].startswith("gateway-")]
+    assert len(sets) == 2
+    assert gateway["status"].get("updatedReplicas") == 1
+    # the DNS record holds the new value
+    records = route53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+    cname = [r for r in records if r["Name"] == RECORD + "." and r["Type"] == "CNAME"]
+    assert [v["Value"] for v in cname[0]["ResourceRecords"]] == [
+        "standby-db.us-west-2.tonebridge.io"]
