@@ -564,6 +564,9 @@ class BackupPolicyStatus(StatusModel):
     """Newest point in time to which the whole database can be restored: the newest full
     backup (not a table-subset dump), or the newest archived WAL that follows a retained
     physical base backup without a gap; the RPOMet message names which."""
+    recovery_window_start: Time | None = None
+    """Oldest point in time that can be restored: the end of the oldest full backup kept
+    (the recoverability window is from here to recoveryPoint)."""
     last_table_backup: TableBackupSummary | None = None
     """The newest table-subset (hot-table) backup; it counts for its tables only."""
     rpo_age_seconds: Annotated[float, Field(ge=0)] | None = None

@@ -92,6 +92,7 @@ class Reason(StrEnum):
     RPO_MISSED = "RPOMissed"
     RPO_UNKNOWN = "RPOUnknown"
     NO_FULL_RECOVERY_POINT = "NoFullRecoveryPoint"
+    NO_BACKUP_YET = "NoBackupYet"
     """RPOMet: the repository holds only table-subset dumps (hot tables), nothing that
     restores the whole database."""
     APPEND_ONLY_ENABLED = "AppendOnlyEnabled"

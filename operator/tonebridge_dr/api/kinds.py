@@ -207,6 +207,8 @@ BACKUP_POLICY = KindInfo(
                       description="The newest finished RestoreTest of the policy passed"),
         PrinterColumn("READY", _condition("Ready"), description="Ready condition"),
         AGE,
+        PrinterColumn("RECOVERABLE FROM", ".status.recoveryWindowStart", "date",
+                      "Oldest point in time that can be restored", priority=1),
         PrinterColumn("KEPT", ".status.retention.kept", "integer",
                       "Backups the last retention run kept", priority=1),
         PrinterColumn("PITR FROM", ".status.retention.pitrWindowStart", "date",

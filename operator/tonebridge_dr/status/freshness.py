@@ -35,6 +35,7 @@ from tonebridge_dr.api.conditions import Condition, Reason
 from tonebridge_dr.api.formats import format_duration
 from tonebridge_dr.status import conditions
 from tonebridge_dr.status.backuppolicy import backup_method
+from tonebridge_dr.status.dataatrisk import ArchiverState, DataAtRisk, data_at_risk
 from tonebridge_dr.status.recoverypoint import (
     BackupRecord,
     RecoveryPoint,
@@ -95,6 +96,19 @@ class FreshnessChange:
     new_state: str
     message: str
     reason: str = ""
+
+
+def _at_risk(found: RecoveryPoint, archiver: ArchiverState | None,
+             now: datetime) -> DataAtRisk | None:
+    """Data at risk, when the recovery point is WAL and the server's archiver agrees with
+    the catalog (its last archived segment is not past the end of the gap-free chain: a
+    gap, or a catalog that lags, keeps the catalog's own, older answer)."""
+    if archiver is None or found.source != "wal" or found.segment is None:
+        return None
+    last = archiver.last_archived_wal
+    if last is None or len(last) != len(found.segment[:24]) or last > found.segment[:24]:
+        return None
+    return data_at_risk(archiver, now)
 
 
 def find_recovery_point_of(summary: CatalogSummary) -> RecoveryPoint | None:
@@ -190,12 +204,20 @@ def assess_freshness(
     *,
     generation: int | None,
     now: datetime,
+    archiver: ArchiverState | None = None,
+    created_at: datetime | None = None,
 ) -> tuple[BackupPolicyStatus, FreshnessChange | None]:
     """Status with recoveryPoint, rpoAgeSeconds, catalog counters, RPOMet and BackupStale
     set from `summary` at `now`; plus the RPOMet change, if any (see module docstring).
 
     Pure and deterministic in its arguments; on a catalog error the last known recovery
     point and counters are kept and both conditions become Unknown.
+
+    `archiver` (an `archive_command` policy whose database answered): when the recovery
+    point is WAL, RPO is the data at risk (status/dataatrisk.py) instead of the age of the
+    newest archived segment, so an idle, fully archived server meets its RPO.
+    `created_at` (the policy's creation): a policy without any backup misses its RPO once
+    it is older than the RPO (reason NoBackupYet) instead of staying Unknown.
     """
     current = status or BackupPolicyStatus()
     old = conditions.get_condition(current.conditions, conditions.RPO_MET)
@@ -214,6 +236,8 @@ def assess_freshness(
         found = find_recovery_point_of(summary)
         point = found.time if found is not None else None
         updates["recovery_point"] = point
+        oldest = min((b.finished_at for b in summary.backups if b.is_full), default=None)
+        updates["recovery_window_start"] = oldest if point is not None else None
         updates["rpo_age_seconds"] = (
             float(int(_age(now, point).total_seconds())) if point is not None else None
         )
@@ -227,6 +251,12 @@ def assess_freshness(
             else:
                 reason, rpo_status = Reason.NO_FULL_RECOVERY_POINT.value, "False"
                 rpo_message += f", which never meet the RPO of {_text(rpo)}"
+        elif found is None and rpo is not None and created_at is not None and (
+            _age(now, created_at) > rpo
+        ):
+            reason, rpo_status = Reason.NO_BACKUP_YET.value, "False"
+            rpo_message = (f"no backup yet, {_text(_age(now, created_at))} after the policy was "
+                           f"created: beyond the RPO of {_text(rpo)}")
         elif found is None:
             reason = Reason.NO_BACKUPS.value
             rpo_status = "Unknown"
@@ -234,6 +264,12 @@ def assess_freshness(
         else:
             age = _age(now, found.time)
             described = f"the newest recovery point, {found.describe()}, is {_text(age)} old"
+            risk = _at_risk(found, archiver, now)
+            if risk is not None:
+                age = risk.age
+                described = f"{risk.sentence}; the newest recovery point is {found.describe()}"
+                if risk.age > timedelta(0):
+                    described += f"; {_text(risk.age)} of changes at risk"
             if rpo is None:
                 reason, rpo_status = Reason.NO_OBJECTIVE.value, "Unknown"
                 rpo_message = f"{described}; no objectives.rpo is set"

@@ -30,7 +30,7 @@ from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.api.restoretest import RestoreTestStatus
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
-from tonebridge_dr.controller.core import notify, objects
+from tonebridge_dr.controller.core import database, notify, objects
 from tonebridge_dr.status import conditions, restorable
 from tonebridge_dr.status.freshness import (
     CatalogSummary,
@@ -38,6 +38,7 @@ from tonebridge_dr.status.freshness import (
     assess_freshness,
     recovery_point,
 )
+from tonebridge_dr.status.jobs import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,10 @@ def tick(
         return None  # reconcile reports it
     read = ctx.catalog.read(policy, ctx.kube)
     summary = read.summary
+    archiver = database.observe(policy, ctx.kube)
+    if archiver is not None and archiver.error is not None:
+        log.info("%s/%s: RPO from the catalog only: %s", namespace, name, archiver.error)
+    created_at = parse_time(metadata.get("creationTimestamp"))
     now = ctx.clock()
     changes: list[FreshnessChange | None] = [None]
     objectives = policy.spec.objectives
@@ -102,7 +107,7 @@ def tick(
     def mutate(current: Json, status: BackupPolicyStatus | None) -> BackupPolicyStatus:
         generation = (current.get("metadata") or {}).get("generation")
         new, change = assess_freshness(status, summary, objectives, generation=generation,
-                                       now=now)
+                                       now=now, archiver=archiver, created_at=created_at)
         changes[0] = change
         if restore_tests is not None:
             new = restorable.assess_restorable(
