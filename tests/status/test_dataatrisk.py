@@ -36,10 +36,25 @@ def test_a_position_inside_or_at_the_end_of_the_archived_segment_risks_nothing()
 def test_changes_past_the_archived_segment_are_at_risk_since_it_was_archived() -> None:
     risk = data_at_risk(state(11 * SEG + 100), NOW)
     assert risk is not None and risk.age == timedelta(hours=5)
-    assert "not archived yet" in risk.sentence and "archiving fails" not in risk.sentence
-    failing = data_at_risk(state(11 * SEG + 100, last_failed_wal="00000001000000000000000B",
+    assert "may not be archived yet" in risk.sentence and "set archive_timeout" in risk.sentence
+    failing = data_at_risk(state(10 * SEG + 100, last_failed_wal="00000001000000000000000B",
                                  last_failed_time=NOW - timedelta(minutes=1)), NOW)
-    assert failing is not None and "archiving fails: 00000001000000000000000B" in failing.sentence
+    assert failing is not None and failing.age == timedelta(hours=5)
+    assert failing.sentence.startswith("archiving fails: 00000001000000000000000B")
+
+
+def test_bookkeeping_wal_past_archive_timeout_is_no_risk() -> None:
+    """An idle server writes running-xacts records PostgreSQL never switches a segment
+    for: past archive_timeout (+ slack) without a switch, nothing real is pending."""
+    idle = data_at_risk(state(11 * SEG + 0x60, archive_timeout=timedelta(minutes=5)), NOW)
+    assert idle is not None and idle.age == timedelta(0)
+    assert "bookkeeping WAL" in idle.sentence
+    recent = ArchiverState(current_lsn=11 * SEG + 0x60,
+                           last_archived_wal="00000001000000000000000A",
+                           last_archived_time=NOW - timedelta(minutes=2),
+                           archive_timeout=timedelta(minutes=5))
+    risk = data_at_risk(recent, NOW)
+    assert risk is not None and risk.age == timedelta(minutes=2)
 
 
 def test_unknown_states_judge_nothing() -> None:
@@ -77,7 +92,7 @@ def test_an_idle_fully_archived_server_meets_its_rpo() -> None:
     assert (value, reason) == ("True", "ObjectiveMet")
     assert message.startswith("every change is archived") and "within the RPO of 1h" in message
     busy, _ = assess_freshness(None, _summary(), hour, generation=1, now=NOW,
-                               archiver=state(11 * SEG + 1))
+                               archiver=state(11 * SEG + 1))  # archive_timeout off
     value, reason, message = _rpo(busy)
     assert (value, reason) == ("False", "ObjectiveMissed") and "5h of changes at risk" in message
 

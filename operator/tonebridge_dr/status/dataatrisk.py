@@ -4,14 +4,20 @@ For a policy whose database archives WAL with `archive_command`, the operator as
 server (`pg_stat_archiver` and `pg_current_wal_lsn()`, read-only) where its WAL is and
 what it archived last (`ArchiverState`). `data_at_risk` then says:
 
+* archiving fails (`last_failed_time` after `last_archived_time`): the changes since the
+  last archived segment are at risk, their age counted from when it was archived.
 * the server's WAL position lies within the last archived segment (or at its end): every
-  change is in the repository, nothing is at risk, however old that segment is. An idle
-  night with everything archived meets any RPO.
-* the server wrote past the last archived segment: the changes since then are only on the
-  server. Their age is counted from when that segment was archived. This is a lower bound:
-  the oldest of those changes may be up to one `archive_timeout` older.
-* archiving fails (`last_failed_time` after `last_archived_time`): said in the sentence;
-  the age keeps growing until it works again.
+  change is in the repository, nothing is at risk, however old that segment is.
+* the server wrote past the last archived segment, longer ago than its `archive_timeout`
+  (plus ARCHIVE_SLACK for the upload): an idle server still writes a little bookkeeping
+  WAL (running-transaction snapshots, checkpoints), which PostgreSQL marks unimportant and
+  never switches a segment for; a real change would have made it switch and archive
+  within `archive_timeout`. Nothing is at risk: an idle night meets any RPO.
+* otherwise (within `archive_timeout` of the last archive, or `archive_timeout` off): the
+  changes past the last archived segment are only on the server; their age is counted
+  from when that segment was archived (a lower bound: the oldest may be up to one
+  `archive_timeout` older). With `archive_timeout` off an idle server cannot be told from
+  one with unarchived changes: the sentence says to set it.
 
 Pure: the controller (controller/core/database.py) observes, this module decides.
 """
@@ -24,6 +30,8 @@ from datetime import UTC, datetime, timedelta
 __all__ = ["ArchiverState", "DataAtRisk", "data_at_risk", "segment_end"]
 
 _SEGMENT_NAME_LENGTH = 24
+#: How long an archive_command may take after a segment switch, on top of archive_timeout.
+ARCHIVE_SLACK = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class ArchiverState:
     last_failed_wal: str | None = None
     last_failed_time: datetime | None = None
     segment_size: int = 16 * 1024 * 1024
+    archive_timeout: timedelta = timedelta(0)
+    """The server's archive_timeout (0: off)."""
     error: str | None = None
     """Why the server could not be asked (unreachable, refused): then nothing is judged."""
 
@@ -80,14 +90,29 @@ def data_at_risk(state: ArchiverState, now: datetime) -> DataAtRisk | None:
     if end is None:
         return None
     archived = f"segment {state.last_archived_wal} archived at {_time(state.last_archived_time)}"
+    position = _lsn_text(state.current_lsn)
+    age = max(now - state.last_archived_time, timedelta(0))
+    failing = (state.last_failed_time is not None
+               and state.last_failed_time > state.last_archived_time)
+    if failing:
+        assert state.last_failed_time is not None
+        return DataAtRisk(age, (
+            f"archiving fails: {state.last_failed_wal or 'a segment'} failed at "
+            f"{_time(state.last_failed_time)}; changes after {_time(state.last_archived_time)} "
+            f"are not archived (the server is at WAL position {position}, the newest {archived})"
+        ))
     if state.current_lsn <= end:
         return DataAtRisk(timedelta(0), f"every change is archived (the server is at WAL "
-                                        f"position {_lsn_text(state.current_lsn)}, {archived})")
-    age = max(now - state.last_archived_time, timedelta(0))
-    sentence = (f"changes after {_time(state.last_archived_time)} are not archived yet (the "
-                f"server is at WAL position {_lsn_text(state.current_lsn)}, the newest "
-                f"{archived})")
-    if state.last_failed_time is not None and state.last_failed_time > state.last_archived_time:
-        sentence += (f"; archiving fails: {state.last_failed_wal or 'a segment'} failed at "
-                     f"{_time(state.last_failed_time)}")
+                                        f"position {position}, {archived})")
+    timeout = state.archive_timeout
+    if timeout > timedelta(0) and age > timeout + ARCHIVE_SLACK:
+        return DataAtRisk(timedelta(0), (
+            f"every change is archived (the server is at WAL position {position}, {archived}; "
+            f"what followed is bookkeeping WAL: archive_timeout "
+            f"{int(timeout.total_seconds())}s would have archived any change)"))
+    sentence = (f"changes after {_time(state.last_archived_time)} may not be archived yet (the "
+                f"server is at WAL position {position}, the newest {archived})")
+    if timeout <= timedelta(0):
+        sentence += ("; archive_timeout is off, so an idle server cannot be told from one "
+                     "with unarchived changes: set archive_timeout")
     return DataAtRisk(age, sentence)

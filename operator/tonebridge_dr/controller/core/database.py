@@ -11,6 +11,7 @@ without the DSN in it, and the RPO is then judged from the catalog alone.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import psycopg
 
@@ -26,7 +27,8 @@ QUERY = """
 SELECT CASE WHEN pg_is_in_recovery() THEN NULL
             ELSE pg_current_wal_lsn() - '0/0'::pg_lsn END,
        last_archived_wal, last_archived_time, last_failed_wal, last_failed_time,
-       current_setting('wal_segment_size')::bigint
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
+       (SELECT setting::int FROM pg_settings WHERE name = 'archive_timeout')
 FROM pg_stat_archiver
 """
 
@@ -64,7 +66,7 @@ def observe(policy: BackupPolicy, kube: Kube) -> ArchiverState | None:
         return ArchiverState(error=f"database: {text}")
     if row is None:
         return ArchiverState(error="pg_stat_archiver returned nothing")
-    lsn, archived_wal, archived_at, failed_wal, failed_at, segment_size = row
+    lsn, archived_wal, archived_at, failed_wal, failed_at, segment_size, timeout = row
     return ArchiverState(
         current_lsn=int(lsn) if lsn is not None else None,
         last_archived_wal=archived_wal,
@@ -72,4 +74,5 @@ def observe(policy: BackupPolicy, kube: Kube) -> ArchiverState | None:
         last_failed_wal=failed_wal,
         last_failed_time=failed_at,
         segment_size=int(segment_size),
+        archive_timeout=timedelta(seconds=int(timeout or 0)),
     )
