@@ -28,8 +28,8 @@ from tonebridge_dr.api.common import (
     Encryption,
     Notifications,
     Objectives,
+    PolicyRepository,
     Region,
-    Repository,
     ResourceRequirements,
     Retention,
     SecretKeyRef,
@@ -49,6 +49,7 @@ __all__ = [
     "KubernetesTarget",
     "PostgresTarget",
     "RedisTarget",
+    "ReplicaStatus",
     "RestoreTestSummary",
     "Schedule",
     "TableBackupSummary",
@@ -310,7 +311,7 @@ class BackupPolicySpec(SpecModel):
         ),
     ]
     """Named cron schedules, e.g. daily-full (logical), hourly-hot (hot tables), daily-physical."""
-    repository: Repository
+    repository: PolicyRepository
     """Where backups go."""
     compression: Compression = Field(default_factory=Compression)
     """Compression of backup streams (default zstd)."""
@@ -539,6 +540,32 @@ class RestoreTestSummary(StatusModel):
     """The test's own judgement against its objectives.rto."""
 
 
+class ReplicaStatus(StatusModel):
+    """One replica of the repository (spec.repository.replicas), from its newest
+    replication Job (`tonebridge-dr replicate`)."""
+
+    url: str
+    """The replica's folder for this policy (no credentials)."""
+    last_backup: str | None = None
+    """Newest backup of the primary the replica holds (verified, manifest last)."""
+    last_backup_time: Time | None = None
+    """When that backup finished."""
+    last_wal_segment: str | None = None
+    """Newest complete WAL segment the replica holds."""
+    synced_at: Time | None = None
+    """Start of the newest replication that left nothing missing: the replica then held
+    every backup and WAL file the primary held."""
+    lag_seconds: Annotated[float, Field(ge=0)] | None = None
+    """How far the replica was behind the primary when the newest replication ended (0: in
+    sync)."""
+    last_run_time: Time | None = None
+    """When the newest replication Job finished."""
+    last_error: str | None = None
+    """Reason of the newest replication's failure for this replica (None: it succeeded)."""
+    message: str | None = None
+    """What was not copied, one line."""
+
+
 class BackupPolicyStatus(StatusModel):
     """Observed state of a BackupPolicy, computed from Jobs and the repository catalog."""
 
@@ -579,5 +606,7 @@ class BackupPolicyStatus(StatusModel):
     """The last retention run of the operator."""
     run_now: RunNowStatus | None = None
     """The backup of the last run-now token (wait on its phase)."""
+    replicas: Annotated[list[ReplicaStatus], Field(max_length=3)] | None = None
+    """Each replica of the repository: newest copied backup and WAL, lag, last error."""
     kopf: FreeForm | None = None
     """Reserved for the kopf framework's own bookkeeping."""

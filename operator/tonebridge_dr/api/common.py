@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import Field, StrictInt
 from pydantic.json_schema import JsonSchemaValue
@@ -39,7 +39,9 @@ __all__ = [
     "ObjectLock",
     "ObjectLockMode",
     "Objectives",
+    "PolicyRepository",
     "Region",
+    "Replica",
     "Repository",
     "ResourceList",
     "ResourceRequirements",
@@ -213,14 +215,49 @@ class ObjectLock(SpecModel):
         return self.retain_for == FROM_RETENTION
 
 
+RepositoryUrl = Annotated[
+    str,
+    Field(max_length=1024),
+    Matches(formats.REPOSITORY_URL_RE, formats.REPOSITORY_URL_MESSAGE),
+]
+Endpoint = Annotated[
+    str, Field(max_length=1024), Matches(formats.HTTP_URL_RE, formats.HTTP_URL_MESSAGE)
+]
+
+REPLICA_LIMIT: Final = 3
+"""Most replicas of one repository (runner_contract.REPLICA_LIMIT)."""
+
+
+class Replica(SpecModel):
+    """A second repository, typically in another region, that receives a verified copy of
+    every backup and of the WAL archive (geo-redundancy, spec 11.1; docs/replicas.md). A
+    restore can name it as `source.repository` when the primary region is gone."""
+
+    url: RepositoryUrl
+    """s3://bucket/prefix (or file:///path); the policy's folder inside it is named like
+    the primary's: <url>/<policy name>."""
+    credentials_secret_ref: SecretRef | None = None
+    """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (optionally
+    AWS_SESSION_TOKEN) for the replica; it needs to read, list and write. Omit to use the
+    pod's own identity."""
+    region: Region | None = None
+    """AWS region of the replica bucket."""
+    endpoint: Endpoint | None = None
+    """Endpoint of an S3-compatible service (MinIO, moto); omit for AWS."""
+
+    cel_rules = (
+        Rule(
+            "!self.url.startsWith('file://') || !(has(self.region) || has(self.endpoint))",
+            "region and endpoint only apply to s3:// replicas",
+            lambda r: not _is_file(r.url) or (r.region is None and r.endpoint is None),
+        ),
+    )
+
+
 class Repository(SpecModel):
     """Where backups are stored: an S3 bucket (and prefix) or a local directory."""
 
-    url: Annotated[
-        str,
-        Field(max_length=1024),
-        Matches(formats.REPOSITORY_URL_RE, formats.REPOSITORY_URL_MESSAGE),
-    ]
+    url: RepositoryUrl
     """s3://bucket/prefix, or file:///path for a laptop or a mounted volume."""
     credentials_secret_ref: SecretRef | None = None
     """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (optionally AWS_SESSION_TOKEN)
@@ -230,12 +267,7 @@ class Repository(SpecModel):
     Defaults to credentialsSecretRef."""
     region: Region | None = None
     """AWS region of the bucket."""
-    endpoint: (
-        Annotated[
-            str, Field(max_length=1024), Matches(formats.HTTP_URL_RE, formats.HTTP_URL_MESSAGE)
-        ]
-        | None
-    ) = None
+    endpoint: Endpoint | None = None
     """Endpoint of an S3-compatible service (MinIO, moto); omit for AWS."""
     storage_class: StorageClass | None = None
     """Storage class of new backup objects (default: the bucket's default, STANDARD)."""
@@ -247,7 +279,7 @@ class Repository(SpecModel):
     """S3 Object Lock of every object written (docs/object-lock.md); the bucket must have
     Object Lock enabled."""
 
-    cel_rules = (
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             "!self.url.startsWith('file://') || !(has(self.region) || has(self.endpoint)"
             " || has(self.storageClass) || has(self.sse) || has(self.kmsKeyId))",
@@ -268,6 +300,35 @@ class Repository(SpecModel):
             "!has(self.objectLock) || self.url.startsWith('s3://')",
             "objectLock needs an s3:// repository (Object Lock is an S3 feature)",
             lambda r: r.object_lock is None or r.url.startswith("s3://"),
+        ),
+    )
+
+
+class PolicyRepository(Repository):
+    """A BackupPolicy's repository: a Repository that may have replicas."""
+
+    replicas: Annotated[list[Replica], Field(max_length=REPLICA_LIMIT)] | None = None
+    """Up to 3 replica repositories (another region) that receive a verified copy of every
+    backup after it commits and of the WAL every 15 minutes (docs/replicas.md). A restore
+    from one names it as its source.repository."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        *Repository.cel_rules,
+        Rule(
+            "!has(self.replicas) || self.replicas.all(r, r.url.lowerAscii() != "
+            "self.url.lowerAscii() && r.url.lowerAscii() != self.url.lowerAscii() + '/'"
+            " && r.url.lowerAscii() + '/' != self.url.lowerAscii())",
+            "a replica's url must differ from the repository's own url",
+            lambda r: all(
+                rep.url.lower().rstrip("/") != r.url.lower().rstrip("/")
+                for rep in r.replicas or ()
+            ),
+        ),
+        Rule(
+            "!has(self.replicas) || self.replicas.all(r, self.replicas.exists_one(x, "
+            "x.url == r.url))",
+            "replica urls must be unique",
+            lambda r: len({rep.url for rep in r.replicas or ()}) == len(r.replicas or ()),
         ),
     )
 
@@ -367,6 +428,10 @@ class Objectives(SpecModel):
     """Recovery time objective: restores (measured by RestoreTests) must finish within this."""
     stale_after: PositiveDuration | None = None
     """Raise BackupStale when the newest backup is older than this (default: rpo, else 25h)."""
+    replica_rpo: PositiveDuration | None = None
+    """Recovery point objective of the replicas (repository.replicas): RPOMet is False while
+    the worst replica is further behind than this (how long ago it last held everything
+    the primary held, or the primary's own recovery point age when that is older)."""
 
 
 class NotificationEvent(StrEnum):

@@ -95,6 +95,13 @@ class Reason(StrEnum):
     NO_BACKUP_YET = "NoBackupYet"
     """RPOMet: the repository holds only table-subset dumps (hot tables), nothing that
     restores the whole database."""
+    REPLICA_BEHIND = "ReplicaBehind"
+    """RPOMet: a replica of the repository is further behind than objectives.replicaRpo
+    (or never held a complete copy)."""
+    REPLICATED = "Replicated"
+    """Event: a replication Job copied new backups or WAL to every replica."""
+    REPLICATION_FAILED = "ReplicationFailed"
+    """Event: a replication Job left a replica without something the primary holds."""
     APPEND_ONLY_ENABLED = "AppendOnlyEnabled"
     APPEND_ONLY_DISABLED = "AppendOnlyDisabled"
     APPEND_ONLY_UNKNOWN = "AppendOnlyUnknown"

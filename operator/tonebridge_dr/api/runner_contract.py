@@ -51,6 +51,8 @@ __all__ = [
     "EXIT_OK",
     "EXIT_TERMINATED",
     "FROM_RETENTION_INITIAL_LOCK",
+    "REPLICA_ENV_KEYS",
+    "REPLICA_LIMIT",
     "RESTORE_TEST_REPORTS",
     "TERMINATION_LIMIT",
     "WAL_FETCH_ABORT",
@@ -58,12 +60,14 @@ __all__ = [
     "WAL_FETCH_NOT_FOUND",
     "EngineSpec",
     "ExitCode",
+    "ReplicaResult",
     "RestoreTestCheck",
     "RestoreTestResult",
     "TerminationError",
     "exit_code",
     "non_retriable_backup_codes",
     "non_retriable_restore_codes",
+    "replica_env",
 ]
 
 # -- environment of runner pods ---------------------------------------------------------------
@@ -118,6 +122,27 @@ for a pod of a Deployment."""
 ENV_CHECKS: Final = "TONEBRIDGE_DR_CHECKS"
 """The checks of a restore test: a JSON list of {"name", "query", "expect": {"equals" |
 "min" | "max" | "nonEmpty"}}, exactly the RestoreTest spec's `checks` (camelCase)."""
+
+
+REPLICA_ENV_KEYS: Final = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL_S3",
+)
+"""What `replicate` reads for its N-th `--to` replica (1-based), each as
+`replica_env(N, key)`: the replica's own credentials (secretKeyRef only), region and
+endpoint. A key that is unset falls back to nothing (never to the primary's)."""
+REPLICA_LIMIT: Final = 3
+"""Most replicas a policy may have (`spec.repository.replicas`): keeps one Job's
+termination message within TERMINATION_LIMIT."""
+
+
+def replica_env(index: int, key: str) -> str:
+    """`TONEBRIDGE_DR_REPLICA_<index>_<key>`, e.g. TONEBRIDGE_DR_REPLICA_1_AWS_REGION."""
+    return f"TONEBRIDGE_DR_REPLICA_{index}_{key}"
+
 
 # -- exit codes ------------------------------------------------------------------------------
 
@@ -259,6 +284,25 @@ class RestoreTestResult(TypedDict):
     passed: bool  # every check passed
     checks: list[RestoreTestCheck]
     report_key: str | None  # the report in the repository; None when it could not be stored
+
+
+class ReplicaResult(TypedDict):
+    """One replica in the result of `replicate` (`{"replicas": [...]}`, also its
+    termination message; a failed run adds TerminationError's three keys to the whole)."""
+
+    url: str  # the replica's policy folder, without credentials
+    backups_copied: int  # complete backups copied by this run
+    backups_missing: int  # complete backups of the primary the replica still lacks
+    wal_copied: int  # WAL objects copied by this run
+    wal_missing: int  # WAL objects of the primary the replica still lacks
+    bytes_copied: int  # stored bytes uploaded (backups and WAL)
+    last_backup: str | None  # newest backup of the primary the replica holds
+    last_backup_time: str | None  # its finished_at, RFC 3339 UTC
+    last_wal_segment: str | None  # newest complete WAL segment the replica holds
+    synced_at: str | None  # start of this run when it left nothing missing, else None
+    lag_seconds: float | None  # newest primary recovery data minus newest in the replica
+    error: str | None  # an ExitCode reason when something was not copied
+    message: str | None  # one line, no secrets
 
 
 RESTORE_TEST_REPORTS: Final = "restore-tests/"

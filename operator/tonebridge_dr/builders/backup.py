@@ -43,7 +43,7 @@ from tonebridge_dr.api.runner_contract import (  # re-exported: the runner envir
     ENV_S3_SSE_KMS_KEY_ID,
     FROM_RETENTION_INITIAL_LOCK,
 )
-from tonebridge_dr.builders import metadata, names, pods
+from tonebridge_dr.builders import metadata, names, pods, replicas
 from tonebridge_dr.builders.names import CONTAINER_BACKUP, CONTAINER_WAL_STREAM
 from tonebridge_dr.builders.pods import TERMINATION_MESSAGE_PATH, TMP_MOUNT_PATH
 from tonebridge_dr.builders.pods import run_now_job as build_run_now_job
@@ -405,7 +405,8 @@ def build_wal_stream_deployment(
 
 
 def desired_objects(policy: BackupPolicy, settings: RunnerSettings) -> list[Manifest]:
-    """Everything `policy` owns: its CronJobs, then the WAL streamer Deployment if any.
+    """Everything `policy` owns: its CronJobs, the WAL streamer Deployment if any, then
+    the replication CronJob when the repository has replicas (builders/replicas.py).
 
     The controller applies these and deletes owned objects (same owner uid) that are not
     in the list. Raises `UnsupportedTarget` before building anything for targets without
@@ -416,4 +417,7 @@ def desired_objects(policy: BackupPolicy, settings: RunnerSettings) -> list[Mani
     deployment = build_wal_stream_deployment(policy, settings)
     if deployment is not None:
         objects.append(deployment)
+    replicate = replicas.build_replicate_cronjob(policy, settings)
+    if replicate is not None:
+        objects.append(replicate)
     return objects

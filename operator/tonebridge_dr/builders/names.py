@@ -51,12 +51,16 @@ __all__ = [
     "LABEL_RESTORE_REQUEST",
     "LABEL_RESTORE_TEST",
     "LABEL_SCHEDULE",
+    "LABEL_TASK",
     "MANAGED_BY",
     "NAME_LIMIT",
+    "TASK_REPLICATE",
     "cronjob_name",
     "instance_name",
     "label_value",
     "policy_repository_url",
+    "replicate_cronjob_name",
+    "replicate_job_name",
     "restore_claim_name",
     "restore_job_name",
     "restore_labels",
@@ -80,6 +84,9 @@ LABEL_POLICY = "dr.tonebridge.io/policy"
 """Name of the owning BackupPolicy (hash-shortened when longer than a label value allows)."""
 LABEL_SCHEDULE = "dr.tonebridge.io/schedule"
 """Name of the schedule (`spec.schedules[].name`) a CronJob / Job belongs to."""
+LABEL_TASK = "dr.tonebridge.io/task"
+"""What a Job of a policy does besides backing up: `replicate` (repository replicas)."""
+TASK_REPLICATE = "replicate"
 LABEL_RESTORE_REQUEST = "dr.tonebridge.io/restore-request"
 """Name of the RestoreRequest a Job, claim or instance belongs to (hash-shortened)."""
 LABEL_RESTORE_TEST = "dr.tonebridge.io/restore-test"
@@ -226,6 +233,18 @@ def run_now_job_name(policy_name: str, schedule_name: str, token: str) -> str:
     computes the same name, and the API server refuses the duplicate (409 AlreadyExists).
     """
     return _run_now_name(f"{policy_name}-{schedule_name}", token)
+
+
+def replicate_cronjob_name(policy_name: str) -> str:
+    """`<policy>-replicate`, at most 52 characters."""
+    return _fit(f"{policy_name}-replicate", CRONJOB_NAME_LIMIT)
+
+
+def replicate_job_name(policy_name: str, backup_id: str) -> str:
+    """The replication Job started after backup `backup_id` committed:
+    `<policy>-replicate-now-<hash>`, deterministic (a second recording of the backup Job
+    finds it there: 409 AlreadyExists)."""
+    return _run_now_name(f"{policy_name}-replicate", backup_id)
 
 
 def _run_now_name(base: str, token: str) -> str:

@@ -286,7 +286,7 @@ def resolve_backup_source(
         if policy is None or policy.metadata.name != source.policy_ref.name:
             raise ValueError(f'resolve_source needs BackupPolicy "{source.policy_ref.name}"')
         _check_policy(policy, engine, method, reader, needs)
-        repository = policy.spec.repository
+        repository: Repository = policy.spec.repository
         policy_name = source.policy_ref.name
         credentials = repository.restore_credentials_secret_ref
         fallback = credentials is None and repository.credentials_secret_ref is not None

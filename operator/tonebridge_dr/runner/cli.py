@@ -13,6 +13,7 @@ tonebridge-dr check --repo URL [--dsn DSN] [--archive-timeout DUR]
 tonebridge-dr audit list --repo URL [--since T] [--operation OP] [--json]
 tonebridge-dr audit prune --repo URL [--older-than 3y] [--dry-run] [--json]
 tonebridge-dr wal-push PATH | wal-fetch NAME DEST | wal-stream | wal-status | wal-prune
+tonebridge-dr replicate --repo URL --to URL [--to URL ...] [--no-wal] [--json]
 ```
 
 Audit trail: after `backup`, `restore`, `restore-test`, `backups prune`, `wal-prune` and
@@ -398,6 +399,18 @@ def _backups_rehydrate(args: argparse.Namespace) -> Outcome:
         lambda out: result.print_mapping({k: v for k, v in payload.items() if k != "keys"}, out),
         {k: v for k, v in payload.items() if k != "keys"},
     )
+
+
+def _replicate(args: argparse.Namespace) -> Outcome:
+    from tonebridge_dr.runner.engines import replicas
+
+    payload = replicas.run(args, _repo_arg(args))
+
+    def show(out: TextIO) -> None:
+        for row in payload["replicas"]:
+            result.print_mapping(row, out)
+
+    return Outcome(payload, show, payload)
 
 
 def _check(args: argparse.Namespace) -> Outcome:
@@ -938,6 +951,16 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     audit_prune.set_defaults(handler=_audit_prune)
 
     _add_wal_verbs(verbs, argv)
+
+    replicate = verbs.add_parser(
+        "replicate", help="copy new backups and WAL to replica repositories (verified)"
+    )
+    _common(replicate)
+    if "replicate" in argv:
+        from tonebridge_dr.runner.engines import replicas
+
+        replicas.add_arguments(replicate)
+    replicate.set_defaults(handler=_replicate)
 
     check = verbs.add_parser("check", help="check the repository (and a database) can be used")
     _common(check)

@@ -20,6 +20,7 @@ policy is not a change unless it finds the objective missed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +44,7 @@ from tonebridge_dr.status.recoverypoint import (
     find_recovery_point,
     newest_table_backup,
 )
+from tonebridge_dr.status.replicas import replica_rpo
 
 __all__ = [
     "DEFAULT_STALE_AFTER",
@@ -206,9 +208,14 @@ def assess_freshness(
     now: datetime,
     archiver: ArchiverState | None = None,
     created_at: datetime | None = None,
+    replicas: Sequence[str] = (),
 ) -> tuple[BackupPolicyStatus, FreshnessChange | None]:
     """Status with recoveryPoint, rpoAgeSeconds, catalog counters, RPOMet and BackupStale
     set from `summary` at `now`; plus the RPOMet change, if any (see module docstring).
+
+    `replicas` (the policy folder of each spec.repository.replicas entry): with
+    `objectives.replicaRpo` RPOMet also judges the worst replica (status/replicas.py):
+    False, reason ReplicaBehind, when it is further behind than that.
 
     Pure and deterministic in its arguments; on a catalog error the last known recovery
     point and counters are kept and both conditions become Unknown.
@@ -279,6 +286,17 @@ def assess_freshness(
             else:
                 reason, rpo_status = Reason.OBJECTIVE_MISSED.value, "False"
                 rpo_message = f"{described}, beyond the RPO of {_text(rpo)}"
+        replica_objective = objectives.replica_rpo if objectives is not None else None
+        if replica_objective is not None:
+            primary_age = _age(now, found.time) if found is not None else None
+            verdict = replica_rpo(current, replicas, replica_objective, primary_age, now)
+            if verdict is not None and not verdict.met and rpo_status != "False":
+                reason, rpo_status = Reason.REPLICA_BEHIND.value, "False"
+                rpo_message = f"{verdict.message}; {rpo_message}"
+            elif verdict is not None:
+                if verdict.met and reason == Reason.NO_OBJECTIVE.value and found is not None:
+                    reason, rpo_status = Reason.OBJECTIVE_MET.value, "True"
+                rpo_message = f"{rpo_message}; {verdict.message}"
 
         backup_time = summary.newest_backup_time
         if backup_time is None:

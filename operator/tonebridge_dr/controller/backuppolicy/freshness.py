@@ -29,6 +29,7 @@ from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.api.restoretest import RestoreTestStatus
+from tonebridge_dr.builders.replicas import replica_urls
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
 from tonebridge_dr.controller.core import database, notify, objects
 from tonebridge_dr.status import conditions, restorable
@@ -107,7 +108,8 @@ def tick(
     def mutate(current: Json, status: BackupPolicyStatus | None) -> BackupPolicyStatus:
         generation = (current.get("metadata") or {}).get("generation")
         new, change = assess_freshness(status, summary, objectives, generation=generation,
-                                       now=now, archiver=archiver, created_at=created_at)
+                                       now=now, archiver=archiver, created_at=created_at,
+                                       replicas=replica_urls(policy))
         changes[0] = change
         if restore_tests is not None:
             new = restorable.assess_restorable(

@@ -77,6 +77,11 @@ def referenced_secrets(policy: BackupPolicy) -> list[secrets.SecretUse]:
     if repository.restore_credentials_secret_ref is not None:
         uses.append(use(repository.restore_credentials_secret_ref.name, secrets.REPOSITORY_KEYS,
                         "read-only repository credentials", blocking=False))
+    for replica in repository.replicas or ():
+        if replica.credentials_secret_ref is not None:
+            # Not blocking: backups go on while one replica's Secret is missing.
+            uses.append(use(replica.credentials_secret_ref.name, secrets.REPOSITORY_KEYS,
+                            f"credentials of replica {replica.url}", blocking=False))
     return uses + secrets.notification_uses(spec.notifications)
 
 

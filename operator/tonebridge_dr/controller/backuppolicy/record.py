@@ -12,7 +12,10 @@ yet marked as recorded:
    is back on);
 4. annotate the Job `dr.tonebridge.io/recorded=<state>`;
 5. after a backup that succeeded, run retention (`retention.run`; it never raises for
-   repository trouble, which becomes the RetentionApplied condition).
+   repository trouble, which becomes the RetentionApplied condition), then start the
+   replication Job when the repository has replicas (`replication.start_after_backup`).
+
+Replication Jobs (label `dr.tonebridge.io/task: replicate`) go to `replication.record`.
 
 The Job watch lists every existing Job when the operator starts (and kopf handles
 one Job's events one after another), so Jobs that finished while the operator was
@@ -31,7 +34,7 @@ from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.conditions import Condition, ConditionStatus, Reason
 from tonebridge_dr.builders import names
-from tonebridge_dr.controller.backuppolicy import retention
+from tonebridge_dr.controller.backuppolicy import replication, retention
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
 from tonebridge_dr.controller.core import jobs, notify, objects
 from tonebridge_dr.status import backuppolicy as policy_status
@@ -72,9 +75,15 @@ def _describe(outcome: JobOutcome) -> str:
 
 
 def observe(controller: PolicyController, job: Json, deleted: bool) -> None:
-    """The kind's Job route: record `job` (a deleted Job is no news)."""
-    if not deleted:
-        record(controller, job)
+    """The kind's Job route: record `job` (a deleted Job is no news); replication Jobs
+    are recorded by `replication.record`."""
+    if deleted:
+        return
+    if replication.is_replication(job):
+        if to_record(job):
+            replication.record(controller, job)
+        return
+    record(controller, job)
 
 
 def record(controller: PolicyController, job: Mapping[str, Any]) -> JobOutcome | None:
@@ -113,6 +122,7 @@ def record(controller: PolicyController, job: Mapping[str, Any]) -> JobOutcome |
     jobs.mark_recorded(ctx, job, outcome.state)
     if outcome.state == "succeeded":
         retention.run(controller, policy_body, retention.TRIGGER_BACKUP)
+        replication.start_after_backup(controller, policy_body, outcome)
     return outcome
 
 

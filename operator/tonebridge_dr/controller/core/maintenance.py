@@ -23,6 +23,11 @@ What one run does (see runner/repository/retention.py for the rules):
    that no non-archived physical backup needs (runner/repository/tiering.py,
    runner/engines/postgres/wal/tiering.py). After the prune, so nothing is archived only
    to be deleted.
+5. With `repository.replicas`: the same plan (and the same protected ids) is applied in
+   each replica's folder, with the replica's own credentials, and so is the WAL rule: a
+   replica loses what its own retention lets go, never what merely vanished from the
+   primary (docs/replicas.md). One sentence per replica in the outcome; a replica that
+   cannot be pruned is a sentence too, never an error of the primary's run.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from tonebridge_dr.api import runner_contract
-from tonebridge_dr.api.common import Retention
+from tonebridge_dr.api.common import Replica, Retention
+from tonebridge_dr.api.common import Repository as ApiRepository
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.builders import names
 from tonebridge_dr.controller.core import catalog
@@ -164,6 +170,9 @@ def apply_retention(
             RetentionOutcome(trigger=trigger, no_rules=True) if idle
             else _prune(policy, repo, plan, trigger, protect, when)
         )
+        if not idle and not plan.is_empty:
+            replicas = _prune_replicas(policy, kube, plan, protect, when)
+            outcome = dataclasses.replace(outcome, extra=(*outcome.extra, *replicas))
         if trigger == TRIGGER_SCHEDULE:
             old = audit.prune_audit(repo, older_than=policy.spec.audit_retention, now=when)
             if old.deleted:
@@ -222,6 +231,48 @@ def _prune(
     return dataclasses.replace(
         outcome, archived=tiered[0], extra=sentences, no_rules=plan.is_empty
     )
+
+
+def _replica_config(policy: BackupPolicy, replica: Replica, kube: Kube) -> S3Config | None:
+    if urllib.parse.urlsplit(replica.url).scheme == "file":
+        return None
+    as_repository = ApiRepository(url=replica.url, region=replica.region,
+                                  endpoint=replica.endpoint,
+                                  credentials_secret_ref=replica.credentials_secret_ref)
+    name = replica.credentials_secret_ref.name if replica.credentials_secret_ref else None
+    config = catalog.repository_s3_config(as_repository, policy.metadata.namespace or "default",
+                                          name, kube)
+    return dataclasses.replace(config, from_env=False)
+
+
+def _prune_replicas(policy: BackupPolicy, kube: Kube, plan: retention.RetentionPlan,
+                    protect: frozenset[str], when: dt.datetime) -> list[str]:
+    """Apply `plan` in every replica (step 5 of the module docstring); one sentence each
+    that deleted something or failed."""
+    sentences: list[str] = []
+    for replica in policy.spec.repository.replicas or ():
+        url = names.policy_repository_url(replica.url, policy.metadata.name or "")
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme == "file" and not Path(urllib.parse.unquote(parsed.path)).is_dir():
+            continue  # nothing replicated yet
+        try:
+            repo = Repository(open_storage(url, create=False,
+                                           s3=_replica_config(policy, replica, kube)))
+            report = repo.prune(plan, now=when, protect=protect)
+            wal_deleted = 0
+            if policy.spec.target.postgres is not None:
+                from tonebridge_dr.runner.engines.postgres.wal import retention as wal_retention
+
+                wal_deleted = wal_retention.prune_wal(repo).deleted
+        except (catalog.CredentialsMissing, ApiError, runner_errors.DRError) as exc:
+            log.warning("retention of replica %s failed: %s", url, exc)
+            sentences.append(f"Replica {url}: retention failed: {exc}")
+            continue
+        if report.deleted or wal_deleted:
+            log.info("%s: retention deleted %s", url, ", ".join(report.deleted) or "WAL only")
+            sentences.append(f"Replica {url}: deleted {len(report.deleted)} backup(s) and "
+                             f"{wal_deleted} WAL file(s) the same rules let go.")
+    return sentences
 
 
 def _audit(policy: BackupPolicy, repo: Repository, outcome: RetentionOutcome,

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 LABELS = ("namespace", "policy")
 RESTORE_TEST_LABELS = ("namespace", "restore_test")
+REPLICA_LABELS = ("namespace", "policy", "replica")
 PREFIX = "tonebridge_dr"
 
 
@@ -46,6 +47,17 @@ _SERIES: tuple[tuple[str, type[Gauge] | type[Counter], str, str, tuple[str, ...]
      "1 when the last catalog read succeeded, else 0", LABELS),
     ("catalog_reads", Counter, "catalog_reads",
      "Reads of the repository catalog by the freshness monitor", LABELS),
+    ("replica_synced", Gauge, "replica_last_sync_timestamp_seconds",
+     "Unix time a replication run last left the replica holding everything the primary "
+     "held", REPLICA_LABELS),
+    ("replica_lag", Gauge, "replica_lag_seconds",
+     "How far the replica was behind the primary when the newest replication ended",
+     REPLICA_LABELS),
+    ("replica_up", Gauge, "replica_in_sync",
+     "1 when the newest replication run copied everything to the replica, else 0",
+     REPLICA_LABELS),
+    ("replica_bytes", Counter, "replica_copied_bytes",
+     "Bytes copied to the replica (since the operator started)", REPLICA_LABELS),
     ("restore_test_duration", Gauge, "restore_test_duration_seconds",
      "Measured restore time of the newest restore test run", RESTORE_TEST_LABELS),
     ("restore_test_last_success", Gauge, "restore_test_last_success_timestamp_seconds",
@@ -67,6 +79,10 @@ class Metrics:
     backups: Gauge
     repository_up: Gauge
     catalog_reads: Counter
+    replica_synced: Gauge
+    replica_lag: Gauge
+    replica_up: Gauge
+    replica_bytes: Counter
     restore_test_duration: Gauge
     restore_test_last_success: Gauge
     restore_test_passed: Gauge
@@ -79,6 +95,7 @@ class Metrics:
             metric = kind(f"{PREFIX}_{name}", documentation, labels, registry=self.registry)
             setattr(self, attribute, metric)
         self._known: set[tuple[str, str]] = set()
+        self._replicas: dict[tuple[str, str], set[str]] = {}
         self._lock = threading.Lock()
         self._server: Any = None
 
@@ -97,9 +114,37 @@ class Metrics:
         """Drop every series of a deleted policy."""
         with self._lock:
             self._known.discard((namespace, policy))
+            replicas = self._replicas.pop((namespace, policy), set())
         for metric in self._series(LABELS):
             with contextlib.suppress(KeyError):
                 metric.remove(namespace, policy)
+        for metric in self._series(REPLICA_LABELS):
+            for replica in replicas:
+                with contextlib.suppress(KeyError):
+                    metric.remove(namespace, policy, replica)
+
+    def replication_run(
+        self,
+        namespace: str,
+        policy: str,
+        replica: str,
+        *,
+        in_sync: bool,
+        synced_at: float | None,
+        lag_seconds: float | None,
+        copied_bytes: int | None,
+    ) -> None:
+        """The newest replication run for one replica (`replica`: its url)."""
+        with self._lock:
+            self._replicas.setdefault((namespace, policy), set()).add(replica)
+        labels = (namespace, policy, replica)
+        self.replica_up.labels(*labels).set(1 if in_sync else 0)
+        if synced_at is not None:
+            self.replica_synced.labels(*labels).set(synced_at)
+        if lag_seconds is not None:
+            self.replica_lag.labels(*labels).set(lag_seconds)
+        if copied_bytes:
+            self.replica_bytes.labels(*labels).inc(copied_bytes)
 
     def backup_succeeded(
         self,

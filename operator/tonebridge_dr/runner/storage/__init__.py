@@ -32,6 +32,10 @@ class S3Config:
     region: str | None = None
     object_lock: ObjectLock | None = None
     """The Object Lock of written objects (None: from the environment, as for Jobs)."""
+    from_env: bool = True
+    """False: region, endpoint, server-side encryption and Object Lock come only from this
+    config, never from the environment (which describes the Job's primary repository);
+    credentials left None still follow the standard AWS chain (the pod's identity)."""
 
 
 def repo_from_env(value: str | None) -> str:

@@ -178,12 +178,16 @@ class S3Storage(base.Storage):
         super().__init__(url)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self._extra = self._sse_args()
         explicit = config or S3Config()
-        self.object_lock = explicit.object_lock or _object_lock()
+        # A second repository of the same process (a replica) takes none of the
+        # environment's settings, which describe the primary repository.
+        self._extra = self._sse_args() if explicit.from_env else {}
+        self.object_lock = explicit.object_lock or (
+            _object_lock() if explicit.from_env else None
+        )
         self._versioned: bool | None = None  # asked once, see _is_versioned
         self._lock_enabled: bool | None = None  # asked once, see _locks_possible
-        self.region = explicit.region or _region()
+        self.region = explicit.region or (_region() if explicit.from_env else "us-east-1")
         self.timeout = _timeout()
         attempt = max(1.0, self.timeout / self.MAX_ATTEMPTS)
         checksums: dict[str, Any] = {}
@@ -197,7 +201,7 @@ class S3Storage(base.Storage):
             **checksums,
         )
         self._stalled_at: float | None = None  # monotonic time the endpoint last hung
-        self.endpoint = explicit.endpoint_url or _endpoint()
+        self.endpoint = explicit.endpoint_url or (_endpoint() if explicit.from_env else None)
         core = botocore.session.get_session()
         core.get_component("response_parser_factory").set_parser_defaults(
             timestamp_parser=_parse_timestamp
