@@ -455,6 +455,16 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-lsn", metavar="LSN", help="recover up to this WAL position")
     parser.add_argument("--latest", action="store_true", help="recover all archived WAL")
     parser.add_argument(
+        "--before-xid", metavar="XID", default=None,
+        help="recover up to just before this transaction (recovery_target_xid, not "
+        "inclusive): the xid `wal-inspect` shows for a DROP TABLE, TRUNCATE or mass DELETE",
+    )
+    parser.add_argument(
+        "--before-time", metavar="TS", default=None,
+        help="with --before-xid: its commit time as wal-inspect shows it; picks the newest "
+        "base backup that ended before it (without it: the oldest base backup)",
+    )
+    parser.add_argument(
         "--target-timeline", type=int, default=None, help="timeline to follow (default: the latest)"
     )
     parser.add_argument("--overwrite", action="store_true", help="empty a non-empty --data-dir")
@@ -510,7 +520,9 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.data_dir is None:
         raise errors.UsageError("a physical restore needs --data-dir")
-    target = pitr.parse_target(args.target_time, args.target_lsn, args.latest)
+    target = pitr.parse_target(
+        args.target_time, args.target_lsn, args.latest, args.before_xid, args.before_time
+    )
     settings: dict[str, str] = {}
     for item in args.set:
         key, sep, value = item.partition("=")
