@@ -325,7 +325,7 @@ def run_wal_prune(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_wal_inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    from tonebridge_dr.runner.engines.postgres.wal import inspect, waldump
+    from tonebridge_dr.runner.engines.postgres.wal import inspection, waldump
 
     _add_repo(parser)
     parser.add_argument(
@@ -355,9 +355,9 @@ def add_wal_inspect_arguments(parser: argparse.ArgumentParser) -> None:
         help="follow this timeline's history (default: the newest in the archive)",
     )
     parser.add_argument(
-        "--batch", type=int, default=inspect.DEFAULT_BATCH, metavar="N",
+        "--batch", type=int, default=inspection.DEFAULT_BATCH, metavar="N",
         help=f"segments downloaded at a time (disk: N+1 segments; default "
-        f"{inspect.DEFAULT_BATCH})",
+        f"{inspection.DEFAULT_BATCH})",
     )
     if not _has_option(parser, "--decrypt-key"):
         parser.add_argument(
@@ -369,20 +369,20 @@ def add_wal_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 def run_wal_inspect(args: argparse.Namespace) -> dict[str, Any]:
     import datetime as dt
 
-    from tonebridge_dr.runner.engines.postgres.wal import inspect, pitr
+    from tonebridge_dr.runner.engines.postgres.wal import inspection, pitr
     from tonebridge_dr.runner.repository.catalog import Repository
 
     if args.min_rows < 0:
         raise errors.UsageError("--min-rows must be 0 or more")
     start = pitr.parse_time(args.start)
     end = pitr.parse_time(args.end) if args.end else dt.datetime.now(dt.UTC)
-    options = inspect.InspectOptions(
+    options = inspection.InspectOptions(
         start=start, end=end, min_rows=args.min_rows, database=args.database,
         dsn=args.dsn, timeline=args.timeline, batch=args.batch, decrypt_key=args.decrypt_key,
         passphrase=os.environ.get(runner_contract.ENV_DECRYPT_PASSPHRASE) or None,
     )
     repo = Repository.open(_repo(args.repo), create=False)
-    return inspect.inspect(repo, options)
+    return inspection.inspect(repo, options)
 
 
 _INSPECT_COLUMNS = (

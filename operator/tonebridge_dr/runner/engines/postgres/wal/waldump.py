@@ -1,7 +1,7 @@
 """Destructive events in `pg_waldump` output (PostgreSQL 15 format; pure, no I/O).
 
 `Inspector.feed(line)` takes pg_waldump's record lines in WAL order (a record seen twice,
-as the overlapping batches of `inspect.py` do, is skipped by its LSN) and keeps, per
+as the overlapping batches of `inspection.py` do, is skipped by its LSN) and keeps, per
 open transaction, what it did; at the transaction's COMMIT it decides whether that was
 destructive and returns the events. An ABORT forgets the transaction (it changed
 nothing). What each kind looks like in the WAL at `wal_level = replica`:
@@ -19,7 +19,7 @@ nothing). What each kind looks like in the WAL at `wal_level = replica`:
 Rows are counted only in user relations (relfilenode >= 16384, PostgreSQL's first normal
 OID): a DROP TABLE deletes catalog rows too, and that is not a mass DELETE. What the WAL
 names are relfilenodes (`base/<db oid>/<filenode>`) and, in lock records and dropped
-stats, relation OIDs; `inspect.py` maps them to names with a DSN.
+stats, relation OIDs; `inspection.py` maps them to names with a DSN.
 
 Where to stop a restore: a DROP TABLE / TRUNCATE / DELETE / UPDATE changes nothing
 visible before its COMMIT record (the old files are removed at commit), so
