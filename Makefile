@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv test unit lint crds controlplane demo bench e2e-kind clean
+.PHONY: deps venv test unit lint crds controlplane demo demo-drill bench e2e-kind clean
 
 # Debian packages (PostgreSQL, Redis, GnuPG, ...): a no-op when present.
 deps:
@@ -43,6 +43,11 @@ unit: venv
 demo: venv controlplane
 	TONEBRIDGE_DR_CONTROLPLANE_DIR="$$(bash hack/controlplane/build.sh 2>/dev/null | tail -n1)" \
 	  bash hack/demo.sh
+
+# The runbook drill: DROP DATABASE, find it with wal-inspect, restore to just before it.
+demo-drill: venv controlplane
+	TONEBRIDGE_DR_CONTROLPLANE_DIR="$$(bash hack/controlplane/build.sh 2>/dev/null | tail -n1)" \
+	  bash hack/demo-drill.sh
 
 bench: venv
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -61,6 +61,7 @@ UNIT = frozenset({
     "runner/wal/test_pitr_plan.py",
     "runner/wal/test_wal_naming.py",
     "runner/wal/test_wal_settings.py",
+    "runner/wal/test_waldump_units.py",
     "sandbox/test_sandbox_units.py",
 })
 #: Fixtures that start a server or an external tool a unit test must not need.

@@ -102,6 +102,9 @@ def case(
 POSTGRES_TARGET = {"database": "db", "dsnSecretRef": {"name": "pg", "key": "dsn"}}
 REDIS_TARGET = {"urlSecretRef": {"name": "redis", "key": "url"}}
 DATABASE_TARGET = {"dsnSecretRef": {"name": "restore", "key": "dsn"}}
+CHOOSE_ONE = (
+    "choose exactly one of backupId, latest: true, targetTime, targetLSN or beforeTransaction"
+)
 
 CASES: tuple[Case, ...] = (
     # --- BackupPolicy: targets ---------------------------------------------------------
@@ -241,15 +244,25 @@ CASES: tuple[Case, ...] = (
     case("rr-missing-source", RR_PITR, drop("spec.source"),
          server="spec.source: Required value", python="Field required"),
     case("rr-no-backup-selection", RR_PITR, drop("spec.targetTime"),
-         server="choose exactly one of backupId, latest: true, targetTime or targetLSN"),
+         server=CHOOSE_ONE),
     case("rr-latest-false", RR_PITR, drop("spec.targetTime"), put("spec.latest", False),
-         server="choose exactly one of backupId, latest: true, targetTime or targetLSN"),
+         server=CHOOSE_ONE),
     case("rr-two-backup-selections", RR_PITR, put("spec.backupId", "20240115T020000Z-x"),
-         server="choose exactly one of backupId, latest: true, targetTime or targetLSN"),
+         server=CHOOSE_ONE),
     case("rr-target-time-without-zone", RR_PITR, put("spec.targetTime", "2024-01-15 10:30:00"),
          server=formats.RFC3339_MESSAGE),
     case("rr-target-time-bad-month", RR_PITR, put("spec.targetTime", "2024-13-15T10:30:00Z"),
          server=formats.RFC3339_MESSAGE),
+    case("rr-time-and-transaction", RR_PITR, put("spec.beforeTransaction", 739),
+         server=CHOOSE_ONE),
+    case("rr-before-time-alone", RR_PITR, put("spec.beforeTime", "2024-01-15T10:30:00Z"),
+         server="beforeTime is the commit time of beforeTransaction"),
+    case("rr-bad-transaction", RR_PITR, drop("spec.targetTime"), put("spec.beforeTransaction", 2),
+         server="should be greater than or equal to 3",
+         python="Input should be greater than or equal to 3"),
+    case("rr-transaction-into-database", RR_PITR, drop("spec.method"), drop("spec.targetTime"),
+         put("spec.beforeTransaction", 739), put("spec.target", {"database": DATABASE_TARGET}),
+         server="targetTime, targetLSN and beforeTransaction replay WAL onto a physical"),
     case("rr-bad-lsn", RR_PITR, drop("spec.targetTime"), put("spec.targetLSN", "3000060"),
          server=formats.LSN_MESSAGE),
     case("rr-two-sources", RR_PITR,
@@ -262,7 +275,7 @@ CASES: tuple[Case, ...] = (
          server="policyName is only used with repository"),
     case("rr-pitr-into-database", RR_PITR, drop("spec.method"),
          put("spec.target", {"database": DATABASE_TARGET}),
-         server="targetTime and targetLSN replay WAL onto a physical base backup"),
+         server="targetTime, targetLSN and beforeTransaction replay WAL onto a physical"),
     case("rr-method-does-not-suit-target", RR_TABLE, put("spec.method", "physical"),
          server="method must suit the target: logical for database, physical for volume"),
     case("rr-tables-into-volume", RR_PITR, drop("spec.targetTime"), put("spec.latest", True),
@@ -320,7 +333,7 @@ CASES: tuple[Case, ...] = (
          server=formats.HOSTED_ZONE_MESSAGE),
     case("fp-invalid-embedded-restore", FP,
          put("spec.stages[4].steps[0].restoreRequest.spec.latest", False),
-         server="choose exactly one of backupId, latest: true, targetTime or targetLSN"),
+         server=CHOOSE_ONE),
     # --- RestoreTest -------------------------------------------------------------------
     case("rt-missing-schedule", RT, drop("spec.schedule"),
          server="spec.schedule: Required value", python="Field required"),

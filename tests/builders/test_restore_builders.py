@@ -320,6 +320,15 @@ def test_physical_arguments() -> None:
     assert by_id[4:7] == ["--backup", "b1", "--latest"]
     by_lsn = args_of(request("restorerequest-pitr.yaml", targetTime=None, targetLSN="0/3000060"))
     assert by_lsn[4:6] == ["--target-lsn", "0/3000060"]
+    by_xid = args_of(request(
+        "restorerequest-pitr.yaml", targetTime=None, beforeTransaction=739,
+        beforeTime="2024-01-15T01:30:00.123456Z",
+    ))
+    assert by_xid[4:9] == [
+        "--before-xid", "739", "--before-time", "2024-01-15T01:30:00.123456Z", "--start",
+    ]
+    bare_xid = args_of(request("restorerequest-pitr.yaml", targetTime=None, beforeTransaction=7))
+    assert bare_xid[4:7] == ["--before-xid", "7", "--start"]
 
 
 @pytest.mark.parametrize(

@@ -267,7 +267,8 @@ class Rehydration(SpecModel):
 
 
 class RestoreRequestSpec(SpecModel):
-    """One restore. Choose exactly one of backupId, latest, targetTime, targetLSN."""
+    """One restore. Choose exactly one of backupId, latest, targetTime, targetLSN,
+    beforeTransaction."""
 
     source: RestoreSource
     """Where the backups come from."""
@@ -279,6 +280,13 @@ class RestoreRequestSpec(SpecModel):
     """Point-in-time recovery: newest base backup before this time, plus WAL up to it."""
     target_lsn: Lsn | None = None
     """Point-in-time recovery up to this WAL position."""
+    before_transaction: Annotated[StrictInt, Field(ge=3, le=4294967295)] | None = None
+    """Point-in-time recovery to just before this transaction (recovery_target_xid, not
+    inclusive): the xid `tonebridge-dr wal-inspect` shows for a DROP TABLE, TRUNCATE or
+    mass DELETE/UPDATE. For a DROP DATABASE use the targetLSN wal-inspect names."""
+    before_time: Rfc3339 | None = None
+    """With beforeTransaction: its commit time as wal-inspect shows it. Picks the newest
+    base backup that ended before it (without it: the oldest base backup, slower)."""
     method: BackupMethod | None = None
     """Kind of backup to restore: logical (database), physical (volume), snapshot (redis),
     export (kubernetes); default: implied by the target."""
@@ -301,8 +309,10 @@ class RestoreRequestSpec(SpecModel):
     cel_rules = (
         Rule(
             "(has(self.backupId) ? 1 : 0) + ((has(self.latest) && self.latest) ? 1 : 0)"
-            " + (has(self.targetTime) ? 1 : 0) + (has(self.targetLSN) ? 1 : 0) == 1",
-            "choose exactly one of backupId, latest: true, targetTime or targetLSN",
+            " + (has(self.targetTime) ? 1 : 0) + (has(self.targetLSN) ? 1 : 0)"
+            " + (has(self.beforeTransaction) ? 1 : 0) == 1",
+            "choose exactly one of backupId, latest: true, targetTime, targetLSN or "
+            "beforeTransaction",
             lambda r: (
                 sum(
                     (
@@ -310,10 +320,16 @@ class RestoreRequestSpec(SpecModel):
                         r.latest is True,
                         r.target_time is not None,
                         r.target_lsn is not None,
+                        r.before_transaction is not None,
                     )
                 )
                 == 1
             ),
+        ),
+        Rule(
+            "!has(self.beforeTime) || has(self.beforeTransaction)",
+            "beforeTime is the commit time of beforeTransaction: it needs beforeTransaction",
+            lambda r: r.before_time is None or r.before_transaction is not None,
         ),
         Rule(
             "!has(self.method)"
@@ -326,11 +342,13 @@ class RestoreRequestSpec(SpecModel):
             lambda r: r.method is None or r.method == _method_for(r.target),
         ),
         Rule(
-            "!(has(self.targetTime) || has(self.targetLSN)) || has(self.target.volume)",
-            "targetTime and targetLSN replay WAL onto a physical base backup: "
-            "they need target.volume",
+            "!(has(self.targetTime) || has(self.targetLSN) || has(self.beforeTransaction))"
+            " || has(self.target.volume)",
+            "targetTime, targetLSN and beforeTransaction replay WAL onto a physical base "
+            "backup: they need target.volume",
             lambda r: (
-                (r.target_time is None and r.target_lsn is None) or r.target.volume is not None
+                (r.target_time is None and r.target_lsn is None and r.before_transaction is None)
+                or r.target.volume is not None
             ),
         ),
         Rule(

@@ -27,9 +27,10 @@ How a restore runs (the runner, `tonebridge-dr restore postgres|redis`):
   chosen `tables`, or a `repair` of a time range); a non-empty target is refused
   (TargetNotEmpty) unless `overwrite: true` (`--clean`);
 * volume targets: a base backup extracted into `<claim>/pgdata`, recovered with
-  archived WAL to `targetTime` / `targetLSN` / the end of the archive (`latest`, and
-  `backupId`, which picks the base backup), promoted and shut down cleanly, ready for
-  any PostgreSQL pod with `PGDATA=/var/lib/postgresql/data/pgdata`; a non-empty data
+  archived WAL to `targetTime` / `targetLSN` / just before `beforeTransaction` / the
+  end of the archive (`latest`, and `backupId`, which picks the base backup), promoted
+  and shut down cleanly, ready for any PostgreSQL pod with
+  `PGDATA=/var/lib/postgresql/data/pgdata`; a non-empty data
   directory is refused unless `overwrite: true` (`--overwrite`);
 * redis targets: the snapshot is fetched and verified completely, loaded into a private
   scratch `redis-server` inside the pod (memory for the whole dataset: size
@@ -435,6 +436,10 @@ def _volume_args(spec: RestoreRequestSpec) -> list[str]:
         args += ["--target-time", _format_time(spec.target_time)]
     elif spec.target_lsn is not None:
         args += ["--target-lsn", spec.target_lsn]
+    elif spec.before_transaction is not None:
+        args += ["--before-xid", str(spec.before_transaction)]
+        if spec.before_time is not None:
+            args += ["--before-time", _format_time(spec.before_time)]
     else:  # latest, or backupId: that base backup plus every archived WAL after it
         if spec.backup_id is not None:
             args += ["--backup", spec.backup_id]

@@ -14,6 +14,7 @@ tonebridge-dr audit list --repo URL [--since T] [--operation OP] [--json]
 tonebridge-dr audit prune --repo URL [--older-than 3y] [--dry-run] [--json]
 tonebridge-dr wal-push PATH | wal-fetch NAME DEST | wal-stream | wal-status | wal-prune
 tonebridge-dr replicate --repo URL --to URL [--to URL ...] [--no-wal] [--json]
+tonebridge-dr wal-inspect --repo URL --from T1 [--to T2] [--database D] [--min-rows N] [--dsn DSN]
 ```
 
 Audit trail: after `backup`, `restore`, `restore-test`, `backups prune`, `wal-prune` and
@@ -986,6 +987,8 @@ _WAL_VERBS = {
     "wal-stream": "stream WAL with pg_receivewal into the repository",
     "wal-status": "the archive position: newest archived segment and its time",
     "wal-prune": "delete WAL no retained base backup needs",
+    "wal-inspect": "find destructive events (DROP, TRUNCATE, mass DELETE/UPDATE) in archived "
+    "WAL, with the transaction id to restore to just before each",
 }
 #: Verbs that return their own exit code: PostgreSQL reads wal-push's (and gets its own
 #: `wal-push: NAME: ...` line); the internal ones log to their spool files.
@@ -1012,7 +1015,8 @@ def _add_wal_verbs(verbs: Any, argv: Sequence[str]) -> None:
         else:
             if not any(o == "--json" for a in sub._actions for o in a.option_strings):
                 sub.add_argument("--json", action="store_true", help="print the result as JSON")
-            sub.set_defaults(handler=_engine_runner(run))
+            show = getattr(wal, f"show_{name}", None)
+            sub.set_defaults(handler=_engine_runner(run, show), show_result=show)
 
 
 def _seconds(value: str) -> float:

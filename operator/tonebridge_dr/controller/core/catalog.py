@@ -397,9 +397,13 @@ def _chosen_backup(repo: Repository, spec: RestoreRequestSpec) -> Manifest:
     if method == BackupMethod.PHYSICAL:
         from tonebridge_dr.runner.engines.postgres.wal.pitr import plan as pitr
 
+        xid = spec.before_transaction
         target = pitr.parse_target(
             spec.target_time.isoformat() if spec.target_time is not None else None,
-            spec.target_lsn, spec.target_time is None and spec.target_lsn is None,
+            spec.target_lsn,
+            spec.target_time is None and spec.target_lsn is None and xid is None,
+            str(xid) if xid is not None else None,
+            spec.before_time.isoformat() if spec.before_time is not None else None,
         )
         options = pitr.RestoreOptions(data_dir=Path("/nonexistent"), target=target)
         return pitr.plan_restore(repo, options).backup

@@ -249,6 +249,7 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
         ("--target-time", args.target_time),
         ("--target-lsn", args.target_lsn),
         ("--latest", args.latest),
+        ("--before-xid", args.before_xid),
         ("--start", args.start),
     ):
         if value:

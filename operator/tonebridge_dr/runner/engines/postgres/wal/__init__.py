@@ -12,8 +12,12 @@ Modules (each states its own contracts):
 - `stream`: `wal-stream`, pg_receivewal with a replication slot, uploading segments.
 - `pitr`: physical restore of a base backup plus WAL to a target time/LSN/latest.
 - `retention`: pruning WAL that no retained base backup needs.
+- `waldump`: destructive events in pg_waldump output (pure); `inspection`: `wal-inspect`,
+  archived WAL read in batches through pg_waldump.
 - `commands`: each verb's `add_*_arguments` / `run_*` for the runner's front door
   (runner/cli.py); `__main__`: `python -m` into it, behind the spool's fast paths.
 
 This `__init__` imports nothing: `python -m ...wal wal-push` must start fast.
+No module here may share a name with a standard library module (`inspect`, `signal`,
+...): `wal/spool.py` runs as a script, with this folder first on `sys.path`.
 """

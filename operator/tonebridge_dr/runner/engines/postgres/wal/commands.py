@@ -11,6 +11,7 @@ exit codes, termination message): each verb has `add_<verb>_arguments(parser)` a
 | `wal-stream --dsn --repo` | result dict     | raises DRError                              |
 | `wal-status --repo`       | result dict     | raises DRError                              |
 | `wal-prune --repo`        | result dict     | raises DRError                              |
+| `wal-inspect --repo --from --to` | result dict (`show_wal_inspect` prints it) | raises DRError |
 | `restore postgres --data-dir ...` (physical) | result dict | raises DRError          |
 | `wal-prefetch ...` (internal, started by wal-fetch) | exit code | logged |
 | `wal-pusher ...` (internal, started by wal-push) | exit code | logged |
@@ -320,6 +321,112 @@ def run_wal_prune(args: argparse.Namespace) -> dict[str, Any]:
     return retention.prune_wal(repo, dry_run=args.dry_run).result()
 
 
+# -- wal-inspect ------------------------------------------------------------------------
+
+
+def add_wal_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    from tonebridge_dr.runner.engines.postgres.wal import inspection, waldump
+
+    _add_repo(parser)
+    parser.add_argument(
+        "--from", dest="start", required=True, metavar="T1",
+        help="events committed at or after this time (ISO 8601; without offset: UTC)",
+    )
+    parser.add_argument(
+        "--to", dest="end", default=None, metavar="T2",
+        help="... and at or before this time (default: now)",
+    )
+    parser.add_argument(
+        "--database", default=None, metavar="D",
+        help="only events in this database: an OID, or a name with --dsn",
+    )
+    parser.add_argument(
+        "--min-rows", type=int, default=waldump.DEFAULT_MIN_ROWS, metavar="N",
+        help="report DELETE/UPDATE transactions touching more than N rows "
+        f"(default {waldump.DEFAULT_MIN_ROWS})",
+    )
+    parser.add_argument(
+        "--dsn", default=None,
+        help="a server (live, or restored to before the event) to map OIDs and filenodes "
+        "to names; password from PGPASSWORD",
+    )
+    parser.add_argument(
+        "--timeline", type=int, default=None,
+        help="follow this timeline's history (default: the newest in the archive)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=inspection.DEFAULT_BATCH, metavar="N",
+        help=f"segments downloaded at a time (disk: N+1 segments; default "
+        f"{inspection.DEFAULT_BATCH})",
+    )
+    if not _has_option(parser, "--decrypt-key"):
+        parser.add_argument(
+            "--decrypt-key", type=Path, metavar="PRIVKEY_FILE",
+            help="OpenPGP secret key file for an encrypted archive",
+        )
+
+
+def run_wal_inspect(args: argparse.Namespace) -> dict[str, Any]:
+    import datetime as dt
+
+    from tonebridge_dr.runner.engines.postgres.wal import inspection, pitr
+    from tonebridge_dr.runner.repository.catalog import Repository
+
+    if args.min_rows < 0:
+        raise errors.UsageError("--min-rows must be 0 or more")
+    start = pitr.parse_time(args.start)
+    end = pitr.parse_time(args.end) if args.end else dt.datetime.now(dt.UTC)
+    options = inspection.InspectOptions(
+        start=start, end=end, min_rows=args.min_rows, database=args.database,
+        dsn=args.dsn, timeline=args.timeline, batch=args.batch, decrypt_key=args.decrypt_key,
+        passphrase=os.environ.get(runner_contract.ENV_DECRYPT_PASSPHRASE) or None,
+    )
+    repo = Repository.open(_repo(args.repo), create=False)
+    return inspection.inspect(repo, options)
+
+
+_INSPECT_COLUMNS = (
+    ("commit_time", "COMMIT TIME"),
+    ("xid", "XID"),
+    ("kind", "EVENT"),
+    ("database", "DATABASE"),
+    ("relations", "RELATIONS"),
+    ("rows", "ROWS"),
+    ("commit_lsn", "COMMIT LSN"),
+    ("restore", "RESTORE WITH"),
+)
+
+
+def show_wal_inspect(data: dict[str, Any], out: Any) -> None:
+    """The events as a table, then what was read and how to map numbers to names."""
+    from tonebridge_dr.runner import result
+
+    rows = []
+    for event in data["events"]:
+        dbs = [name or str(oid) for name, oid in zip(
+            event["databases"], event["database_oids"], strict=True)]
+        rels = []
+        for rel in event["relations"]:
+            label = rel["name"] or (
+                f"oid {rel['oid']}" if rel["filenode"] is None else f"filenode {rel['filenode']}"
+            )
+            rels.append(label + (f" ({rel['rows']})" if rel["rows"] is not None else ""))
+        restore = ", ".join(f"{k}: {v}" for k, v in event["restore"].items())
+        rows.append({**event, "database": ",".join(dbs), "relations": ", ".join(rels) or "-",
+                     "restore": restore})
+    if rows:
+        result.print_table(rows, _INSPECT_COLUMNS, out)
+    else:
+        out.write("no destructive events\n")
+    out.write(
+        f"\nread {data['segments']} segments ({data['first_segment'] or '-'} .. "
+        f"{data['last_segment'] or '-'}), {data['records']} records, "
+        f"{data['from']} .. {data['to']}; DELETE/UPDATE counted above {data['min_rows']} rows\n"
+    )
+    if data.get("hint"):
+        out.write(f"names: {data['hint']}\n")
+
+
 # -- restore postgres (physical) ------------------------------------------------------
 
 
@@ -347,6 +454,16 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--target-lsn", metavar="LSN", help="recover up to this WAL position")
     parser.add_argument("--latest", action="store_true", help="recover all archived WAL")
+    parser.add_argument(
+        "--before-xid", metavar="XID", default=None,
+        help="recover up to just before this transaction (recovery_target_xid, not "
+        "inclusive): the xid `wal-inspect` shows for a DROP TABLE, TRUNCATE or mass DELETE",
+    )
+    parser.add_argument(
+        "--before-time", metavar="TS", default=None,
+        help="with --before-xid: its commit time as wal-inspect shows it; picks the newest "
+        "base backup that ended before it (without it: the oldest base backup)",
+    )
     parser.add_argument(
         "--target-timeline", type=int, default=None, help="timeline to follow (default: the latest)"
     )
@@ -403,7 +520,9 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.data_dir is None:
         raise errors.UsageError("a physical restore needs --data-dir")
-    target = pitr.parse_target(args.target_time, args.target_lsn, args.latest)
+    target = pitr.parse_target(
+        args.target_time, args.target_lsn, args.latest, args.before_xid, args.before_time
+    )
     settings: dict[str, str] = {}
     for item in args.set:
         key, sep, value = item.partition("=")

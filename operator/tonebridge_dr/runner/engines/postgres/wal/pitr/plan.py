@@ -2,7 +2,8 @@
 
 Plan (reads only; nothing is written when it fails). Choose the base backup
 (the given one, or the newest that ends before the target: `finished_at <=
-target time`, `stop_lsn <= target LSN`), the recovery timeline (like
+target time`, `stop_lsn <= target LSN`; for "just before transaction X" see
+below), the recovery timeline (like
 PostgreSQL's `recovery_target_timeline = latest`: the newest timeline whose
 history files follow on from the backup's), and check that the archive holds
 every segment PostgreSQL will ask for, named as it will ask (the newest
@@ -13,6 +14,17 @@ the backup's own WAL up to the target:
 - LSN: up to the segment holding the target LSN;
 - latest: up to the end of the archive on that path (a `.partial` left by a
   stopped wal-stream counts as the end).
+- xid (`recovery_target_xid`, not inclusive: recovery stops right before that
+  transaction's commit): a transaction id says nothing about time, and the base
+  backup must end before the commit (PostgreSQL cannot stop before the point where
+  the backup became consistent). With the commit time `wal-inspect` reported
+  (`--before-time`, a RestoreRequest's `beforeTime`) the backup is chosen as for a
+  time target: the newest that finished at or before it, WAL checked up to it.
+  Without it the oldest usable backup is taken (it precedes every transaction its
+  WAL holds: always correct, only slower to replay) and the WAL is checked to the
+  end of the archive. Either way, if the transaction is not in the WAL replayed,
+  PostgreSQL refuses to promote ("recovery ended before configured recovery target
+  was reached") and the restore fails: it never silently restores past the damage.
 Unreachable targets raise RecoveryTargetUnreachable: before the oldest
 usable backup, after the archive position, or with a segment missing in
 between (a restore would silently stop there).
@@ -42,11 +54,15 @@ class RecoveryTargetUnreachable(errors.BackupNotFound):
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    kind: Literal["time", "lsn", "latest"]
-    time: dt.datetime | None = None
+    kind: Literal["time", "lsn", "latest", "xid"]
+    time: dt.datetime | None = None  # for "xid": the commit time hint (may be None)
     lsn: int | None = None
+    xid: int | None = None
 
     def describe(self) -> str:
+        if self.kind == "xid" and self.xid is not None:
+            when = f" (committed at {format_time(self.time)})" if self.time is not None else ""
+            return f"just before transaction {self.xid}{when}"
         if self.kind == "time" and self.time is not None:
             return f"time {format_time(self.time)}"
         if self.kind == "lsn" and self.lsn is not None:
@@ -55,6 +71,11 @@ class Target:
 
     def result(self) -> dict[str, Any]:
         value: str | None = None
+        if self.xid is not None:
+            found: dict[str, Any] = {"type": "xid", "value": str(self.xid), "inclusive": False}
+            if self.time is not None:
+                found["before_time"] = format_time(self.time)
+            return found
         if self.time is not None:
             value = format_time(self.time)
         elif self.lsn is not None:
@@ -80,10 +101,28 @@ def parse_time(text: str) -> dt.datetime:
     return moment.astimezone(dt.UTC)
 
 
-def parse_target(time_text: str | None, lsn_text: str | None, latest: bool) -> Target:
-    given = sum(1 for value in (time_text, lsn_text) if value) + (1 if latest else 0)
+def parse_target(
+    time_text: str | None,
+    lsn_text: str | None,
+    latest: bool,
+    before_xid: str | int | None = None,
+    before_time: str | None = None,
+) -> Target:
+    given = sum(1 for value in (time_text, lsn_text, before_xid) if value) + (1 if latest else 0)
     if given != 1:
-        raise errors.UsageError("give exactly one of --target-time, --target-lsn, --latest")
+        raise errors.UsageError(
+            "give exactly one of --target-time, --target-lsn, --latest, --before-xid"
+        )
+    if before_time and not before_xid:
+        raise errors.UsageError("--before-time is the commit time of --before-xid: give both")
+    if before_xid:
+        text = str(before_xid).strip()
+        if not text.isdigit() or not 3 <= int(text) <= 0xFFFFFFFF:
+            raise errors.UsageError(
+                f"invalid transaction id {before_xid!r}: a number (the xid wal-inspect shows)"
+            )
+        hint = parse_time(before_time) if before_time else None
+        return Target("xid", time=hint, xid=int(text))
     if time_text:
         return Target("time", time=parse_time(time_text))
     if lsn_text:
@@ -216,7 +255,9 @@ class _Planner:
             return backup, timeline, path
         backups = self.candidates()
         off_path = 0
-        for backup in reversed(backups):
+        # "Just before transaction X" without its commit time: the oldest backup precedes it.
+        oldest_first = target.kind == "xid" and target.time is None
+        for backup in backups if oldest_first else reversed(backups):
             assert backup.wal is not None
             timeline = self.recovery_timeline(backup.wal.timeline)
             path = self.path_of(timeline)
@@ -235,7 +276,7 @@ class _Planner:
         assert oldest.wal is not None
         end = (
             format_time(oldest.finished_at, timespec="seconds")
-            if target.kind == "time"
+            if target.time is not None
             else oldest.wal.stop_lsn
         )
         raise RecoveryTargetUnreachable(
@@ -246,8 +287,7 @@ class _Planner:
     def _before_target(self, backup: Manifest) -> bool:
         assert backup.wal is not None
         target = self.options.target
-        if target.kind == "time":
-            assert target.time is not None
+        if target.kind in ("time", "xid") and target.time is not None:
             return backup.finished_at <= target.time
         if target.kind == "lsn":
             assert target.lsn is not None
@@ -282,7 +322,8 @@ class _Planner:
 
         target = self.options.target
         target_segno = naming.segno_of_lsn(target.lsn, size) if target.lsn is not None else None
-        reached = target.kind == "latest" or (target_segno is not None and target_segno < segno)
+        to_end = target.kind == "latest" or (target.kind == "xid" and target.time is None)
+        reached = to_end or (target_segno is not None and target_segno < segno)
         while not reached:
             name = name_for(segno)
             obj = self._lookup(name)
@@ -299,7 +340,7 @@ class _Planner:
             segno += 1
         if not reached:  # the archive ended with a .partial short of the target
             self._missing(path, segno + 1, size, name_for(segno + 1), plan)
-        if target.kind == "latest":
+        if to_end:
             self._walk_to_end(plan, path, segno, size, name_for)
         return plan
 
@@ -317,8 +358,7 @@ class _Planner:
         target_segno: int | None,
         segno: int,
     ) -> bool:
-        if target.kind == "time":
-            assert target.time is not None
+        if target.time is not None:  # a time target, or the commit time of an xid target
             # Storage times have whole seconds (S3 Last-Modified): an object stored in the
             # target's second may have been stored after it.
             return obj.archived_at >= target.time.replace(microsecond=0)

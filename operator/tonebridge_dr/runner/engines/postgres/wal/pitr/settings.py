@@ -94,7 +94,11 @@ def restore_command(repo_url: str, options: RestoreOptions) -> str:
 def recovery_settings(repo_url: str, options: RestoreOptions, plan: Plan) -> dict[str, str]:
     settings = {"restore_command": restore_command(repo_url, options)}
     target = options.target
-    if target.time is not None:
+    if target.kind == "xid" and target.xid is not None:
+        # Stop right before the transaction's commit: it and everything after stay out.
+        settings["recovery_target_xid"] = str(target.xid)
+        settings["recovery_target_inclusive"] = "false"
+    elif target.time is not None:
         settings["recovery_target_time"] = target.time.isoformat(sep=" ")
     elif target.lsn is not None:
         settings["recovery_target_lsn"] = naming.format_lsn(target.lsn)
