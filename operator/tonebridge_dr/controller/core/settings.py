@@ -108,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backup-service-account", help="ServiceAccount of backup Jobs")
     parser.add_argument("--restore-service-account", help="ServiceAccount of restore Jobs")
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (0: off)")
-    parser.add_argument("--metrics-address", help="address the metrics server binds to (default 127.0.0.1; in a pod: 0.0.0.0)")
+    parser.add_argument("--metrics-address",
+                        help="address the metrics server binds to (default 127.0.0.1; "
+                        "in a pod: 0.0.0.0)")
     parser.add_argument("--liveness", dest="liveness_endpoint",
                         help="liveness endpoint URL, e.g. http://0.0.0.0:8081/healthz")
     parser.add_argument("--standalone", action="store_true", default=None,
