@@ -37,9 +37,11 @@ RUN set -eux; \
     echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" \
       > /etc/apt/sources.list.d/pgdg.list; \
     apt-get update; \
-    # Debian's postgresql-common would create a cluster for every server package.
-    install -d /etc/postgresql-common; \
-    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
+    # postgresql-common would create a cluster for every server package: turn that off
+    # before installing them (as the official postgres image does).
+    apt-get install -y --no-install-recommends postgresql-common; \
+    sed -ri 's/#(create_main_cluster) .*$/\1 = false/' /etc/postgresql-common/createcluster.conf; \
+    grep -q '^create_main_cluster = false' /etc/postgresql-common/createcluster.conf; \
     packages="gnupg zstd git redis-server redis-tools tzdata"; \
     for major in ${PG_MAJORS}; do \
       packages="$packages postgresql-client-${major} postgresql-${major}"; \
