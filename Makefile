@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv test unit lint crds controlplane demo demo-drill bench e2e-kind clean
+.PHONY: deps venv test unit lint crds controlplane demo demo-drill bench e2e-kind image clean
 
 # Debian packages (PostgreSQL, Redis, GnuPG, ...): a no-op when present.
 deps:
@@ -54,6 +54,13 @@ bench: venv
 
 e2e-kind: venv
 	$(BIN)/pytest -m kind $(PYTEST_ARGS)
+
+# The operator + runner image (Dockerfile). Needs Docker (or DOCKER=podman); no test
+# needs it. Push it and set the chart's image.repository / image.tag.
+IMAGE ?= tonebridge-dr:dev
+DOCKER ?= docker
+image:
+	$(DOCKER) build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ which come from where a test file lives, never from the file itself.
 | controller/repository/         | runner        | a real repository on moto S3            |
 | runner/<area>/                 | runner        | real PostgreSQL, Redis, moto S3, gpg    |
 | runner/ modules in UNIT        | runner, unit  | nothing                                 |
+| deploy/                        | unit          | nothing: Dockerfile and chart files     |
 | api/apiserver/ sandbox/        | sandbox       | the local control plane                 |
 | sandbox/ modules in UNIT       | sandbox, unit | root and unshare, no server             |
 | e2e/                           | e2e, sandbox  | control plane, operator, real servers   |
@@ -44,6 +45,7 @@ PATH_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("builders/", ("unit",)),
     ("status/", ("unit",)),
     ("controller/", ("unit",)),
+    ("deploy/", ("unit",)),
     ("runner/", ("runner",)),
     ("sandbox/", ("sandbox",)),
     ("e2e/", ("e2e", "sandbox")),

@@ -5,7 +5,7 @@
 #
 # Output: $TONEBRIDGE_DR_CONTROLPLANE_DIR (default ~/.cache/tonebridge-dr/controlplane/<k8s>-<etcd>)
 # holding etcd, kube-apiserver, kube-controller-manager, kubectl, helm. Nothing is rebuilt when all
-# three exist. When KUBEBUILDER_ASSETS points at a folder with these binaries it is
+# five exist. When KUBEBUILDER_ASSETS points at a folder with these binaries it is
 # used as is (the envtest convention) and nothing is built.
 #
 # Prints the folder on the last line of stdout.

@@ -72,6 +72,15 @@ def test_settings_defaults_env_and_flags() -> None:
     assert settings_mod.parse([], {"TONEBRIDGE_DR_WATCH_NAMESPACES": "*"}).clusterwide
 
 
+def test_metrics_bind_loopback_unless_told() -> None:
+    """An operator run on a laptop keeps its metrics to itself (#17 item 11); the chart
+    asks for 0.0.0.0 explicitly (TONEBRIDGE_DR_METRICS_ADDRESS)."""
+    assert settings_mod.parse([], {}).metrics_address == "127.0.0.1"
+    env = {"TONEBRIDGE_DR_METRICS_ADDRESS": "0.0.0.0"}
+    assert settings_mod.parse([], env).metrics_address == "0.0.0.0"
+    assert settings_mod.parse(["--metrics-address", "::1"], env).metrics_address == "::1"
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "text"),
     [

@@ -91,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     registration.register(registry, ctx, KINDS)
     kopf_settings = kopf.OperatorSettings()
     registration.configure(kopf_settings, ctx, KINDS)
+    # Watching named namespaces needs no cluster-scoped reads: kopf would otherwise list
+    # and watch every namespace and CRD, which the chart's per-namespace Roles do not
+    # allow (it retries each 403 for a minute). CRDs are found once, at start.
+    kopf_settings.scanning.disabled = not settings.clusterwide
     scope = "all namespaces" if settings.clusterwide else ", ".join(settings.namespaces)
     log.info(
         "starting: watching %s, runner image %s, %s, freshness every %gs",

@@ -12,7 +12,7 @@ SettingsError with one sentence.
 | `--backup-service-account` | `TONEBRIDGE_DR_BACKUP_SERVICE_ACCOUNT` | `tonebridge-dr-backup` |
 | `--restore-service-account` | `TONEBRIDGE_DR_RESTORE_SERVICE_ACCOUNT` | `tonebridge-dr-restore` |
 | `--metrics-port` (0: off) | `TONEBRIDGE_DR_METRICS_PORT` | 8080 |
-| `--metrics-address` | `TONEBRIDGE_DR_METRICS_ADDRESS` | `0.0.0.0` |
+| `--metrics-address` | `TONEBRIDGE_DR_METRICS_ADDRESS` | `127.0.0.1` (the chart: `0.0.0.0`) |
 | `--liveness URL` | `TONEBRIDGE_DR_LIVENESS` | off |
 | `--standalone` | `TONEBRIDGE_DR_STANDALONE` (`1`/`true`) | peering on |
 | `--peering NAME` | `TONEBRIDGE_DR_PEERING` | `tonebridge-dr` |
@@ -57,7 +57,10 @@ class Settings:
     """What backup Jobs run (image, service accounts, ...)."""
     metrics_port: int = 8080
     """Port of the Prometheus /metrics endpoint; 0 turns it off."""
-    metrics_address: str = "0.0.0.0"
+    metrics_address: str = "127.0.0.1"
+    """Address the metrics server binds to: loopback unless told otherwise, so an operator
+    run on a laptop does not publish its metrics to the network; the chart sets 0.0.0.0
+    (Prometheus scrapes the pod IP)."""
     liveness_endpoint: str | None = None
     """kopf's liveness probe URL, e.g. http://0.0.0.0:8081/healthz."""
     standalone: bool = False
@@ -105,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backup-service-account", help="ServiceAccount of backup Jobs")
     parser.add_argument("--restore-service-account", help="ServiceAccount of restore Jobs")
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (0: off)")
-    parser.add_argument("--metrics-address", help="address the metrics server binds to")
+    parser.add_argument("--metrics-address",
+                        help="address the metrics server binds to (default 127.0.0.1; "
+                        "in a pod: 0.0.0.0)")
     parser.add_argument("--liveness", dest="liveness_endpoint",
                         help="liveness endpoint URL, e.g. http://0.0.0.0:8081/healthz")
     parser.add_argument("--standalone", action="store_true", default=None,
