@@ -414,9 +414,25 @@ def _replicate(args: argparse.Namespace) -> Outcome:
     return Outcome(payload, show, payload)
 
 
+def _check_archive_command(command: str) -> dict[str, Any]:
+    from tonebridge_dr.runner.engines.postgres.wal import setup
+
+    report = setup.check_archive_command(command)
+    if report["problems"]:
+        raise errors.RepositoryConfigError(
+            f"archive_command would fail for user {report['user']}: "
+            + "; ".join(report["problems"])
+        )
+    return report
+
+
 def _check(args: argparse.Namespace) -> Outcome:
     from tonebridge_dr.runner.repository.catalog import Repository
 
+    if args.archive_command is not None:
+        archive = _check_archive_command(args.archive_command)
+        if not (args.repo or os.environ.get(runner_contract.ENV_REPO)):
+            return _mapping_outcome({"archive_command": archive})
     url = _repo_arg(args)
     repo = Repository.open(url, create=False)
     repo.storage.check()
@@ -967,6 +983,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _common(check)
     check.add_argument(
         "--dsn", help=f"also check this database (default ${runner_contract.ENV_DSN})"
+    )
+    check.add_argument(
+        "--archive-command",
+        default=None,
+        metavar="CMD",
+        help="check that this archive_command works for the user running the check (run "
+        "it as the database server's OS user): executable, TONEBRIDGE_DR_REPO, repository "
+        "writable",
     )
     check.add_argument(
         "--archive-timeout",
