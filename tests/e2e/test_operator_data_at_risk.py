@@ -94,6 +94,10 @@ def test_an_idle_fully_archived_server_meets_its_rpo_and_unarchived_changes_miss
                                            "ObjectiveMissed"), 60, message=op.log_tail)
     assert condition(missed, "RPOMet")["message"].startswith(  # type: ignore[index]
         "archiving fails")
+    failing = wait_for(lambda: condition_is(sandbox, namespace, "db", "WALArchiving", "False",
+                                            "ArchivingFailing"), 60, message=op.log_tail)
+    assert "check --archive-command" in condition(failing, "WALArchiving")[  # type: ignore[index]
+        "message"]
 
     # Archiving works again: nothing at risk.
     server.execute("postgres", "ALTER SYSTEM RESET archive_command", "SELECT pg_reload_conf()")
@@ -102,6 +106,8 @@ def test_an_idle_fully_archived_server_meets_its_rpo_and_unarchived_changes_miss
                    message=op.log_tail)
     assert condition(met, "RPOMet")["message"].startswith(  # type: ignore[index]
         "every change is archived")
+    wait_for(lambda: condition_is(sandbox, namespace, "db", "WALArchiving", "True",
+                                  "Archiving"), 60, message=op.log_tail)
 
     # A policy that never produced a backup misses its RPO once it is older than it.
     empty = wait_for(lambda: condition_is(sandbox, namespace, "empty", "RPOMet", "False",

@@ -47,6 +47,8 @@ class ConditionType(StrEnum):
     """RestoreTest: the last run restored and every check passed."""
     RESTORABLE = "Restorable"
     """BackupPolicy: the newest finished RestoreTest of the policy passed."""
+    WAL_ARCHIVING = "WALArchiving"
+    """BackupPolicy with walArchive: the streamer runs / the server's archiver succeeds."""
     RETENTION_APPLIED = "RetentionApplied"
     """BackupPolicy: the last retention run applied the rules (or found nothing to do)."""
 
@@ -93,6 +95,12 @@ class Reason(StrEnum):
     RPO_UNKNOWN = "RPOUnknown"
     NO_FULL_RECOVERY_POINT = "NoFullRecoveryPoint"
     NO_BACKUP_YET = "NoBackupYet"
+    # BackupPolicy: WALArchiving.
+    STREAMER_AVAILABLE = "StreamerAvailable"
+    STREAMER_UNAVAILABLE = "StreamerUnavailable"
+    ARCHIVING = "Archiving"
+    ARCHIVING_FAILING = "ArchivingFailing"
+    DATABASE_UNREACHABLE = "DatabaseUnreachable"
     """RPOMet: the repository holds only table-subset dumps (hot tables), nothing that
     restores the whole database."""
     REPLICA_BEHIND = "ReplicaBehind"

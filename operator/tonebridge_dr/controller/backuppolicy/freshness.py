@@ -24,14 +24,15 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tonebridge_dr.api.backuppolicy import BackupPolicyStatus
+from tonebridge_dr.api.backuppolicy import BackupPolicyStatus, WalArchiveMode
 from tonebridge_dr.api.common import NotificationEvent
 from tonebridge_dr.api.conditions import Reason
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.api.restoretest import RestoreTestStatus
+from tonebridge_dr.builders import metadata, names
 from tonebridge_dr.builders.replicas import replica_urls
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
-from tonebridge_dr.controller.core import database, notify, objects
+from tonebridge_dr.controller.core import database, kube, notify, objects
 from tonebridge_dr.status import conditions, restorable
 from tonebridge_dr.status.freshness import (
     CatalogSummary,
@@ -40,6 +41,7 @@ from tonebridge_dr.status.freshness import (
     recovery_point,
 )
 from tonebridge_dr.status.jobs import parse_time
+from tonebridge_dr.status.walarchiving import assess_wal_archiving
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,26 @@ def significant(refresh: float) -> Callable[[Json, Json], bool]:
     return check
 
 
+def _streamer(controller: PolicyController, policy: BackupPolicy) -> tuple[str | None,
+                                                                          int | None]:
+    """(name, available pods) of the policy's WAL streamer Deployment; (None, None) without
+    one; available None when it does not exist (yet) or cannot be read."""
+    postgres = policy.spec.target.postgres
+    if postgres is None or postgres.wal_archive is None or (
+        postgres.wal_archive.mode != WalArchiveMode.STREAM
+    ):
+        return None, None
+    name = names.wal_stream_name(metadata.owner_name(policy))
+    try:
+        found = controller.ctx.kube.get_or_none(kube.DEPLOYMENT,
+                                                policy.metadata.namespace or "default", name)
+    except kube.ApiError:
+        return name, None
+    if found is None:
+        return name, None
+    return name, int((found.get("status") or {}).get("availableReplicas") or 0)
+
+
 def tick(
     controller: PolicyController,
     body: Mapping[str, Any],
@@ -101,6 +123,7 @@ def tick(
     if archiver is not None and archiver.error is not None:
         log.info("%s/%s: RPO from the catalog only: %s", namespace, name, archiver.error)
     created_at = parse_time(metadata.get("creationTimestamp"))
+    streamer, available = _streamer(controller, policy)
     now = ctx.clock()
     changes: list[FreshnessChange | None] = [None]
     objectives = policy.spec.objectives
@@ -111,6 +134,12 @@ def tick(
                                        now=now, archiver=archiver, created_at=created_at,
                                        replicas=replica_urls(policy))
         changes[0] = change
+        postgres = policy.spec.target.postgres
+        new = assess_wal_archiving(
+            new, postgres.wal_archive.mode if postgres and postgres.wal_archive else None,
+            deployment=streamer, available=available, archiver=archiver,
+            newest_wal_time=summary.newest_wal_time if summary.error is None else None,
+            generation=generation, now=now)
         if restore_tests is not None:
             new = restorable.assess_restorable(
                 new, restore_tests, rto=objectives.rto if objectives is not None else None,
