@@ -7,6 +7,7 @@ which come from where a test file lives, never from the file itself.
 | controller/                    | unit          | nothing (a fake of our own Kube)        |
 | controller/repository/         | runner        | a real repository on moto S3            |
 | runner/<area>/                 | runner        | real PostgreSQL, Redis, moto S3, gpg    |
+| runner/kubernetes/             | runner sandbox| the control plane too (kubernetes engine)|
 | runner/ modules in UNIT        | runner, unit  | nothing                                 |
 | api/apiserver/ sandbox/        | sandbox       | the local control plane                 |
 | sandbox/ modules in UNIT       | sandbox, unit | root and unshare, no server             |
@@ -44,6 +45,7 @@ PATH_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("builders/", ("unit",)),
     ("status/", ("unit",)),
     ("controller/", ("unit",)),
+    ("runner/kubernetes/", ("runner", "sandbox")),
     ("runner/", ("runner",)),
     ("sandbox/", ("sandbox",)),
     ("e2e/", ("e2e", "sandbox")),

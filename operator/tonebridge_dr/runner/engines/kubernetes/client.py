@@ -163,6 +163,14 @@ class Client:
                    "dryRun": "All" if dry_run else None},
         )
 
+    def replace(self, path: str, obj: Json, *, dry_run: bool = False) -> Json:
+        """PUT `obj` over the live object (its metadata.resourceVersion guards the race),
+        as FIELD_MANAGER: every field not in `obj` is gone afterwards."""
+        return self.request(
+            "PUT", path, body=obj,
+            query={"fieldManager": FIELD_MANAGER, "dryRun": "All" if dry_run else None},
+        )
+
     def delete(self, path: str, *, uid: str | None = None) -> None:
         """Delete (foreground: dependents go first), only that incarnation when `uid`."""
         body: Json = {"apiVersion": "v1", "kind": "DeleteOptions",

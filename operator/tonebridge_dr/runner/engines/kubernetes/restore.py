@@ -6,11 +6,16 @@ Ingresses), after creating the target namespaces that do not exist:
 
 * `missing` (default): an object that exists is left exactly as it is (`skipped`);
   one that does not is created by server-side apply (`created`).
-* `replace`: server-side apply with `force` as field manager `tonebridge-dr` takes back
-  every field the backup sets (`updated`, or `unchanged` when nothing moved). When the
-  API server refuses because a field is immutable (a Deployment's selector, a Job's
-  template, a claim's storage class), the live object is deleted (that incarnation
-  only) and created again (`recreated`). Only `replace` ever deletes.
+* `replace`: the live object becomes the backup's: an update (PUT, field manager
+  `tonebridge-dr`, guarded by the live resourceVersion) that keeps only what the
+  cluster assigned (a Service's clusterIP(s) and healthCheckNodePort, a claim's
+  volumeName, finalizers) and drops fields others added since (`updated`, or
+  `unchanged` when nothing moved). Server-side apply alone would merge: a port or a
+  data key someone added would survive, or make the object invalid (two unnamed
+  Service ports). When the API server refuses because a field is immutable (a
+  Deployment's selector, a Job's template, a claim's storage class), the live object is
+  deleted (that incarnation only) and created again by apply (`recreated`). Only
+  `replace` ever deletes.
 
 Namespace mapping (`a=b`) moves objects of `a` into `b`, and rewrites RoleBinding
 subjects that name ServiceAccounts of `a`. ownerReferences kept by the export get the
@@ -29,6 +34,7 @@ plus the API server's message.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -210,7 +216,10 @@ class _Restorer:
     def _apply(self, obj: Json, path: str, live: Json | None, label: str) -> None:
         dry = self.options.dry_run
         try:
-            applied = self.client.apply(path, obj, force=live is not None, dry_run=dry)
+            if live is None:
+                applied = self.client.apply(path, obj, force=False, dry_run=dry)
+            else:
+                applied = self.client.replace(path, _over(live, obj), dry_run=dry)
         except ApiError as exc:
             if live is None or not _immutable(exc):
                 raise
@@ -257,6 +266,32 @@ class _Restorer:
     def _change(self, line: str) -> None:
         if len(self.tally.changes) < MAX_CHANGES:
             self.tally.changes.append(line)
+
+
+_ASSIGNED_SPEC: dict[str, tuple[str, ...]] = {
+    "Service": ("clusterIP", "clusterIPs", "healthCheckNodePort"),
+    "PersistentVolumeClaim": ("volumeName",),
+}
+"""Fields the cluster assigned that a backup leaves out and a replace keeps."""
+
+
+def _over(live: Mapping[str, Any], obj: Json) -> Json:
+    """`obj` to PUT over `live`: the live resourceVersion, finalizers and assigned fields."""
+    out = copy.deepcopy(obj)
+    live_meta = live.get("metadata") or {}
+    meta = out["metadata"]
+    meta["resourceVersion"] = live_meta.get("resourceVersion")
+    if live_meta.get("finalizers"):
+        meta["finalizers"] = live_meta["finalizers"]
+    live_spec = live.get("spec") or {}
+    spec = out.get("spec")
+    if isinstance(spec, dict):
+        for field in _ASSIGNED_SPEC.get(str(obj.get("kind")), ()):
+            if field in live_spec and field not in spec:
+                spec[field] = live_spec[field]
+    if obj.get("kind") == "ServiceAccount" and "secrets" not in out and live.get("secrets"):
+        out["secrets"] = live["secrets"]
+    return out
 
 
 def _immutable(exc: ApiError) -> bool:
