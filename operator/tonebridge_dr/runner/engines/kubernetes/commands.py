@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from tonebridge_dr.runner import storage
+from tonebridge_dr.runner import errors, storage
 from tonebridge_dr.runner.contract import runner_contract
 from tonebridge_dr.runner.engines.kubernetes import export, gitcopy, kinds, restore
 from tonebridge_dr.runner.engines.kubernetes.client import Client
@@ -84,6 +84,8 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--backup", default="latest", help="backup id or 'latest' (default)")
     _add(parser, "--namespace-map", action="append", default=[], metavar="SOURCE=TARGET",
          help="restore the objects of namespace SOURCE into TARGET (repeat)")
+    _add(parser, "--all-namespaces-to", default=None, metavar="NAMESPACE",
+         help="restore the objects of every namespace of the backup into NAMESPACE")
     _add(parser, "--namespace", action="append", default=[], dest="namespaces",
          metavar="NAMESPACE", help="only objects of this (source) namespace (repeat)")
     _add(parser, "--kind", action="append", default=[], dest="kinds", metavar="KIND",
@@ -99,8 +101,11 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_restore(args: argparse.Namespace) -> dict[str, Any]:
+    if args.all_namespaces_to and args.namespace_map:
+        raise errors.UsageError("give --all-namespaces-to or --namespace-map, not both")
     options = restore.RestoreOptions(
         namespace_map=restore.parse_namespace_map(args.namespace_map),
+        into=args.all_namespaces_to,
         kinds=tuple(args.kinds), names=tuple(args.names), namespaces=tuple(args.namespaces),
         mode=args.mode, dry_run=args.dry_run,
     )

@@ -63,6 +63,7 @@ _IGNORED_METADATA = frozenset({"managedFields", "resourceVersion", "generation",
 @dataclasses.dataclass(frozen=True)
 class RestoreOptions:
     namespace_map: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    into: str | None = None  # every namespace into this one
     kinds: tuple[str, ...] = ()  # plural names or Kinds (any case); empty: all
     names: tuple[str, ...] = ()  # object names; empty: all
     namespaces: tuple[str, ...] = ()  # source namespaces; empty: all
@@ -329,7 +330,10 @@ def restore(client: Client, repo: Repository, backup_id: str, options: RestoreOp
         raise errors.UsageError(f"--mode {options.mode}: one of {', '.join(MODES)}")
     started = time.monotonic()
     manifest, stored = load(repo, backup_id, decrypt_key)
-    chosen = [_retarget(obj, options.namespace_map) for obj in stored if _wanted(obj, options)]
+    mapping = dict(options.namespace_map)
+    if options.into:
+        mapping = {str(o["metadata"].get("namespace", "")): options.into for o in stored}
+    chosen = [_retarget(obj, mapping) for obj in stored if _wanted(obj, options)]
     restorer = _Restorer(client, options)
     restorer.ensure_namespaces(obj["metadata"]["namespace"] for obj in chosen)
     ordered = sorted(
@@ -343,7 +347,7 @@ def restore(client: Client, repo: Repository, backup_id: str, options: RestoreOp
     result: dict[str, Any] = {
         "backup_id": manifest.id, "engine": export.ENGINE, "method": export.METHOD,
         "mode": options.mode, "dry_run": options.dry_run,
-        "namespace_map": dict(options.namespace_map), "objects": len(ordered),
+        "namespace_map": mapping, "objects": len(ordered),
         **tally.counts(), "duration_seconds": round(time.monotonic() - started, 3),
         "failures": tally.failures,
     }
