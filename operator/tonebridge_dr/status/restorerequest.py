@@ -520,8 +520,9 @@ def job_observed(
             current, outcome.reason, _failure_message(target, outcome, attempts), generation, now,
             completed=completed,
         )
-        if target.kind == TargetKind.KUBERNETES and outcome.result:  # counts of what it did
-            failed = failed.model_copy(update={"restored": restored_summary(outcome.result)})
+        done = outcome.result or outcome.payload  # a failure's payload: what it did anyway
+        if target.kind == TargetKind.KUBERNETES and done and done.get("engine") == "kubernetes":
+            failed = failed.model_copy(update={"restored": restored_summary(done)})
         return failed
     summary = restored_summary(outcome.result)
     text = _success_message(target, summary, outcome.result)
