@@ -43,8 +43,22 @@ def test_chart_lints() -> None:
             "--set",
             "operator.replicas=2",
         ],
+        [
+            "--set",
+            "jobNamespaces={NS}",
+            "--set",
+            "configBackup.namespaces={NS}",
+            "--set",
+            "configBackup.kinds={configmaps,secrets,deployments}",
+            "--set",
+            "configBackup.customResources[0].group=example.com",
+            "--set",
+            "configBackup.customResources[0].resource=widgets",
+            "--set",
+            "configBackup.restoreCreatesNamespaces=true",
+        ],
     ],
-    ids=["cluster-wide", "namespaced"],
+    ids=["cluster-wide", "namespaced", "config-backup"],
 )
 def test_rendered_chart_is_accepted_by_the_api_server(
     sandbox: object, namespace: str, values: list[str]
