@@ -1,4 +1,4 @@
-"""`python -m bench [postgres|redis|wal|operator|restoretest] [ARGS...]`
+"""`python -m bench [postgres|redis|wal|operator|restoretest|kubernetes] [ARGS...]`
 (`make bench BENCH_ARGS=...`).
 
 - `postgres` (default): bench/pg_dump_bench.py, our logical backup vs pg_dump and the
@@ -8,6 +8,8 @@
 - `operator`: bench/operator_bench.py, apply-to-CronJob latency and operator RSS.
 - `restoretest`: bench/restoretest_bench.py, the RTO restore-test postgres measures vs
   pg_restore and a base backup copy + start.
+- `kubernetes`: bench/kubernetes_bench.py, backup and restore of a namespace of 1,000
+  ConfigMaps vs kubectl get / kubectl apply --server-side.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ def main(argv: list[str]) -> int:
 
         return pg_dump_bench.main(rest)
     scripts = {"redis": "redis_bench.py", "wal": "wal_bench.py", "operator": "operator_bench.py",
-               "restoretest": "restoretest_bench.py"}
+               "restoretest": "restoretest_bench.py", "kubernetes": "kubernetes_bench.py"}
     if name in scripts:
         script = HERE / scripts[name]
         sys.argv = [str(script), *rest]
         runpy.run_path(str(script), run_name="__main__")
         return 0
-    print(f"unknown benchmark {name!r}: use postgres, redis, wal, operator or restoretest",
-          file=sys.stderr)
+    print(f"unknown benchmark {name!r}: use postgres, redis, wal, operator, restoretest or "
+          "kubernetes", file=sys.stderr)
     return 2
 
 

@@ -7,6 +7,7 @@ which come from where a test file lives, never from the file itself.
 | controller/                    | unit          | nothing (a fake of our own Kube)        |
 | controller/repository/         | runner        | a real repository on moto S3            |
 | runner/<area>/                 | runner        | real PostgreSQL, Redis, moto S3, gpg    |
+| runner/kubernetes/             | runner sandbox| the control plane too (kubernetes engine)|
 | runner/ modules in UNIT        | runner, unit  | nothing                                 |
 | deploy/                        | unit          | nothing: Dockerfile and chart files     |
 | api/apiserver/ sandbox/        | sandbox       | the local control plane                 |
@@ -46,6 +47,7 @@ PATH_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("status/", ("unit",)),
     ("controller/", ("unit",)),
     ("deploy/", ("unit",)),
+    ("runner/kubernetes/", ("runner", "sandbox")),
     ("runner/", ("runner",)),
     ("sandbox/", ("sandbox",)),
     ("e2e/", ("e2e", "sandbox")),
@@ -54,6 +56,7 @@ PATH_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 #: Modules outside the pure layers that start nothing: they run with `make unit` too.
 UNIT = frozenset({
+    "runner/kubernetes/test_kubernetes_clean.py",
     "runner/repository/test_audit_units.py",
     "runner/repository/test_immutability.py",
     "runner/repository/test_retention.py",

@@ -99,7 +99,7 @@ def test_short_names_and_printer_columns() -> None:
         for info, crd in _crds()
     }
     assert columns == {
-        "bp": ["TARGET", "SCHEDULE", "LAST BACKUP", "RPO", "RESTORABLE", "READY", "AGE"],
+        "bp": ["TARGET", "SCHEDULE", "LAST BACKUP", "OBJECTS", "RPO", "RESTORABLE", "READY", "AGE"],
         "rr": ["PHASE", "SOURCE", "TARGET TIME", "DURATION", "AGE"],
         "fp": ["MODE", "HEALTH", "PHASE", "STAGE", "ELAPSED", "AGE"],
         "rt": ["SOURCE", "LAST RESULT", "RESTORE TIME", "RTO MET", "LAST RUN", "AGE"],

@@ -30,8 +30,9 @@ from tonebridge_dr.builders.settings import RunnerSettings
 EXAMPLES = ROOT / "examples"
 GOLDEN = fixtures.GOLDEN / "builders"
 
-SUPPORTED_EXAMPLES = ("00-local-demo", "01-postgres-backup", "02-redis-backup")
-UNSUPPORTED_EXAMPLES = {"06-config-backup": "kubernetes", "07-uploads-backup": "bucket"}
+SUPPORTED_EXAMPLES = ("00-local-demo", "01-postgres-backup", "02-redis-backup",
+                      "06-config-backup")
+UNSUPPORTED_EXAMPLES = {"07-uploads-backup": "bucket"}
 UID = "8f0b6c1e-5a52-4f7e-9d3a-2c9e3f7a0001"
 NAMESPACE = "tonebridge"
 RUN_NOW_TOKEN = "2024-01-15T10:30:00Z"
@@ -267,7 +268,9 @@ def test_pods_are_restricted(example: str) -> None:
         for pod in pod_specs(obj):
             assert pod["securityContext"]["runAsNonRoot"] is True
             assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-            assert pod["automountServiceAccountToken"] is False
+            # Only a kubernetes target's backup reads the API (with the backup identity).
+            kube_api = load_policy(example).spec.target.kubernetes is not None
+            assert pod["automountServiceAccountToken"] is kube_api
             assert pod["serviceAccountName"] == "tonebridge-dr-backup"
             expected_restart = "Always" if obj["kind"] == "Deployment" else "Never"
             assert pod["restartPolicy"] == expected_restart
@@ -309,6 +312,8 @@ def test_credentials_only_come_from_secret_refs(example: str) -> None:
             policy.spec.target.redis.url_secret_ref if policy.spec.target.redis else None,
             repo.credentials_secret_ref,
             policy.spec.encryption.public_key_secret_ref if policy.spec.encryption else None,
+            policy.spec.target.kubernetes.git.credentials_secret_ref
+            if policy.spec.target.kubernetes and policy.spec.target.kubernetes.git else None,
         )
         if ref is not None
     }

@@ -29,7 +29,8 @@ RR_UID = "5d1c0a9e-3b7f-4c2a-8e61-0a9b8c7d0002"
 POLICY_UID = "8f0b6c1e-5a52-4f7e-9d3a-2c9e3f7a0001"
 SETTINGS = RunnerSettings()
 REQUESTS = sorted(p.name for p in (EXAMPLES / "03-restore").glob("restorerequest-*.yaml"))
-POLICY_EXAMPLES = {"tonebridge-db": "01-postgres-backup", "tonebridge-redis": "02-redis-backup"}
+POLICY_EXAMPLES = {"tonebridge-db": "01-postgres-backup", "tonebridge-redis": "02-redis-backup",
+                   "tonebridge-config": "06-config-backup"}
 """The example folder of each BackupPolicy the restore examples name."""
 
 
@@ -170,7 +171,8 @@ def test_restore_pods_read_with_the_restore_role_and_never_see_the_public_key(
     }
     assert refs <= {"tonebridge-backup-reader", "tonebridge-db-restore", "tonebridge-redis-restore"}
     assert pod["serviceAccountName"] == SETTINGS.restore_service_account
-    assert pod["automountServiceAccountToken"] is False
+    # only a Kubernetes restore talks to the API (it applies the objects)
+    assert pod["automountServiceAccountToken"] is (example == "restorerequest-config.yaml")
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     for scheme in ("postgresql://", "redis://"):
@@ -439,13 +441,35 @@ def test_a_postgres_policy_cannot_feed_a_redis_target() -> None:
     assert caught.value.reason == "InvalidSpec"
 
 
-def test_kubernetes_targets_are_refused_clearly() -> None:
-    body = request_body("restorerequest-disaster.yaml")
+def test_kubernetes_restores_need_a_kubernetes_policy() -> None:
+    body = request_body("restorerequest-logical-latest.yaml")
     body["spec"].update(method="export", target={"kubernetes": {}})
-    refused = pytest.raises(builders.RestoreSpecError, match="tonebridge-dr restore kubernetes")
-    with refused as caught:
-        builders.resolve_source(RestoreRequest.from_body(body), None)
-    assert caught.value.reason == "UnsupportedTarget"
+    with pytest.raises(builders.RestoreSpecError, match="not Kubernetes") as caught:
+        builders.resolve_source(RestoreRequest.from_body(body), policy("tonebridge-db"))
+    assert caught.value.reason == "InvalidSpec"
+
+
+def test_kubernetes_restore_arguments_and_pod() -> None:
+    rr = request("restorerequest-config.yaml")
+    assert args_of(rr) == [
+        "restore", "kubernetes", "--backup", "latest", "--mode", "missing",
+        "--namespace-map", "tonebridge=tonebridge-restored", "--namespace-map",
+        "monitoring=monitoring-restored", "--kind", "configmaps", "--kind", "secrets",
+        "--kind", "deployments", "--kind", "services",
+        "--decrypt-key", builders.DECRYPT_KEY_PATH, "--json",
+    ]
+    job = builders.build_restore_job(rr, policy_for(rr), SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    # the restore identity (spec 8.2) with its token: it applies objects through the API
+    assert pod["serviceAccountName"] == "tonebridge-dr-restore"
+    assert pod["automountServiceAccountToken"] is True
+    replace = request("restorerequest-config.yaml", target={"kubernetes": {
+        "namespace": "scratch", "kinds": ["ConfigMap"], "names": ["app"], "mode": "replace"}})
+    assert args_of(replace)[:10] == [
+        "restore", "kubernetes", "--backup", "latest", "--mode", "replace",
+        "--all-namespaces-to", "scratch", "--kind", "ConfigMap",
+    ]
+    assert builders.target_description(replace) == 'namespace "scratch", mode replace'
 
 
 # --- Redis targets ------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_a_repository_given_directly_needs_no_policy() -> None:
         (DATABASE, _policy(encrypted=True, private_key=False), Reason.MISSING_DECRYPTION_KEY,
          "are encrypted"),
         (DATABASE, _policy(postgres=False), Reason.INVALID_SPEC, "backs up redis"),
-        ({"kubernetes": {}}, _policy(), Reason.UNSUPPORTED_TARGET, "restores PostgreSQL"),
+        ({"kubernetes": {}}, _policy(), Reason.INVALID_SPEC, "not Kubernetes"),
     ],
 )
 def test_requests_that_can_never_run_are_refused(

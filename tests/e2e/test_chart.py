@@ -165,8 +165,22 @@ def test_every_value_reaches_the_objects() -> None:
             "operator.replicas=2",
         ],
         EVERYTHING,
+        [
+            "--set",
+            "jobNamespaces={NS}",
+            "--set",
+            "configBackup.namespaces={NS}",
+            "--set",
+            "configBackup.kinds={configmaps,secrets,deployments}",
+            "--set",
+            "configBackup.customResources[0].group=example.com",
+            "--set",
+            "configBackup.customResources[0].resource=widgets",
+            "--set",
+            "configBackup.restoreCreatesNamespaces=true",
+        ],
     ],
-    ids=["cluster-wide", "namespaced", "every-value"],
+    ids=["cluster-wide", "namespaced", "every-value", "config-backup"],
 )
 def test_rendered_chart_is_accepted_by_the_api_server(
     sandbox: object, namespace: str, values: list[str]

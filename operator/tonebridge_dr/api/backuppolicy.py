@@ -44,6 +44,7 @@ __all__ = [
     "BackupSummary",
     "BucketTarget",
     "ExportKind",
+    "ExportKindName",
     "FailureSummary",
     "GitPush",
     "KubernetesTarget",
@@ -139,16 +140,21 @@ class ExportKind(StrEnum):
     NETWORKPOLICIES = "networkpolicies"
 
 
-DEFAULT_EXPORT_KINDS: tuple[ExportKind, ...] = (
-    ExportKind.CONFIGMAPS,
-    ExportKind.DEPLOYMENTS,
-    ExportKind.STATEFULSETS,
-    ExportKind.DAEMONSETS,
-    ExportKind.CRONJOBS,
-    ExportKind.SERVICES,
-    ExportKind.INGRESSES,
+DEFAULT_EXPORT_KINDS: tuple[ExportKind, ...] = tuple(ExportKind)
+"""What `kinds` means when omitted: every ExportKind, Secrets included (so a policy
+without `kinds` needs `encryption`: the operator says so with Ready=False,
+SecretsNeedEncryption)."""
+
+_EXPORT_KIND_RE = (
+    r"^(" + "|".join(kind.value for kind in ExportKind)
+    + r"|[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z][A-Za-z0-9]*)$"
 )
-"""What `kinds` means when omitted (no Secrets: those need encryption and are opt-in)."""
+ExportKindName = Annotated[
+    str, Field(max_length=317),
+    Matches(_EXPORT_KIND_RE, "must be one of " + ", ".join(k.value for k in ExportKind)
+            + ", or a custom resource as group/Kind (e.g. stable.example.com/CronTab)"),
+]
+"""A kind to export: an ExportKind value, or a custom resource as `group/Kind`."""
 
 
 class GitPush(SpecModel):
@@ -163,7 +169,8 @@ class GitPush(SpecModel):
     path: Annotated[str, Field(max_length=255)] | None = None
     """Folder inside the repository (default: the root)."""
     credentials_secret_ref: SecretRef | None = None
-    """Secret with `username`/`password` (token) or `ssh-privatekey`."""
+    """Secret with `username`/`password` (https; the password may be a token) or
+    `ssh-privatekey` (and optionally `known_hosts`) for ssh."""
 
 
 class KubernetesTarget(SpecModel):
@@ -171,15 +178,27 @@ class KubernetesTarget(SpecModel):
 
     namespaces: Annotated[list[DnsLabel], Field(min_length=1, max_length=64)]
     """Namespaces to export."""
-    kinds: Annotated[list[ExportKind], Field(max_length=16)] | None = None
-    """Resources to export (default: configmaps, deployments, statefulsets, daemonsets,
-    cronjobs, services, ingresses). Listing secrets requires spec.encryption."""
+    kinds: Annotated[list[ExportKindName], Field(min_length=1, max_length=32)] | None = None
+    """Resources to export: configmaps, secrets, deployments, statefulsets, daemonsets,
+    cronjobs, services, ingresses, serviceaccounts, roles, rolebindings,
+    persistentvolumeclaims (spec only), horizontalpodautoscalers, networkpolicies, or a
+    custom resource as group/Kind. Default: all of those built-in kinds, secrets included.
+    Secrets are only stored encrypted: they need spec.encryption."""
     label_selector: (
         Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=16)] | None
     ) = None
     """Export only objects with all of these labels."""
     git: GitPush | None = None
-    """Also push the export to a git repository."""
+    """Also push the export to a git repository (never Secrets)."""
+
+    @property
+    def effective_kinds(self) -> tuple[str, ...]:
+        """`kinds`, or the default kinds."""
+        return tuple(self.kinds) if self.kinds else tuple(k.value for k in DEFAULT_EXPORT_KINDS)
+
+    @property
+    def exports_secrets(self) -> bool:
+        return ExportKind.SECRETS.value in self.effective_kinds
 
 
 class BucketTarget(SpecModel):
@@ -416,6 +435,8 @@ class BackupSummary(StatusModel):
     """Stored size (after compression and encryption)."""
     duration_seconds: Annotated[float, Field(ge=0)] | None = None
     """How long the backup took."""
+    objects: Annotated[int, Field(ge=0)] | None = None
+    """Kubernetes targets: objects in the backup."""
 
 
 class TableBackupSummary(StatusModel):

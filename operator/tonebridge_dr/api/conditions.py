@@ -114,6 +114,7 @@ class Reason(StrEnum):
     APPEND_ONLY_DISABLED = "AppendOnlyDisabled"
     APPEND_ONLY_UNKNOWN = "AppendOnlyUnknown"
     OBJECT_LOCK_NOT_ENABLED = "ObjectLockNotEnabled"
+    SECRETS_NEED_ENCRYPTION = "SecretsNeedEncryption"
     # RestoreRequest: what it waits for, why it is refused, what its Job did.
     INVALID_POLICY = "InvalidPolicy"
     UNSUPPORTED_TARGET = "UnsupportedTarget"

@@ -202,6 +202,8 @@ BACKUP_POLICY = KindInfo(
         PrinterColumn(
             "LAST BACKUP", ".status.lastSuccessfulBackup.time", "date", "Newest complete backup"
         ),
+        PrinterColumn("OBJECTS", ".status.lastSuccessfulBackup.objects", "integer",
+                      "Kubernetes targets: objects in the newest complete backup"),
         PrinterColumn("RPO", ".status.recoveryPoint", "date", "Age of the newest recovery point"),
         PrinterColumn("RESTORABLE", _condition("Restorable"),
                       description="The newest finished RestoreTest of the policy passed"),

@@ -9,6 +9,7 @@ from pydantic import Field, StrictBool, StrictInt
 
 from tonebridge_dr.api import formats
 from tonebridge_dr.api.base import (
+    DnsLabel,
     FreeForm,
     Lsn,
     Matches,
@@ -38,7 +39,9 @@ __all__ = [
     "ClaimTemplate",
     "DatabaseTarget",
     "Instance",
+    "KubernetesRestoreMode",
     "KubernetesRestoreTarget",
+    "NamespaceMapping",
     "RedisRestoreTarget",
     "Rehydration",
     "RehydrationTier",
@@ -179,8 +182,24 @@ class RedisRestoreTarget(SpecModel):
     URL must not name one."""
 
 
+class KubernetesRestoreMode(StrEnum):
+    """What a Kubernetes restore does with objects that exist."""
+
+    MISSING = "missing"
+    REPLACE = "replace"
+
+
+class NamespaceMapping(SpecModel):
+    """Restore the objects of one backed-up namespace into another."""
+
+    source: DnsLabel
+    """Namespace in the backup."""
+    target: DnsLabel
+    """Namespace in this cluster (created when missing)."""
+
+
 class KubernetesRestoreTarget(SpecModel):
-    """Re-apply an exported Kubernetes configuration."""
+    """Re-apply an exported Kubernetes configuration (server-side, in dependency order)."""
 
     namespace: (
         Annotated[
@@ -189,6 +208,35 @@ class KubernetesRestoreTarget(SpecModel):
         | None
     ) = None
     """Restore every object into this namespace (default: each object's own namespace)."""
+    namespace_map: (
+        Annotated[list[NamespaceMapping], Field(min_length=1, max_length=64)] | None
+    ) = None
+    """Restore the objects of `source` into `target`; other namespaces keep their names."""
+    namespaces: Annotated[list[DnsLabel], Field(min_length=1, max_length=64)] | None = None
+    """Only objects of these namespaces of the backup (default: all)."""
+    kinds: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=317)]],
+                  Field(min_length=1, max_length=32)] | None
+    ) = None
+    """Only these kinds: configmaps, ConfigMap, or group/Kind (default: all)."""
+    names: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]],
+                  Field(min_length=1, max_length=256)] | None
+    ) = None
+    """Only objects with these names (default: all)."""
+    mode: KubernetesRestoreMode = KubernetesRestoreMode.MISSING
+    """missing: create what does not exist and leave live objects exactly as they are;
+    replace: live objects become the backup's version (cluster-assigned fields such as a
+    Service's clusterIP kept), and objects whose immutable fields differ are deleted and
+    created again."""
+
+    cel_rules = (
+        Rule(
+            "!has(self.__namespace__) || !has(self.namespaceMap)",
+            "namespace and namespaceMap cannot be combined: namespace moves every object",
+            lambda t: t.namespace is None or t.namespace_map is None,
+        ),
+    )
 
 
 class RestoreTarget(SpecModel):
@@ -413,6 +461,21 @@ class RestoredSummary(StatusModel):
     keys_skipped: Annotated[int, Field(ge=0)] | None = None
     """Redis: keys of the backup the target already had, left as they were (restores
     without overwrite)."""
+    objects_created: Annotated[int, Field(ge=0)] | None = None
+    """Kubernetes: objects created."""
+    objects_updated: Annotated[int, Field(ge=0)] | None = None
+    """Kubernetes: live objects changed to the backup's version (replace mode)."""
+    objects_recreated: Annotated[int, Field(ge=0)] | None = None
+    """Kubernetes: live objects deleted and created again (an immutable field differed)."""
+    objects_unchanged: Annotated[int, Field(ge=0)] | None = None
+    """Kubernetes: live objects that already were the backup's version."""
+    objects_skipped: Annotated[int, Field(ge=0)] | None = None
+    """Kubernetes: live objects left as they were (missing mode)."""
+    objects_failed: Annotated[int, Field(ge=0)] | None = None
+    """Kubernetes: objects the API server refused."""
+    failures: Annotated[list[Annotated[str, Field(max_length=512)]],
+                        Field(max_length=10)] | None = None
+    """Kubernetes: the first refused objects and why."""
 
 
 class RestoreRequestStatus(StatusModel):

@@ -31,6 +31,10 @@ __all__ = [
     "ENV_DECRYPT_PASSPHRASE",
     "ENV_DSN",
     "ENV_ENCRYPT_TO",
+    "ENV_GIT_KNOWN_HOSTS",
+    "ENV_GIT_PASSWORD",
+    "ENV_GIT_SSH_KEY",
+    "ENV_GIT_USERNAME",
     "ENV_JOB_NAME",
     "ENV_LOG_LEVEL",
     "ENV_POD_NAME",
@@ -143,6 +147,14 @@ def replica_env(index: int, key: str) -> str:
     """`TONEBRIDGE_DR_REPLICA_<index>_<key>`, e.g. TONEBRIDGE_DR_REPLICA_1_AWS_REGION."""
     return f"TONEBRIDGE_DR_REPLICA_{index}_{key}"
 
+ENV_GIT_USERNAME: Final = "TONEBRIDGE_DR_GIT_USERNAME"
+"""User name for an https Git copy (kubernetes backups; default `git`)."""
+ENV_GIT_PASSWORD: Final = "TONEBRIDGE_DR_GIT_PASSWORD"
+"""Password or token for an https Git copy (from a Secret)."""
+ENV_GIT_SSH_KEY: Final = "TONEBRIDGE_DR_GIT_SSH_KEY"
+"""OpenSSH private key for an ssh Git copy (from a Secret)."""
+ENV_GIT_KNOWN_HOSTS: Final = "TONEBRIDGE_DR_GIT_KNOWN_HOSTS"
+"""known_hosts lines for an ssh Git copy (from the same Secret; default: accept-new)."""
 
 # -- exit codes ------------------------------------------------------------------------------
 
@@ -206,6 +218,11 @@ EXIT_CODES: Final[tuple[ExitCode, ...]] = (
     # date (clock skew, a lock added meanwhile); a retry checks the locks again.
     ExitCode(18, "ObjectLocked", "an object is under S3 Object Lock (retention or legal "
              "hold): it cannot be deleted or overwritten before its retain-until date"),
+    # A Kubernetes restore that applied what it could: its result lists the refusals
+    # (invalid objects, admission webhooks, RBAC); a retry meets the same refusals.
+    ExitCode(19, "ObjectsNotRestored", "a Kubernetes restore tried every object, but the "
+             "API server refused some (the result lists the first ones)",
+             restore_retryable=False),
     ExitCode(EXIT_INTERRUPTED, "Cancelled", "interrupted (SIGINT)"),
     ExitCode(EXIT_TERMINATED, "Cancelled", "terminated (SIGTERM: the Job was deleted or "
              "ran past its deadline)"),
@@ -349,7 +366,7 @@ ENGINES: Final[tuple[EngineSpec, ...]] = (
                restore_test=True),
     EngineSpec("redis", "Redis", ("snapshot",), (("rdb", "snapshot"),), backup=True,
                restore=True, restore_test=True),
-    EngineSpec("kubernetes", "Kubernetes", ("export",)),
+    EngineSpec("kubernetes", "Kubernetes", ("export",), backup=True, restore=True),
     EngineSpec("bucket", "object storage bucket", ("sync",), (("copy", "sync"),)),
 )
 ENGINE_NAMES: Final[tuple[str, ...]] = tuple(engine.name for engine in ENGINES)

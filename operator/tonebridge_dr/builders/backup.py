@@ -28,7 +28,7 @@ from typing import Any
 
 from tonebridge_dr.api import formats
 from tonebridge_dr.api import runner_contract as contract
-from tonebridge_dr.api.backuppolicy import Schedule, TargetKind, WalArchiveMode
+from tonebridge_dr.api.backuppolicy import KubernetesTarget, Schedule, TargetKind, WalArchiveMode
 from tonebridge_dr.api.common import BackupMethod
 from tonebridge_dr.api.kinds import BackupPolicy
 from tonebridge_dr.api.runner_contract import (  # re-exported: the runner environment
@@ -69,6 +69,7 @@ __all__ = [
     "build_wal_stream_deployment",
     "desired_objects",
     "encrypt_to_path",
+    "kubernetes_args",
     "owner_reference",
     "pod_env",
     "runner_args",
@@ -133,6 +134,8 @@ def pod_env(policy: BackupPolicy) -> list[Manifest]:
         env.append(pods.secret_key_env(ENV_DSN, target.postgres.dsn_secret_ref))
     elif target.redis is not None:
         env.append(pods.secret_key_env(ENV_REDIS_URL, target.redis.url_secret_ref))
+    elif target.kubernetes is not None:
+        env.extend(_git_env(target.kubernetes))
     else:
         raise UnsupportedTarget(target.kind)
     repository = policy.spec.repository
@@ -141,6 +144,41 @@ def pod_env(policy: BackupPolicy) -> list[Manifest]:
         pods.repository_env(repository, url, repository.credentials_secret_ref, writes=True)
     )
     return pods.runner_env(env)
+
+
+_GIT_CREDENTIAL_KEYS: tuple[tuple[str, str], ...] = (
+    (contract.ENV_GIT_USERNAME, "username"),
+    (contract.ENV_GIT_PASSWORD, "password"),
+    (contract.ENV_GIT_SSH_KEY, "ssh-privatekey"),
+    (contract.ENV_GIT_KNOWN_HOSTS, "known_hosts"),
+)
+"""Runner variables of the Git copy and the keys of `git.credentialsSecretRef` they come
+from (each optional: https needs username/password, ssh needs ssh-privatekey)."""
+
+
+def _git_env(target: KubernetesTarget) -> list[Manifest]:
+    git = target.git
+    if git is None or git.credentials_secret_ref is None:
+        return []
+    name = git.credentials_secret_ref.name
+    return [pods.secret_env(env, name, key, optional=True) for env, key in _GIT_CREDENTIAL_KEYS]
+
+
+def kubernetes_args(target: KubernetesTarget) -> list[str]:
+    """`--namespace`, `--kind`, `--selector` and `--git-*` of a kubernetes backup."""
+    args: list[str] = []
+    for namespace in target.namespaces:
+        args += ["--namespace", namespace]
+    for kind in target.effective_kinds:
+        args += ["--kind", kind]
+    if target.label_selector:
+        selector = ",".join(f"{k}={v}" for k, v in sorted(target.label_selector.items()))
+        args += ["--selector", selector]
+    if target.git is not None:
+        args += ["--git-url", target.git.url, "--git-branch", target.git.branch]
+        if target.git.path:
+            args += ["--git-path", target.git.path]
+    return args
 
 
 def encrypt_to_path(policy: BackupPolicy) -> str | None:
@@ -179,6 +217,8 @@ def runner_args(policy: BackupPolicy, schedule: Schedule) -> list[str]:
         if method is BackupMethod.LOGICAL:
             for table in schedule.tables or ():
                 args += ["--table", table]
+    elif policy.spec.target.kubernetes is not None:
+        args += kubernetes_args(policy.spec.target.kubernetes)
     args += _codec_args(policy)
     args += ["--schedule", schedule.name, "--json"]
     return args
@@ -213,8 +253,10 @@ def _runner_pod(
     termination_grace_seconds: int | None = None,
     extra_env: list[Manifest] | None = None,
 ) -> pods.RunnerPod:
-    """A backup or WAL streamer pod. Backups talk to the database and the bucket, never to
-    the Kubernetes API: no token."""
+    """A backup or WAL streamer pod. Database and Redis backups talk to their server and
+    the bucket, never to the Kubernetes API: no token. A kubernetes target's backup reads
+    the API with the backup ServiceAccount's token (what that account may list is the
+    RBAC the chart grants it: docs/kubernetes-config.md)."""
     volumes, mounts = _key_volume(policy)
     return pods.RunnerPod(
         container=container,
@@ -225,6 +267,7 @@ def _runner_pod(
         volumes=volumes,
         mounts=mounts,
         restart_policy=restart_policy,
+        kube_api=policy.spec.target.kubernetes is not None,
         termination_grace_seconds=termination_grace_seconds,
     )
 

@@ -16,7 +16,8 @@ Security contract (tested):
 * connection strings and Redis URLs come from a `secretKeyRef` env var, never from
   arguments;
 * pods run non-root, read-only root filesystem, no privilege escalation, no
-  capabilities, no service-account token, under the restore ServiceAccount.
+  capabilities, no service-account token (except a Kubernetes restore, which applies
+  objects with it), under the restore ServiceAccount.
 
 Layout contract with the backup side: a policy's backups live in the folder named after
 it, `<repository.url>/<policy name>` (`policy_repository_url`), so a new cluster can
@@ -38,6 +39,10 @@ How a restore runs (the runner, `tonebridge-dr restore postgres|redis`):
   `overwrite` (`--mode missing`) a key the target already has is skipped, so live data
   always wins; `overwrite: true` (`--mode replace`) replaces it. Keys the backup lacks
   are never deleted. Not one transaction, but safe to run again.
+* kubernetes targets: the objects of an export applied server-side in dependency order
+  with the restore ServiceAccount's token (`missing` leaves live objects alone,
+  `replace` makes them the backup's and recreates on immutable fields). Not one
+  transaction, but safe to run again.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.api.restorerequest import (
     AccessMode,
     DatabaseTarget,
+    KubernetesRestoreTarget,
     RedisRestoreTarget,
     RestoreRequestSpec,
     RestoreSource,
@@ -150,9 +156,8 @@ target not empty (11), recovery ended before its planned end (14: the volume hol
 promoted, marked data directory; a person decides). The Job fails at once."""
 
 _REFUSED_BY_PLATFORM = (
-    "RestoreRequest restores PostgreSQL (a database or a data volume) and Redis in this "
-    "version; restore Kubernetes exports with the tonebridge-dr CLI "
-    "(`tonebridge-dr restore kubernetes ...`)"
+    "RestoreRequest restores PostgreSQL (a database or a data volume), Redis and Kubernetes "
+    "exports in this version"
 )
 _ENGINE_NAMES: dict[TargetKind, str] = {
     TargetKind(engine.name): engine.title for engine in contract.ENGINES if engine.restore
@@ -223,6 +228,8 @@ def _engine_of(rr: RestoreRequest) -> TargetKind | None:
         return TargetKind.POSTGRES
     if target.redis is not None:
         return TargetKind.REDIS
+    if target.kubernetes is not None:
+        return TargetKind.KUBERNETES
     return None
 
 
@@ -393,7 +400,20 @@ def target_description(rr: RestoreRequest) -> str:
         if target.redis.db is not None:
             where += f" (database {target.redis.db} of the backup)"
         return where
+    if target.kubernetes is not None:
+        return _kubernetes_description(target.kubernetes)
     return "the target"
+
+
+def _kubernetes_description(kubernetes: KubernetesRestoreTarget) -> str:
+    if kubernetes.namespace is not None:
+        where = f'namespace "{kubernetes.namespace}"'
+    elif kubernetes.namespace_map:
+        moved = ", ".join(f"{m.source}->{m.target}" for m in kubernetes.namespace_map)
+        where = f"the cluster (namespaces {moved})"
+    else:
+        where = "the namespaces of the backup"
+    return f"{where}, mode {kubernetes.mode.value}"
 
 
 # --- the restore Job -------------------------------------------------------------------------
@@ -462,6 +482,21 @@ def _redis_args(spec: RestoreRequestSpec, redis: RedisRestoreTarget) -> list[str
     return args
 
 
+def _kubernetes_args(spec: RestoreRequestSpec, kubernetes: KubernetesRestoreTarget) -> list[str]:
+    args = ["--backup", _backup_arg(spec), "--mode", kubernetes.mode.value]
+    for namespace in kubernetes.namespaces or ():
+        args += ["--namespace", namespace]
+    if kubernetes.namespace is not None:  # every namespace of the backup into this one
+        args += ["--all-namespaces-to", kubernetes.namespace]
+    for mapping in kubernetes.namespace_map or ():
+        args += ["--namespace-map", f"{mapping.source}={mapping.target}"]
+    for kind in kubernetes.kinds or ():
+        args += ["--kind", kind]
+    for name in kubernetes.names or ():
+        args += ["--name", name]
+    return args
+
+
 def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
     """Arguments after the runner's command, e.g. `restore postgres --backup latest
     --table transformations --clean --json` or `restore redis --backup latest --mode
@@ -476,6 +511,8 @@ def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
         args = ["restore", "postgres", *_volume_args(spec)]
     elif target.redis is not None:
         args = ["restore", "redis", *_redis_args(spec, target.redis)]
+    elif target.kubernetes is not None:
+        args = ["restore", "kubernetes", *_kubernetes_args(spec, target.kubernetes)]
     else:
         raise RestoreSpecError("UnsupportedTarget", _REFUSED_BY_PLATFORM)
     return [*args, *decrypt_args(source), "--json"]
@@ -560,7 +597,8 @@ def build_restore_job(
     labels = _labels(rr, source, names.COMPONENT_RESTORE)
     volumes, mounts = _volumes(rr, source)
     pod = reader_pod(CONTAINER_RESTORE, runner_args(rr, source), restore_env(rr, source),
-                     settings, resources=rr.spec.resources, volumes=volumes, mounts=mounts)
+                     settings, resources=rr.spec.resources, volumes=volumes, mounts=mounts,
+                     kube_api=rr.spec.target.kubernetes is not None)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -581,13 +619,15 @@ def reader_pod(
     resources: ResourceRequirements | None,
     volumes: list[Manifest],
     mounts: list[Manifest],
+    kube_api: bool = False,
 ) -> pods.RunnerPod:
     """A pod that reads backups (a restore, a restore test): the restore ServiceAccount
-    (spec 8.2), no Kubernetes API token (it talks to the repository and a database only)."""
+    (spec 8.2); no Kubernetes API token (it talks to the repository and a database only)
+    except for a Kubernetes restore (`kube_api`), which applies objects with it."""
     return pods.RunnerPod(
         container=container, args=args, env=env,
         service_account=settings.restore_service_account, requested_resources=resources,
-        volumes=volumes, mounts=mounts,
+        volumes=volumes, mounts=mounts, kube_api=kube_api,
     )
 
 

@@ -158,3 +158,11 @@ class ObjectLocked(StorageError):
     def __init__(self, *args: object, until: dt.datetime | None = None) -> None:
         super().__init__(*args)
         self.until = until
+
+
+class ObjectsNotRestored(DRError):
+    """A Kubernetes restore tried every object, but the API server refused some of them;
+    `result` has the counts and the first failures."""
+
+    exit_code = 19
+    reason = "ObjectsNotRestored"

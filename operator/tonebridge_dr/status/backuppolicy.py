@@ -86,6 +86,8 @@ def backup_summary(outcome: JobOutcome) -> BackupSummary | None:
         return None
     size = _number(result.get("size_bytes"))
     duration = _number(result.get("duration_seconds"))
+    kubernetes = result.get("kubernetes")
+    objects = _number(kubernetes.get("object_count")) if isinstance(kubernetes, dict) else None
     return BackupSummary(
         id=backup_id,
         schedule=outcome.schedule,
@@ -94,6 +96,7 @@ def backup_summary(outcome: JobOutcome) -> BackupSummary | None:
         started_at=parse_time(result.get("started_at")) or outcome.started_at,
         size_bytes=int(size) if size is not None else None,
         duration_seconds=duration,
+        objects=int(objects) if objects is not None else None,
     )
 
 

@@ -82,6 +82,8 @@ class CatalogSummary:
     """Engine of the newest backup (`postgres`, `redis`)."""
     newest_backup_size_bytes: int | None = None
     """Stored size of the newest backup."""
+    newest_backup_objects: int | None = None
+    """Kubernetes backups: objects in the newest backup."""
     backups: tuple[BackupRecord, ...] = ()
     """Every complete backup, reduced to what decides recovery points."""
     wal_chain: WalChainEnd | None = None
@@ -195,6 +197,7 @@ def _catalog_updates(current: BackupPolicyStatus, summary: CatalogSummary) -> di
                     method=method,
                     time=newest_time,
                     size_bytes=summary.newest_backup_size_bytes,
+                    objects=summary.newest_backup_objects,
                 )
     return updates
 

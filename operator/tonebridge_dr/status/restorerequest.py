@@ -96,6 +96,10 @@ _HINTS: dict[str, str] = {
         "(activeDeadlineSeconds)."
     ),
     "Cancelled": "The restore process was stopped before it finished.",
+    "ObjectsNotRestored": (
+        "status.restored.failures lists the first refused objects; fix them (or leave them "
+        "out with target.kubernetes.kinds / names) and restore again in a new RestoreRequest."
+    ),
     "RecoveryEndedEarly": (
         "PostgreSQL promoted before replaying all the WAL the archive holds: the restored "
         "data directory misses committed transactions, was shut down and carries the file "
@@ -134,6 +138,7 @@ class TargetKind:
     DATABASE = "database"
     VOLUME = "volume"
     REDIS = "redis"
+    KUBERNETES = "kubernetes"
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,7 @@ class TargetInfo:
     """What the messages need to know about the request (computed by the handler)."""
 
     kind: str
-    """TargetKind.DATABASE, TargetKind.VOLUME or TargetKind.REDIS."""
+    """TargetKind.DATABASE, VOLUME, REDIS or KUBERNETES."""
     description: str
     """builders.restore.target_description: e.g. `volume "pg-data"`."""
     repository_url: str = ""
@@ -356,6 +361,8 @@ def restored_summary(result: Mapping[str, Any] | None) -> RestoredSummary | None
     if method not in tuple(BackupMethod) and result.get("engine") == "redis":
         method = BackupMethod.SNAPSHOT  # the runner says "rdb": the API calls it snapshot
     lsn = result.get("recovered_to_lsn")
+    if result.get("engine") == "kubernetes":
+        return _kubernetes_summary(result, backup)
     summary = RestoredSummary(
         backup_id=backup if isinstance(backup, str) else None,
         method=BackupMethod(method) if method in tuple(BackupMethod) else None,
@@ -367,6 +374,34 @@ def restored_summary(result: Mapping[str, Any] | None) -> RestoredSummary | None
         keys_skipped=_count(result.get("keys_skipped")),
     )
     return summary if summary.model_dump(exclude_none=True) else None
+
+
+_OBJECT_COUNTS = ("created", "updated", "recreated", "unchanged", "skipped", "failed")
+
+
+def _kubernetes_summary(result: Mapping[str, Any], backup: Any) -> RestoredSummary:
+    failures = []
+    for failure in result.get("failures") or []:
+        if isinstance(failure, dict):
+            text = (f"{failure.get('kind')} {failure.get('namespace')}/{failure.get('name')}: "
+                    f"{failure.get('error')}")
+            failures.append(text[:512])
+    return RestoredSummary(
+        backup_id=backup if isinstance(backup, str) else None,
+        method=BackupMethod.EXPORT,
+        objects_created=_count(result.get("created")),
+        objects_updated=_count(result.get("updated")),
+        objects_recreated=_count(result.get("recreated")),
+        objects_unchanged=_count(result.get("unchanged")),
+        objects_skipped=_count(result.get("skipped")),
+        objects_failed=_count(result.get("failed")),
+        failures=failures[:10] or None,
+    )
+
+
+def _objects(summary: RestoredSummary) -> str:
+    counts = [(name, getattr(summary, f"objects_{name}")) for name in _OBJECT_COUNTS]
+    return ", ".join(f"{count} {name}" for name, count in counts if count)
 
 
 def _keys(count: int) -> str:
@@ -385,6 +420,8 @@ def _success_message(target: TargetInfo, summary: RestoredSummary | None,
             details.append(f"{summary.repaired_rows} missing rows re-inserted{extra}")
         elif summary.tables:
             details.append("tables " + ", ".join(summary.tables))
+        if summary.method is BackupMethod.EXPORT:
+            details.append(f"objects: {_objects(summary) or 'none matched'}")
         if summary.keys_restored is not None:
             details.append(f"{_keys(summary.keys_restored)} restored")
         if summary.keys_skipped:
@@ -411,6 +448,12 @@ def _target_state(target: TargetInfo, reason: str, attempts: int = 1) -> str:
             "A Redis restore is not one transaction: keys restored before the failure, if "
             f"any, stay in {target.description}; no key was deleted. Restoring again is safe "
             "(without spec.overwrite, keys already there are skipped)."
+        )
+    if target.kind == TargetKind.KUBERNETES:
+        return (
+            "A Kubernetes restore is not one transaction: objects applied before the failure "
+            f"stay in {target.description}. Restoring again is safe (mode missing skips what "
+            "exists)."
         )
     if target.kind == TargetKind.VOLUME:
         return (
@@ -474,10 +517,14 @@ def job_observed(
     completed = outcome.finished_at or now
     current = current.model_copy(update={"started_at": started, "job_name": outcome.job_name})
     if outcome.state == "failed":
-        return _final_failure(
+        failed = _final_failure(
             current, outcome.reason, _failure_message(target, outcome, attempts), generation, now,
             completed=completed,
         )
+        done = outcome.result or outcome.payload  # a failure's payload: what it did anyway
+        if target.kind == TargetKind.KUBERNETES and done and done.get("engine") == "kubernetes":
+            failed = failed.model_copy(update={"restored": restored_summary(done)})
+        return failed
     summary = restored_summary(outcome.result)
     text = _success_message(target, summary, outcome.result)
     # Ready no longer says "JobCreated": the request is done, and says how it ended.

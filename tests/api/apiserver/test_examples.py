@@ -102,6 +102,7 @@ def test_examples_are_listed_by_category_and_short_names(sandbox: Any, namespace
         [
             "backuppolicy.dr.tonebridge.io/tonebridge-db",
             "restorerequest.dr.tonebridge.io/rebuild-tonebridge-db",
+            "restorerequest.dr.tonebridge.io/restore-tonebridge-config",
             "restorerequest.dr.tonebridge.io/repair-transformations-jan",
             "restorerequest.dr.tonebridge.io/restore-transformations",
             "restorerequest.dr.tonebridge.io/restore-tonebridge-db-latest",
@@ -114,7 +115,7 @@ def test_examples_are_listed_by_category_and_short_names(sandbox: Any, namespace
         ]
     )
     for short, header in (
-        ("bp", "NAME TARGET SCHEDULE LAST BACKUP RPO RESTORABLE READY AGE"),
+        ("bp", "NAME TARGET SCHEDULE LAST BACKUP OBJECTS RPO RESTORABLE READY AGE"),
         ("rr", "NAME PHASE SOURCE TARGET TIME DURATION AGE"),
         ("fp", "NAME MODE HEALTH PHASE STAGE ELAPSED AGE"),
         ("rt", "NAME SOURCE LAST RESULT RESTORE TIME RTO MET LAST RUN AGE"),

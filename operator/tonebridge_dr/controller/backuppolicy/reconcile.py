@@ -115,15 +115,37 @@ def object_lock_problem(policy: BackupPolicy, enabled: bool | None) -> str | Non
     )
 
 
+def secrets_encryption_problem(policy: BackupPolicy) -> str | None:
+    """Why a kubernetes target cannot run: it exports Secrets (listed, or by the default
+    kinds) without spec.encryption. The API server refuses a policy that lists secrets
+    without encryption; the default kinds include secrets, which only the operator sees."""
+    target = policy.spec.target.kubernetes
+    if target is None or not target.exports_secrets or policy.spec.encryption is not None:
+        return None
+    listed = "lists secrets" if target.kinds else "exports secrets (the default kinds include them)"
+    return (
+        f"target.kubernetes {listed}, but spec.encryption is not set: Secrets are only ever "
+        "stored encrypted. Set spec.encryption.publicKeySecretRef (an OpenPGP public key), or "
+        "set target.kubernetes.kinds to the kinds to export without secrets; no backup runs "
+        "until then"
+    )
+
+
 def decide(
     policy: BackupPolicy,
     desired: list[Json],
     owned: list[Json],
     problems: list[secrets.SecretProblem],
     object_lock: str | None = None,
+    encryption: str | None = None,
 ) -> Decision:
     """`object_lock`: `object_lock_problem`'s sentence; like a missing Secret that backup
-    Jobs need, it leaves the owned objects as they are."""
+    Jobs need, it leaves the owned objects as they are. `encryption`:
+    `secrets_encryption_problem`'s sentence: nothing is applied (no backup would store a
+    Secret unencrypted) and the owned objects are left as they are."""
+    if encryption is not None:
+        return Decision(apply=[], delete=[], ready=False,
+                        reason=Reason.SECRETS_NEED_ENCRYPTION, message=encryption)
     if object_lock is not None and not any(problem.blocking for problem in problems):
         return Decision(apply=[], delete=[], ready=False,
                         reason=Reason.OBJECT_LOCK_NOT_ENABLED, message=object_lock)
@@ -190,7 +212,8 @@ def reconcile(controller: PolicyController, policy: BackupPolicy, body: Json,
     owned = observe_owned(ctx, policy) if prune else []
     # decide
     decision = decide(policy, desired, owned, problems,
-                      object_lock_problem(policy, lock_enabled))
+                      object_lock_problem(policy, lock_enabled),
+                      secrets_encryption_problem(policy))
     # act
     try:
         act(ctx, policy, decision)

@@ -195,6 +195,7 @@ class CatalogReader:
             newest_backup_method=newest.method,
             newest_backup_engine=newest.engine,
             newest_backup_size_bytes=newest.size_bytes,
+            newest_backup_objects=_object_count(newest),
             backups=records,
             wal_chain=chain,
         )
@@ -313,6 +314,13 @@ class CatalogReader:
             in_progress=len(report.in_progress),
             classes=tuple(found.classes),
         )
+
+
+def _object_count(manifest: Manifest) -> int | None:
+    """Objects in a kubernetes backup (its manifest's `extra.kubernetes.object_count`)."""
+    kubernetes = manifest.extra.get("kubernetes")
+    count = kubernetes.get("object_count") if isinstance(kubernetes, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def backup_record(manifest: Manifest) -> recoverypoint.BackupRecord:
