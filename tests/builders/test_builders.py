@@ -30,8 +30,8 @@ from tonebridge_dr.builders.settings import RunnerSettings
 EXAMPLES = ROOT / "examples"
 GOLDEN = fixtures.GOLDEN / "builders"
 
-SUPPORTED_EXAMPLES = ("00-local-demo", "01-postgres-backup", "02-redis-backup")
-UNSUPPORTED_EXAMPLES = {"06-config-backup": "kubernetes", "07-uploads-backup": "bucket"}
+SUPPORTED_EXAMPLES = ("00-local-demo", "01-postgres-backup", "02-redis-backup", "07-uploads-backup")
+UNSUPPORTED_EXAMPLES = {"06-config-backup": "kubernetes"}
 UID = "8f0b6c1e-5a52-4f7e-9d3a-2c9e3f7a0001"
 NAMESPACE = "tonebridge"
 RUN_NOW_TOKEN = "2024-01-15T10:30:00Z"
@@ -307,6 +307,7 @@ def test_credentials_only_come_from_secret_refs(example: str) -> None:
         for ref in (
             policy.spec.target.postgres.dsn_secret_ref if policy.spec.target.postgres else None,
             policy.spec.target.redis.url_secret_ref if policy.spec.target.redis else None,
+            policy.spec.target.bucket.credentials_secret_ref if policy.spec.target.bucket else None,
             repo.credentials_secret_ref,
             policy.spec.encryption.public_key_secret_ref if policy.spec.encryption else None,
         )
@@ -316,6 +317,8 @@ def test_credentials_only_come_from_secret_refs(example: str) -> None:
         "TONEBRIDGE_DR_REPO", "AWS_REGION", "AWS_ENDPOINT_URL_S3", "TONEBRIDGE_DR_S3_SSE",
         "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID", "HOME", contract.ENV_COMPRESSION,
         contract.ENV_COMPRESSION_LEVEL, contract.ENV_ENCRYPT_TO,  # a public key's path
+        # the source bucket's URL, region and endpoint (its credentials: secretKeyRef)
+        contract.ENV_BUCKET_SOURCE, contract.ENV_BUCKET_REGION, contract.ENV_BUCKET_ENDPOINT,
     }
     for obj in all_objects(example):
         for pod in pod_specs(obj):
