@@ -59,6 +59,7 @@ from tonebridge_dr.api.common import (
 from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.api.restorerequest import (
     AccessMode,
+    BucketRestoreTarget,
     DatabaseTarget,
     RedisRestoreTarget,
     RestoreRequestSpec,
@@ -149,8 +150,8 @@ target not empty (11), recovery ended before its planned end (14: the volume hol
 promoted, marked data directory; a person decides). The Job fails at once."""
 
 _REFUSED_BY_PLATFORM = (
-    "RestoreRequest restores PostgreSQL (a database or a data volume) and Redis in this "
-    "version; restore Kubernetes exports with the tonebridge-dr CLI "
+    "RestoreRequest restores PostgreSQL (a database or a data volume), Redis and buckets in "
+    "this version; restore Kubernetes exports with the tonebridge-dr CLI "
     "(`tonebridge-dr restore kubernetes ...`)"
 )
 _ENGINE_NAMES: dict[TargetKind, str] = {
@@ -207,9 +208,10 @@ class ResolvedSource:
 
 
 def target_kind(rr: RestoreRequest) -> str:
-    """`database`, `volume`, `redis` or `kubernetes`: which target the request sets."""
+    """`database`, `volume`, `redis`, `bucket` or `kubernetes`: which target the request
+    sets."""
     target = rr.spec.target
-    for kind in ("database", "volume", "redis"):
+    for kind in ("database", "volume", "redis", "bucket"):
         if getattr(target, kind) is not None:
             return kind
     return "kubernetes"
@@ -222,6 +224,8 @@ def _engine_of(rr: RestoreRequest) -> TargetKind | None:
         return TargetKind.POSTGRES
     if target.redis is not None:
         return TargetKind.REDIS
+    if target.bucket is not None:
+        return TargetKind.BUCKET
     return None
 
 
@@ -341,6 +345,11 @@ def secret_requirements(rr: RestoreRequest, source: ResolvedSource) -> list[Secr
     if target is not None:
         ref, purpose = target
         wanted.append(SecretRequirement(ref.name, (ref.key,), purpose))
+    bucket = rr.spec.target.bucket
+    if bucket is not None and bucket.credentials_secret_ref is not None:
+        keys = tuple(key for key, optional in pods.AWS_CREDENTIAL_KEYS if not optional)
+        wanted.append(SecretRequirement(bucket.credentials_secret_ref.name, keys,
+                                        "target bucket credentials"))
     return wanted + source_secret_requirements(source)
 
 
@@ -391,6 +400,11 @@ def target_description(rr: RestoreRequest) -> str:
             where = f'keys matching "{target.redis.pattern}" in {where}'
         if target.redis.db is not None:
             where += f" (database {target.redis.db} of the backup)"
+        return where
+    if target.bucket is not None:
+        where = f"bucket {target.bucket.url}"
+        if target.bucket.prefix is not None:
+            where = f'keys starting with "{target.bucket.prefix}" into {where}'
         return where
     return "the target"
 
@@ -457,6 +471,14 @@ def _redis_args(spec: RestoreRequestSpec, redis: RedisRestoreTarget) -> list[str
     return args
 
 
+def _bucket_args(spec: RestoreRequestSpec, bucket: BucketRestoreTarget) -> list[str]:
+    args = ["--backup", _backup_arg(spec), "--to", bucket.url,
+            "--mode", "replace" if spec.overwrite else "missing"]
+    if bucket.prefix is not None:
+        args.append(f"--prefix={bucket.prefix}")  # one token: a prefix may start with "-"
+    return args
+
+
 def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
     """Arguments after the runner's command, e.g. `restore postgres --backup latest
     --table transformations --clean --json` or `restore redis --backup latest --mode
@@ -471,6 +493,8 @@ def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
         args = ["restore", "postgres", *_volume_args(spec)]
     elif target.redis is not None:
         args = ["restore", "redis", *_redis_args(spec, target.redis)]
+    elif target.bucket is not None:
+        args = ["restore", "bucket", *_bucket_args(spec, target.bucket)]
     else:
         raise RestoreSpecError("UnsupportedTarget", _REFUSED_BY_PLATFORM)
     return [*args, *decrypt_args(source), "--json"]
@@ -502,6 +526,9 @@ def restore_env(rr: RestoreRequest, source: ResolvedSource) -> list[Manifest]:
     if target is not None:
         name = ENV_REDIS_TARGET_URL if rr.spec.target.redis is not None else ENV_TARGET_DSN
         env.append(pods.secret_key_env(name, target[0]))
+    bucket = rr.spec.target.bucket
+    if bucket is not None:
+        env.extend(pods.bucket_env(bucket.credentials_secret_ref, bucket.region, bucket.endpoint))
     return pods.runner_env(env)
 
 
