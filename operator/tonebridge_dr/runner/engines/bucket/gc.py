@@ -4,7 +4,7 @@ Content objects are shared by snapshots, so deleting a snapshot (retention's pru
 deletes only its folder; what no remaining snapshot references is removed here:
 
 1. Scan `base/`. When a snapshot is in flight (a folder without manifest touched within
-   `grace`: a running writer renews its claim every minute) nothing is swept: what it
+   `grace` of the clock: a running writer renews its claim every minute) nothing is swept: what it
    will reference is not known yet. The run reports it as `deferred`.
 2. Mark: the union of the content indexes (`content.idx`) of every complete bucket
    snapshot, merged one by one into a sorted temporary file (memory stays constant
@@ -141,7 +141,8 @@ def collect_garbage(
     now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     report = GcReport(dry_run=dry_run)
     folders = _folders(repo)
-    report.deferred = _in_flight(folders, now, grace)
+    # Running writers renew their claims by the clock, whatever `now` a caller passes.
+    report.deferred = _in_flight(folders, min(now, dt.datetime.now(dt.UTC)), grace)
     if report.deferred:
         log.info("%s: content garbage collection deferred: snapshot(s) %s in progress",
                  repo.url, ", ".join(report.deferred))
