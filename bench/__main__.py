@@ -8,6 +8,7 @@
 - `operator`: bench/operator_bench.py, apply-to-CronJob latency and operator RSS.
 - `restoretest`: bench/restoretest_bench.py, the RTO restore-test postgres measures vs
   pg_restore and a base backup copy + start.
+- `bucket`: bench/bucket_bench.py, bucket snapshots vs an `aws s3 sync`-equivalent copy.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ def main(argv: list[str]) -> int:
 
         return pg_dump_bench.main(rest)
     scripts = {"redis": "redis_bench.py", "wal": "wal_bench.py", "operator": "operator_bench.py",
-               "restoretest": "restoretest_bench.py"}
+               "restoretest": "restoretest_bench.py", "bucket": "bucket_bench.py"}
     if name in scripts:
         script = HERE / scripts[name]
         sys.argv = [str(script), *rest]
         runpy.run_path(str(script), run_name="__main__")
         return 0
-    print(f"unknown benchmark {name!r}: use postgres, redis, wal, operator or restoretest",
+    print(f"unknown benchmark {name!r}: use postgres, redis, wal, operator, restoretest or bucket",
           file=sys.stderr)
     return 2
 

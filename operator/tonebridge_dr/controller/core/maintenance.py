@@ -298,6 +298,10 @@ def _archive(
     archive = policy.spec.archive
     if archive is None:
         return 0, ()
+    if policy.spec.target.bucket is not None:
+        # Garbage collection reads every kept snapshot's content index: it stays readable.
+        return 0, ("spec.archive does not apply to bucket snapshots (their content "
+                   "indexes must stay readable for garbage collection).",)
     from tonebridge_dr.runner.repository import tiering
 
     storage_class = archive.storage_class.value
