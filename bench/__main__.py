@@ -10,6 +10,7 @@
   pg_restore and a base backup copy + start.
 - `kubernetes`: bench/kubernetes_bench.py, backup and restore of a namespace of 1,000
   ConfigMaps vs kubectl get / kubectl apply --server-side.
+- `bucket`: bench/bucket_bench.py, bucket snapshots vs an `aws s3 sync`-equivalent copy.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ def main(argv: list[str]) -> int:
 
         return pg_dump_bench.main(rest)
     scripts = {"redis": "redis_bench.py", "wal": "wal_bench.py", "operator": "operator_bench.py",
-               "restoretest": "restoretest_bench.py", "kubernetes": "kubernetes_bench.py"}
+               "restoretest": "restoretest_bench.py", "kubernetes": "kubernetes_bench.py",
+               "bucket": "bucket_bench.py"}
     if name in scripts:
         script = HERE / scripts[name]
         sys.argv = [str(script), *rest]
         runpy.run_path(str(script), run_name="__main__")
         return 0
-    print(f"unknown benchmark {name!r}: use postgres, redis, wal, operator, restoretest or "
-          "kubernetes", file=sys.stderr)
+    print(f"unknown benchmark {name!r}: use postgres, redis, wal, operator, restoretest, "
+          "kubernetes or bucket", file=sys.stderr)
     return 2
 
 

@@ -282,7 +282,8 @@ CASES: tuple[Case, ...] = (
          put("spec.tables", ["users"]),
          server="tables and repair restore from a logical backup: they need target.database"),
     case("rr-two-targets", RR_TABLE, put("spec.target.volume", {"claimName": "data"}),
-         server="exactly one restore target must be set: database, volume, redis or kubernetes"),
+         server="exactly one restore target must be set: database, volume, redis, kubernetes or "
+         "bucket"),
     case("rr-instance-without-volume", RR_TABLE, put("spec.target.instance", {}),
          server="instance runs PostgreSQL on the restored volume: it needs volume"),
     case("rr-volume-claim-and-template", RR_PITR, put("spec.target.volume.claimName", "data"),

@@ -30,7 +30,8 @@ POLICY_UID = "8f0b6c1e-5a52-4f7e-9d3a-2c9e3f7a0001"
 SETTINGS = RunnerSettings()
 REQUESTS = sorted(p.name for p in (EXAMPLES / "03-restore").glob("restorerequest-*.yaml"))
 POLICY_EXAMPLES = {"tonebridge-db": "01-postgres-backup", "tonebridge-redis": "02-redis-backup",
-                   "tonebridge-config": "06-config-backup"}
+                   "tonebridge-config": "06-config-backup",
+                   "tonebridge-uploads": "07-uploads-backup"}
 """The example folder of each BackupPolicy the restore examples name."""
 
 
@@ -127,11 +128,14 @@ def test_every_kind_of_restore_has_an_example() -> None:
             kinds.add("pitr" if spec.target_time else "physical")
         elif spec.target.redis is not None:
             kinds.add("redis")
+        elif spec.target.bucket is not None:
+            kinds.add("bucket")
         else:
             kinds.add("logical")
         if spec.source.repository is not None:
             kinds.add("disaster")
-    assert kinds == {"repair", "tables", "pitr", "physical", "logical", "disaster", "redis"}
+    assert kinds == {"repair", "tables", "pitr", "physical", "logical", "disaster", "redis",
+                     "bucket"}
 
 
 # --- security contract ------------------------------------------------------------------------
@@ -139,7 +143,7 @@ def test_every_kind_of_restore_has_an_example() -> None:
 
 def secret_values() -> list[str]:
     values: list[str] = []
-    for folder in ("01-postgres-backup", "02-redis-backup", "03-restore"):
+    for folder in ("01-postgres-backup", "02-redis-backup", "03-restore", "07-uploads-backup"):
         for doc in _yaml(EXAMPLES / folder / "secrets.yaml"):
             for value in (doc.get("stringData") or {}).values():
                 values.append(value.strip())
@@ -169,7 +173,8 @@ def test_restore_pods_read_with_the_restore_role_and_never_see_the_public_key(
         v["valueFrom"]["secretKeyRef"]["name"]
         for v in container["env"] if "secretKeyRef" in v.get("valueFrom", {})
     }
-    assert refs <= {"tonebridge-backup-reader", "tonebridge-db-restore", "tonebridge-redis-restore"}
+    assert refs <= {"tonebridge-backup-reader", "tonebridge-db-restore", "tonebridge-redis-restore",
+                    "uploads-writer"}
     assert pod["serviceAccountName"] == SETTINGS.restore_service_account
     # only a Kubernetes restore talks to the API (it applies the objects)
     assert pod["automountServiceAccountToken"] is (example == "restorerequest-config.yaml")
@@ -188,8 +193,10 @@ ENCRYPTED = [example for example in REQUESTS if _encrypted(example)]
 
 
 def test_the_examples_cover_encrypted_and_plain_backups() -> None:
-    assert "restorerequest-redis.yaml" not in ENCRYPTED  # the Redis policy does not encrypt
-    assert len(ENCRYPTED) == len(REQUESTS) - 1
+    # the Redis and the uploads policies do not encrypt
+    assert "restorerequest-redis.yaml" not in ENCRYPTED
+    assert "restorerequest-bucket.yaml" not in ENCRYPTED
+    assert len(ENCRYPTED) == len(REQUESTS) - 2
     job = builders.build_restore_job(request("restorerequest-redis.yaml"),
                                      policy("tonebridge-redis"), SETTINGS)
     pod = pod_spec(job)
@@ -512,6 +519,49 @@ def test_redis_arguments_are_accepted_by_the_runner(
     assert (args.verb, args.engine, args.json, args.backup) == ("restore", "redis", True, "latest")
     assert {key: getattr(args, key) for key in expected} == expected
     assert args.target_url is None and args.data_dir is None  # the URL comes from the env
+
+
+def test_bucket_restores_only_missing_objects_unless_overwrite() -> None:
+    assert args_of(request("restorerequest-bucket.yaml")) == [
+        "restore", "bucket", "--backup", "latest", "--to", "s3://tonebridge-uploads",
+        "--mode", "missing", "--json",
+    ]
+    body = request_body("restorerequest-bucket.yaml")
+    body["spec"]["target"]["bucket"]["prefix"] = "-avatars/"
+    body["spec"].update(overwrite=True, latest=None, backupId="20240115T020000Z")
+    argv = args_of(RestoreRequest.from_body(body))
+    assert argv == [
+        "restore", "bucket", "--backup", "20240115T020000Z", "--to", "s3://tonebridge-uploads",
+        "--mode", "replace", "--prefix=-avatars/", "--json",
+    ]
+    args = cli.build_parser(argv).parse_args(argv)
+    assert (args.verb, args.engine, args.backup, args.to, args.mode, args.prefix) == (
+        "restore", "bucket", "20240115T020000Z", "s3://tonebridge-uploads", "replace",
+        "-avatars/")
+
+
+def test_bucket_target_credentials_come_from_their_secret_by_reference() -> None:
+    rr = request("restorerequest-bucket.yaml")
+    job = builders.build_restore_job(rr, policy_for(rr), SETTINGS)
+    env = {var["name"]: var for var in pod_spec(job)["containers"][0]["env"]}
+    assert env["TONEBRIDGE_DR_BUCKET_AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "uploads-writer", "key": "AWS_ACCESS_KEY_ID"}
+    assert env["TONEBRIDGE_DR_BUCKET_REGION"]["value"] == "ap-northeast-1"
+    # the repository is read with the policy's credentials, not the target's
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == (
+        "tonebridge-backup-reader")
+    names_needed = [req.name for req in builders.secret_requirements(
+        rr, builders.resolve_source(rr, policy_for(rr)))]
+    assert names_needed == ["uploads-writer", "tonebridge-backup-reader"]
+    assert builders.target_description(rr) == "bucket s3://tonebridge-uploads"
+
+
+def test_a_postgres_policy_cannot_feed_a_bucket_target() -> None:
+    body = request_body("restorerequest-bucket.yaml")
+    body["spec"]["source"]["policyRef"]["name"] = "tonebridge-db"
+    rr = RestoreRequest.from_body(body)
+    with pytest.raises(builders.RestoreSpecError, match="backs up postgres, not object storage"):
+        builders.build_restore_job(rr, policy("tonebridge-db"), SETTINGS)
 
 
 def test_the_redis_url_comes_from_its_secret_by_reference() -> None:

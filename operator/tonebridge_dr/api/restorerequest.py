@@ -25,9 +25,11 @@ from tonebridge_dr.api.common import (
     BackupMethod,
     DatabaseName,
     LocalObjectRef,
+    Region,
     Repository,
     ResourceRequirements,
     SecretKeyRef,
+    SecretRef,
     TableName,
 )
 from tonebridge_dr.api.conditions import ConditionList
@@ -36,6 +38,7 @@ __all__ = [
     "IMMUTABLE_SPEC_RULE",
     "AccessMode",
     "BackupId",
+    "BucketRestoreTarget",
     "ClaimTemplate",
     "DatabaseTarget",
     "Instance",
@@ -239,8 +242,31 @@ class KubernetesRestoreTarget(SpecModel):
     )
 
 
+class BucketRestoreTarget(SpecModel):
+    """An S3 bucket that receives the objects of a bucket snapshot, with their content type
+    and user metadata. Objects it already has are left as they are unless `overwrite:
+    true`; objects the snapshot lacks are never deleted."""
+
+    url: Annotated[str, Field(max_length=1024), Matches(formats.S3_URL_RE, formats.S3_URL_MESSAGE)]
+    """Where the objects go: s3://bucket/prefix (key K of the snapshot becomes prefix/K)."""
+    credentials_secret_ref: SecretRef | None = None
+    """Write credentials for the target bucket (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY;
+    default: the repository's credentials or the pod's identity)."""
+    region: Region | None = None
+    """Region of the target bucket."""
+    endpoint: (
+        Annotated[
+            str, Field(max_length=1024), Matches(formats.HTTP_URL_RE, formats.HTTP_URL_MESSAGE)
+        ]
+        | None
+    ) = None
+    """Endpoint of an S3-compatible target."""
+    prefix: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    """Restore only the snapshot's keys that start with this (e.g. `avatars/`)."""
+
+
 class RestoreTarget(SpecModel):
-    """Where the data goes: exactly one of database, volume, redis, kubernetes."""
+    """Where the data goes: exactly one of database, volume, redis, kubernetes, bucket."""
 
     database: DatabaseTarget | None = None
     """A running PostgreSQL server (logical restores, tables, repair)."""
@@ -252,14 +278,19 @@ class RestoreTarget(SpecModel):
     """A Redis server."""
     kubernetes: KubernetesRestoreTarget | None = None
     """The Kubernetes API of this cluster."""
+    bucket: BucketRestoreTarget | None = None
+    """An S3 bucket (objects of a bucket snapshot)."""
 
     cel_rules = (
         Rule(
             "(has(self.database) ? 1 : 0) + (has(self.volume) ? 1 : 0)"
-            " + (has(self.redis) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) == 1",
-            "exactly one restore target must be set: database, volume, redis or kubernetes",
+            " + (has(self.redis) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0)"
+            " + (has(self.bucket) ? 1 : 0) == 1",
+            "exactly one restore target must be set: database, volume, redis, kubernetes or "
+            "bucket",
             lambda t: (
-                sum(x is not None for x in (t.database, t.volume, t.redis, t.kubernetes)) == 1
+                sum(x is not None
+                    for x in (t.database, t.volume, t.redis, t.kubernetes, t.bucket)) == 1
             ),
         ),
         Rule(
@@ -337,7 +368,7 @@ class RestoreRequestSpec(SpecModel):
     base backup that ended before it (without it: the oldest base backup, slower)."""
     method: BackupMethod | None = None
     """Kind of backup to restore: logical (database), physical (volume), snapshot (redis),
-    export (kubernetes); default: implied by the target."""
+    export (kubernetes), sync (bucket); default: implied by the target."""
     target: RestoreTarget
     """Where the data goes."""
     tables: Annotated[list[TableName], Field(min_length=1, max_length=32)] | None = None
@@ -346,7 +377,7 @@ class RestoreRequestSpec(SpecModel):
     """Re-insert missing rows of a time range [from, to) instead of replacing the table."""
     overwrite: StrictBool = False
     """Allow replacing existing data (a non-empty database, tables or volume; Redis keys
-    the target already has)."""
+    or bucket objects the target already has)."""
     resources: ResourceRequirements | None = None
     """Resources of the restore Job."""
     rehydration: Rehydration | None = None
@@ -384,9 +415,10 @@ class RestoreRequestSpec(SpecModel):
             " || (self.method == 'logical' && has(self.target.database))"
             " || (self.method == 'physical' && has(self.target.volume))"
             " || (self.method == 'snapshot' && has(self.target.redis))"
-            " || (self.method == 'export' && has(self.target.kubernetes))",
+            " || (self.method == 'export' && has(self.target.kubernetes))"
+            " || (self.method == 'sync' && has(self.target.bucket))",
             "method must suit the target: logical for database, physical for volume, "
-            "snapshot for redis, export for kubernetes",
+            "snapshot for redis, export for kubernetes, sync for bucket",
             lambda r: r.method is None or r.method == _method_for(r.target),
         ),
         Rule(
@@ -419,6 +451,8 @@ def _method_for(target: RestoreTarget) -> BackupMethod:
         return BackupMethod.PHYSICAL
     if target.redis is not None:
         return BackupMethod.SNAPSHOT
+    if target.bucket is not None:
+        return BackupMethod.SYNC
     return BackupMethod.EXPORT
 
 
@@ -470,12 +504,15 @@ class RestoredSummary(StatusModel):
     objects_unchanged: Annotated[int, Field(ge=0)] | None = None
     """Kubernetes: live objects that already were the backup's version."""
     objects_skipped: Annotated[int, Field(ge=0)] | None = None
-    """Kubernetes: live objects left as they were (missing mode)."""
+    """Kubernetes: live objects left as they were (missing mode); bucket: objects the
+    target already had, left as they were (without overwrite)."""
     objects_failed: Annotated[int, Field(ge=0)] | None = None
     """Kubernetes: objects the API server refused."""
     failures: Annotated[list[Annotated[str, Field(max_length=512)]],
                         Field(max_length=10)] | None = None
     """Kubernetes: the first refused objects and why."""
+    objects_restored: Annotated[int, Field(ge=0)] | None = None
+    """Bucket: objects written into the target bucket."""
 
 
 class RestoreRequestStatus(StatusModel):

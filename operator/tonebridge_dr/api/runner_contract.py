@@ -24,6 +24,12 @@ __all__ = [
     "DRILL_REPORTS",
     "ENGINES",
     "ENGINE_NAMES",
+    "ENV_BUCKET_ACCESS_KEY_ID",
+    "ENV_BUCKET_ENDPOINT",
+    "ENV_BUCKET_REGION",
+    "ENV_BUCKET_SECRET_ACCESS_KEY",
+    "ENV_BUCKET_SESSION_TOKEN",
+    "ENV_BUCKET_SOURCE",
     "ENV_CHECKS",
     "ENV_CLAIM_HEARTBEAT",
     "ENV_COMPRESSION",
@@ -86,6 +92,16 @@ ENV_REDIS_URL: Final = "TONEBRIDGE_DR_REDIS_URL"
 """redis:// URL of the server a backup reads."""
 ENV_REDIS_TARGET_URL: Final = "TONEBRIDGE_DR_REDIS_TARGET_URL"
 """redis:// URL of the server a restore writes."""
+ENV_BUCKET_SOURCE: Final = "TONEBRIDGE_DR_BUCKET_SOURCE"
+"""s3://bucket/prefix of the bucket a bucket backup snapshots."""
+ENV_BUCKET_ACCESS_KEY_ID: Final = "TONEBRIDGE_DR_BUCKET_AWS_ACCESS_KEY_ID"
+"""Credentials of the bucket a bucket backup reads or a bucket restore writes (from a
+Secret); unset: the standard AWS chain, as for the repository."""
+ENV_BUCKET_SECRET_ACCESS_KEY: Final = "TONEBRIDGE_DR_BUCKET_AWS_SECRET_ACCESS_KEY"
+ENV_BUCKET_SESSION_TOKEN: Final = "TONEBRIDGE_DR_BUCKET_AWS_SESSION_TOKEN"
+ENV_BUCKET_REGION: Final = "TONEBRIDGE_DR_BUCKET_REGION"
+ENV_BUCKET_ENDPOINT: Final = "TONEBRIDGE_DR_BUCKET_ENDPOINT"
+"""Endpoint of an S3-compatible source or target bucket (default: the repository's)."""
 ENV_S3_SSE: Final = "TONEBRIDGE_DR_S3_SSE"
 """S3 server-side encryption of stored objects (`AES256` or `aws:kms`)."""
 ENV_S3_SSE_KMS_KEY_ID: Final = "TONEBRIDGE_DR_S3_SSE_KMS_KEY_ID"
@@ -367,7 +383,8 @@ ENGINES: Final[tuple[EngineSpec, ...]] = (
     EngineSpec("redis", "Redis", ("snapshot",), (("rdb", "snapshot"),), backup=True,
                restore=True, restore_test=True),
     EngineSpec("kubernetes", "Kubernetes", ("export",), backup=True, restore=True),
-    EngineSpec("bucket", "object storage bucket", ("sync",), (("copy", "sync"),)),
+    EngineSpec("bucket", "object storage bucket", ("sync",), (("copy", "sync"),),
+               backup=True, restore=True),
 )
 ENGINE_NAMES: Final[tuple[str, ...]] = tuple(engine.name for engine in ENGINES)
 

@@ -127,7 +127,8 @@ def owner_reference(policy: BackupPolicy) -> Manifest:
 def pod_env(policy: BackupPolicy) -> list[Manifest]:
     """Environment of backup and WAL streamer containers: the repository (URL, write
     credentials by secretKeyRef, region, endpoint, SSE) and the target's connection
-    secret (TONEBRIDGE_DR_DSN or TONEBRIDGE_DR_REDIS_URL, by secretKeyRef)."""
+    secret (TONEBRIDGE_DR_DSN or TONEBRIDGE_DR_REDIS_URL, by secretKeyRef); for a bucket
+    the source URL and its read credentials (TONEBRIDGE_DR_BUCKET_*, by secretKeyRef)."""
     target = policy.spec.target
     env: list[Manifest] = []
     if target.postgres is not None:
@@ -136,6 +137,10 @@ def pod_env(policy: BackupPolicy) -> list[Manifest]:
         env.append(pods.secret_key_env(ENV_REDIS_URL, target.redis.url_secret_ref))
     elif target.kubernetes is not None:
         env.extend(_git_env(target.kubernetes))
+    elif target.bucket is not None:
+        bucket = target.bucket
+        env.append(pods.value_env(contract.ENV_BUCKET_SOURCE, bucket.url))
+        env.extend(pods.bucket_env(bucket.credentials_secret_ref, bucket.region, bucket.endpoint))
     else:
         raise UnsupportedTarget(target.kind)
     repository = policy.spec.repository

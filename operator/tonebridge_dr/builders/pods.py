@@ -42,6 +42,7 @@ __all__ = [
     "TERMINATION_MESSAGE_POLICY",
     "TMP_MOUNT_PATH",
     "RunnerPod",
+    "bucket_env",
     "container_security_context",
     "field_env",
     "object_lock_env",
@@ -126,6 +127,32 @@ def repository_env(
         env.append(value_env(contract.ENV_S3_SSE_KMS_KEY_ID, repository.kms_key_id))
     if writes:
         env.extend(object_lock_env(repository))
+    return env
+
+
+_BUCKET_CREDENTIAL_ENV = {
+    "AWS_ACCESS_KEY_ID": contract.ENV_BUCKET_ACCESS_KEY_ID,
+    "AWS_SECRET_ACCESS_KEY": contract.ENV_BUCKET_SECRET_ACCESS_KEY,
+    "AWS_SESSION_TOKEN": contract.ENV_BUCKET_SESSION_TOKEN,
+}
+
+
+def bucket_env(
+    credentials: SecretRef | None, region: str | None, endpoint: str | None
+) -> list[Manifest]:
+    """How the runner reaches the bucket a bucket backup reads or a bucket restore writes:
+    the Secret's AWS_* keys (by secretKeyRef) as TONEBRIDGE_DR_BUCKET_AWS_*, region and
+    endpoint; what is left out comes from the repository's AWS environment."""
+    env: list[Manifest] = []
+    if credentials is not None:
+        env.extend(
+            secret_env(_BUCKET_CREDENTIAL_ENV[key], credentials.name, key, optional=optional)
+            for key, optional in AWS_CREDENTIAL_KEYS
+        )
+    if region is not None:
+        env.append(value_env(contract.ENV_BUCKET_REGION, region))
+    if endpoint is not None:
+        env.append(value_env(contract.ENV_BUCKET_ENDPOINT, endpoint))
     return env
 
 

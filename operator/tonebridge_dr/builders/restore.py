@@ -65,6 +65,7 @@ from tonebridge_dr.api.common import (
 from tonebridge_dr.api.kinds import BackupPolicy, RestoreRequest
 from tonebridge_dr.api.restorerequest import (
     AccessMode,
+    BucketRestoreTarget,
     DatabaseTarget,
     KubernetesRestoreTarget,
     RedisRestoreTarget,
@@ -156,8 +157,8 @@ target not empty (11), recovery ended before its planned end (14: the volume hol
 promoted, marked data directory; a person decides). The Job fails at once."""
 
 _REFUSED_BY_PLATFORM = (
-    "RestoreRequest restores PostgreSQL (a database or a data volume), Redis and Kubernetes "
-    "exports in this version"
+    "RestoreRequest restores PostgreSQL (a database or a data volume), Redis, Kubernetes "
+    "exports and buckets in this version"
 )
 _ENGINE_NAMES: dict[TargetKind, str] = {
     TargetKind(engine.name): engine.title for engine in contract.ENGINES if engine.restore
@@ -213,9 +214,10 @@ class ResolvedSource:
 
 
 def target_kind(rr: RestoreRequest) -> str:
-    """`database`, `volume`, `redis` or `kubernetes`: which target the request sets."""
+    """`database`, `volume`, `redis`, `bucket` or `kubernetes`: which target the request
+    sets."""
     target = rr.spec.target
-    for kind in ("database", "volume", "redis"):
+    for kind in ("database", "volume", "redis", "bucket"):
         if getattr(target, kind) is not None:
             return kind
     return "kubernetes"
@@ -230,6 +232,8 @@ def _engine_of(rr: RestoreRequest) -> TargetKind | None:
         return TargetKind.REDIS
     if target.kubernetes is not None:
         return TargetKind.KUBERNETES
+    if target.bucket is not None:
+        return TargetKind.BUCKET
     return None
 
 
@@ -349,6 +353,11 @@ def secret_requirements(rr: RestoreRequest, source: ResolvedSource) -> list[Secr
     if target is not None:
         ref, purpose = target
         wanted.append(SecretRequirement(ref.name, (ref.key,), purpose))
+    bucket = rr.spec.target.bucket
+    if bucket is not None and bucket.credentials_secret_ref is not None:
+        keys = tuple(key for key, optional in pods.AWS_CREDENTIAL_KEYS if not optional)
+        wanted.append(SecretRequirement(bucket.credentials_secret_ref.name, keys,
+                                        "target bucket credentials"))
     return wanted + source_secret_requirements(source)
 
 
@@ -402,6 +411,11 @@ def target_description(rr: RestoreRequest) -> str:
         return where
     if target.kubernetes is not None:
         return _kubernetes_description(target.kubernetes)
+    if target.bucket is not None:
+        where = f"bucket {target.bucket.url}"
+        if target.bucket.prefix is not None:
+            where = f'keys starting with "{target.bucket.prefix}" into {where}'
+        return where
     return "the target"
 
 
@@ -497,6 +511,14 @@ def _kubernetes_args(spec: RestoreRequestSpec, kubernetes: KubernetesRestoreTarg
     return args
 
 
+def _bucket_args(spec: RestoreRequestSpec, bucket: BucketRestoreTarget) -> list[str]:
+    args = ["--backup", _backup_arg(spec), "--to", bucket.url,
+            "--mode", "replace" if spec.overwrite else "missing"]
+    if bucket.prefix is not None:
+        args.append(f"--prefix={bucket.prefix}")  # one token: a prefix may start with "-"
+    return args
+
+
 def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
     """Arguments after the runner's command, e.g. `restore postgres --backup latest
     --table transformations --clean --json` or `restore redis --backup latest --mode
@@ -513,6 +535,8 @@ def runner_args(rr: RestoreRequest, source: ResolvedSource) -> list[str]:
         args = ["restore", "redis", *_redis_args(spec, target.redis)]
     elif target.kubernetes is not None:
         args = ["restore", "kubernetes", *_kubernetes_args(spec, target.kubernetes)]
+    elif target.bucket is not None:
+        args = ["restore", "bucket", *_bucket_args(spec, target.bucket)]
     else:
         raise RestoreSpecError("UnsupportedTarget", _REFUSED_BY_PLATFORM)
     return [*args, *decrypt_args(source), "--json"]
@@ -544,6 +568,9 @@ def restore_env(rr: RestoreRequest, source: ResolvedSource) -> list[Manifest]:
     if target is not None:
         name = ENV_REDIS_TARGET_URL if rr.spec.target.redis is not None else ENV_TARGET_DSN
         env.append(pods.secret_key_env(name, target[0]))
+    bucket = rr.spec.target.bucket
+    if bucket is not None:
+        env.extend(pods.bucket_env(bucket.credentials_secret_ref, bucket.region, bucket.endpoint))
     return pods.runner_env(env)
 
 

@@ -8,6 +8,7 @@ tonebridge-dr restore-test <engine> --repo URL (--scratch-dsn DSN | --scratch-in
 tonebridge-dr backups list|show ID|verify ID|prune [...] --repo URL [--json]
 tonebridge-dr backups archive --after DUR [--storage-class C] [--wal] [--dry-run] --repo URL
 tonebridge-dr backups rehydrate ID [--days N] [--tier T] [--wait] --repo URL [--json]
+tonebridge-dr backups gc [--grace DUR] [--dry-run] --repo URL [--json]
 tonebridge-dr restore-tests list --repo URL [--json]
 tonebridge-dr check --repo URL [--dsn DSN] [--archive-timeout DUR]
 tonebridge-dr audit list --repo URL [--since T] [--operation OP] [--json]
@@ -176,6 +177,29 @@ _LIST_COLUMNS = (
 )
 
 
+#: Extra columns when the list has bucket snapshots: keys in the snapshot, the bytes of
+#: content it uploaded, and the bytes it references without uploading them.
+_BUCKET_COLUMNS = (
+    ("bucket_objects", "OBJECTS"),
+    ("new_size_bytes", "NEW"),
+    ("deduplicated_size_bytes", "DEDUPLICATED"),
+)
+
+
+def _bucket_row(manifest: Any) -> dict[str, Any]:
+    """A bucket snapshot's counts for `backups list` (nothing for other backups)."""
+    summary = manifest.extra.get("bucket") if manifest.engine == "bucket" else None
+    if not isinstance(summary, dict):
+        return {}
+    return {
+        "bucket_objects": summary.get("objects"),
+        "bucket_bytes": summary.get("bytes"),
+        "new_size_bytes": summary.get("new_bytes"),
+        "deduplicated_size_bytes": summary.get("deduplicated_bytes"),
+        "bucket_source": summary.get("source"),
+    }
+
+
 def _open_repo(args: argparse.Namespace) -> Any:
     from tonebridge_dr.runner.repository.catalog import Repository
 
@@ -191,17 +215,21 @@ def _backups_list(args: argparse.Namespace) -> Outcome:
     # `storage_class` is the class the backup was written with; this is where its data
     # objects are now (one class, "mixed", or None for storage without classes).
     rows = [
-        {**m.result(), "current_storage_class": tiering.class_of(m, objects)} for m in manifests
+        {**m.result(), "current_storage_class": tiering.class_of(m, objects), **_bucket_row(m)}
+        for m in manifests
     ]
     summary = {"backups": len(rows), "latest": rows[-1]["id"] if rows else None}
     if not rows and args.engine is None and args.method is None:
         hint = _empty_repository_hint(repo)
         if hint:
             sys.stderr.write(f"backups list: {hint}\n")
+    columns: tuple[tuple[str, str], ...] = _LIST_COLUMNS
+    if any(m.engine == "bucket" for m in manifests):
+        columns = (*_LIST_COLUMNS, *_BUCKET_COLUMNS)
 
     def show(out: TextIO) -> None:
         if rows:
-            result.print_table(rows, _LIST_COLUMNS, out)
+            result.print_table(rows, columns, out)
         else:
             out.write("no backups\n")
 
@@ -247,7 +275,14 @@ def _backups_show(args: argparse.Namespace) -> Outcome:
 
 
 def _backups_verify(args: argparse.Namespace) -> Outcome:
-    report = _open_repo(args).verify(args.id)
+    repo = _open_repo(args)
+    report = repo.verify(args.id)
+    manifest = repo.get(report.backup_id)
+    if manifest.engine == "bucket":
+        from tonebridge_dr.runner.engines.bucket import verify as bucket_verify
+
+        if bucket_verify.is_snapshot(manifest) and report.ok:
+            bucket_verify.verify_contents(repo, manifest, report)
     payload = report.result()
     if not report.ok:
         if args.json:
@@ -325,6 +360,19 @@ def _backups_prune(args: argparse.Namespace) -> Outcome:
     summary = {k: payload[k]
                for k in ("kept", "deleted", "orphans", "locked", "dry_run", "policy")}
     return Outcome(payload, show, summary)
+
+
+def _backups_gc(args: argparse.Namespace) -> Outcome:
+    from tonebridge_dr.runner.engines.bucket import gc
+
+    grace = parse_duration(args.grace) if args.grace else gc.DEFAULT_GRACE
+    report = gc.collect_garbage(_open_repo(args), grace=grace, dry_run=args.dry_run)
+    payload = report.result()
+
+    def show(out: TextIO) -> None:
+        out.write(report.sentence() + "\n")
+
+    return Outcome(payload, show, payload)
 
 
 def _backups_archive(args: argparse.Namespace) -> Outcome:
@@ -874,6 +922,17 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     prune.add_argument("--engine", choices=registry.NAMES, default=None)
     prune.add_argument("--method", default=None)
     prune.set_defaults(handler=_backups_prune)
+    gc_parser = actions.add_parser(
+        "gc", help="delete content objects no bucket snapshot references (mark and sweep)"
+    )
+    _common(gc_parser)
+    gc_parser.add_argument(
+        "--grace", default=None, metavar="DUR",
+        help="never delete content younger than this (default 15m); nothing is deleted "
+        "while a snapshot runs",
+    )
+    gc_parser.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    gc_parser.set_defaults(handler=_backups_gc)
     archive = actions.add_parser(
         "archive", help="move the data objects of old backups to an archive storage class"
     )

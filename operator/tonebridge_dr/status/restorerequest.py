@@ -139,6 +139,7 @@ class TargetKind:
     VOLUME = "volume"
     REDIS = "redis"
     KUBERNETES = "kubernetes"
+    BUCKET = "bucket"
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,8 @@ def restored_summary(result: Mapping[str, Any] | None) -> RestoredSummary | None
         repaired_rows=_count(result.get("rows_inserted")),
         keys_restored=_count(result.get("keys_restored")),
         keys_skipped=_count(result.get("keys_skipped")),
+        objects_restored=_count(result.get("objects_restored")),
+        objects_skipped=_count(result.get("objects_skipped")),
     )
     return summary if summary.model_dump(exclude_none=True) else None
 
@@ -426,6 +429,11 @@ def _success_message(target: TargetInfo, summary: RestoredSummary | None,
             details.append(f"{_keys(summary.keys_restored)} restored")
         if summary.keys_skipped:
             details.append(f"{_keys(summary.keys_skipped)} it already had left as they were")
+        if summary.objects_restored is not None:
+            details.append(f"{summary.objects_restored} object(s) restored")
+        if summary.objects_skipped:
+            details.append(f"{summary.objects_skipped} object(s) it already had left as "
+                           "they were")
         if summary.recovered_to_time is not None:
             details.append(
                 "recovered to " + summary.recovered_to_time.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -454,6 +462,13 @@ def _target_state(target: TargetInfo, reason: str, attempts: int = 1) -> str:
             "A Kubernetes restore is not one transaction: objects applied before the failure "
             f"stay in {target.description}. Restoring again is safe (mode missing skips what "
             "exists)."
+        )
+    if target.kind == TargetKind.BUCKET:
+        return (
+            "A bucket restore is not one transaction: objects restored before the failure, "
+            f"if any, stay in {target.description}; every object written was checked first, "
+            "and none was deleted. Restoring again is safe (without spec.overwrite, objects "
+            "already there are skipped)."
         )
     if target.kind == TargetKind.VOLUME:
         return (

@@ -107,6 +107,7 @@ def test_examples_are_listed_by_category_and_short_names(sandbox: Any, namespace
             "restorerequest.dr.tonebridge.io/restore-transformations",
             "restorerequest.dr.tonebridge.io/restore-tonebridge-db-latest",
             "restorerequest.dr.tonebridge.io/restore-tonebridge-redis",
+            "restorerequest.dr.tonebridge.io/restore-tonebridge-uploads",
             "restorerequest.dr.tonebridge.io/tonebridge-db-pitr",
             "restorerequest.dr.tonebridge.io/tonebridge-db-before-drop",
             "failoverplan.dr.tonebridge.io/tonebridge-db",

@@ -18,7 +18,10 @@ What one run does (see runner/repository/retention.py for the rules):
 3. With `repository.objectLock.retainFor: fromRetention`: every kept backup's objects are
    locked until the end of the longest rule that keeps it (a yearly backup under
    `yearly: 7` for 7 years from its start); a lock is never shortened.
-4. With `spec.archive`: the data objects of retained backups older than `archive.after`
+4. For bucket targets: content objects no kept snapshot references (and older than the
+   grace) are garbage-collected (runner/engines/bucket/gc.py; deferred while a snapshot
+   runs).
+5. With `spec.archive`: the data objects of retained backups older than `archive.after`
    move to `archive.storageClass` in place (manifests stay readable), and so does WAL
    that no non-archived physical backup needs (runner/repository/tiering.py,
    runner/engines/postgres/wal/tiering.py). After the prune, so nothing is archived only
@@ -218,13 +221,20 @@ def _prune(
             wal_end = archived.astimezone(dt.UTC) if archived else None
     kept = [m for m in repo.list_backups() if m.id in set(report.kept)]
     extended = _extend_locks(policy, repo, plan, report, kept, when)
+    collected: tuple[str, ...] = ()
+    if policy.spec.target.bucket is not None:  # content shared by snapshots: mark and sweep
+        from tonebridge_dr.runner.engines.bucket import gc
+
+        garbage = gc.collect_garbage(repo, now=when)
+        if garbage.deleted or garbage.deferred or garbage.interrupted:
+            collected = (garbage.sentence(),)
     tiered = _archive(policy, repo, when)
     if report.deleted:
         log.info("%s: retention deleted %s", repo.url, ", ".join(report.deleted))
     outcome = _outcome(
         report, kept, trigger, wal_deleted=wal_deleted, wal_bytes=wal_bytes, wal_end=wal_end
     )
-    sentences = tiered[1]
+    sentences = (*collected, *tiered[1])
     if extended:
         sentences = (f"Extended the Object Lock of {extended} kept backup(s) to what their "
                      "rules keep.", *sentences)
@@ -340,6 +350,10 @@ def _archive(
     archive = policy.spec.archive
     if archive is None:
         return 0, ()
+    if policy.spec.target.bucket is not None:
+        # Garbage collection reads every kept snapshot's content index: it stays readable.
+        return 0, ("spec.archive does not apply to bucket snapshots (their content "
+                   "indexes must stay readable for garbage collection).",)
     from tonebridge_dr.runner.repository import tiering
 
     storage_class = archive.storage_class.value

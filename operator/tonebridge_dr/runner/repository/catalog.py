@@ -291,7 +291,7 @@ class Repository:
         decoded = pipeline.decode(
             iter(stored),
             compression=manifest.compression,
-            encrypted=manifest.encrypted,
+            encrypted=manifest.object_encrypted(entry),
             decrypt_key=decrypt_key,
             passphrase=passphrase,
             recipient=manifest.encryption.recipient_fingerprint if manifest.encryption else None,

@@ -55,6 +55,16 @@ class ObjectEntry(_Model):
     size: int = pydantic.Field(ge=0)  # stored bytes
     sha256: str = pydantic.Field(pattern=r"^[0-9a-f]{64}$")  # hex digest of the stored bytes
     raw_size: int = pydantic.Field(ge=0)  # bytes before compression/encryption
+    #: False: stored without the backup's encryption (only compressed), e.g. the content
+    #: index of a bucket snapshot that retention reads without a key; None: as the backup.
+    encrypted: bool | None = None
+
+    @pydantic.model_serializer(mode="wrap")
+    def _omit_default(self, handler: pydantic.SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self.encrypted is None and isinstance(data, dict):
+            data.pop("encrypted", None)  # manifests of other backups stay as they were
+        return data
 
 
 class Encryption(_Model):
@@ -185,6 +195,10 @@ class Manifest(_Model):
     def key(self) -> str:
         """Storage key of this manifest."""
         return manifest_key(self.id)
+
+    def object_encrypted(self, entry: ObjectEntry) -> bool:
+        """Whether `entry`'s stored bytes are encrypted."""
+        return self.encrypted if entry.encrypted is None else entry.encrypted
 
     def object(self, name: str) -> ObjectEntry | None:
         """The entry for logical `name`, or None."""

@@ -131,16 +131,22 @@ class BackupWriter:
         if self._closed:
             raise RuntimeError(f"backup {self.id} was aborted")
 
-    def put_object(self, name: str, raw_chunks: Iterable[bytes]) -> manifests.ObjectEntry:
+    def put_object(
+        self, name: str, raw_chunks: Iterable[bytes], *, encrypt: bool = True
+    ) -> manifests.ObjectEntry:
         """Encode and store one object as `base/<id>/<name><ext>`; returns its manifest entry.
 
         Atomic per object (the storage contract); on error nothing is left under the key.
+        `encrypt=False` stores it only compressed, even when the backup is encrypted (for
+        what readers without the private key need, e.g. a bucket snapshot's content index).
         """
         self._check_open()
         check_object_name(name)
         if any(entry.name == name for entry in self.objects):
             raise errors.UsageError(f"backup {self.id} already has an object named {name!r}")
-        key = f"{self.prefix}{name}{self._extension}"
+        encrypt_to = self._encrypt_to if encrypt else None
+        extension = pipeline.object_extension(self.compression, encrypt_to is not None)
+        key = f"{self.prefix}{name}{extension}"
         raw_size = 0
         stored_size = 0
         digest = hashlib.sha256()
@@ -154,7 +160,7 @@ class BackupWriter:
         def stored() -> Iterator[bytes]:
             nonlocal stored_size
             encoded = pipeline.encode(
-                raw(), compression=self.compression, encrypt_to=self._encrypt_to, level=self._level
+                raw(), compression=self.compression, encrypt_to=encrypt_to, level=self._level
             )
             for chunk in encoded:
                 stored_size += len(chunk)
@@ -168,7 +174,8 @@ class BackupWriter:
                 f"storage reported {written} bytes for {key}, but {stored_size} were sent"
             )
         entry = manifests.ObjectEntry(
-            name=name, key=key, size=stored_size, sha256=digest.hexdigest(), raw_size=raw_size
+            name=name, key=key, size=stored_size, sha256=digest.hexdigest(), raw_size=raw_size,
+            encrypted=None if encrypt or self.encryption is None else False,
         )
         self.objects.append(entry)
         log.info("stored %s (%d bytes, %d before codecs)", key, stored_size, raw_size)

@@ -54,6 +54,7 @@ class ObjectInfo:
     size: int
     last_modified: dt.datetime  # timezone-aware UTC
     storage_class: str | None = None
+    etag: str | None = None  # S3's ETag without quotes (None: the backend has none)
 
 
 #: Storage classes whose objects cannot be read without a rehydration (S3 RestoreObject).

@@ -60,7 +60,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 import boto3
@@ -126,6 +126,23 @@ _NETWORK_ERRORS = (
     urllib3.exceptions.HTTPError,
     ConnectionError,
 )
+
+
+#: What an object carries besides its bytes that a bucket backup keeps and a restore puts
+#: back: GetObject answer fields, which are also PutObject / CreateMultipartUpload arguments.
+OBJECT_ATTRIBUTES = (
+    "ContentType", "CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage",
+    "Metadata",
+)
+
+
+@dataclasses.dataclass
+class Download:
+    """One GetObject answer: the object's info and attributes, and its bytes (iterate once)."""
+
+    info: base.ObjectInfo
+    attributes: dict[str, Any]
+    chunks: Iterator[bytes]
 
 
 def _check_key(key: str) -> None:
@@ -333,10 +350,21 @@ class S3Storage(base.Storage):
         self._call("upload", key, "put_object", Key=self._full(key), Body=data, **self._extra)
 
     def put_stream(
-        self, key: str, chunks: Iterable[bytes], *, storage_class: str | None = None
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        storage_class: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> int:
+        """`attributes` (S3 only): OBJECT_ATTRIBUTES of the new object (content type, user
+        metadata, ...), as a bucket restore puts them back."""
         _check_key(key)
         extra: dict[str, Any] = dict(self._extra)
+        for name, value in (attributes or {}).items():
+            if name not in OBJECT_ATTRIBUTES:
+                raise errors.UsageError(f"unknown object attribute {name!r}")
+            extra[name] = value
         if self.object_lock is not None:
             extra["ObjectLockMode"] = self.object_lock.mode
             extra["ObjectLockRetainUntilDate"] = self.object_lock.until(dt.datetime.now(dt.UTC))
@@ -482,6 +510,21 @@ class S3Storage(base.Storage):
         answer = self._call("download", key, "get_object", Key=self._full(key))
         return self._read(key, answer["Body"])
 
+    def download(self, key: str) -> Download:
+        """GetObject of `key` with what a bucket backup keeps of it: size, ETag, time and
+        the OBJECT_ATTRIBUTES of this very version (one request; ObjectNotFound when gone)."""
+        _check_key(key)
+        answer = self._call("download", key, "get_object", Key=self._full(key))
+        info = base.ObjectInfo(
+            key=key,
+            size=int(answer["ContentLength"]),
+            last_modified=_utc(answer["LastModified"]),
+            storage_class=answer.get("StorageClass") or "STANDARD",
+            etag=_etag(answer.get("ETag")),
+        )
+        attributes = {name: answer[name] for name in OBJECT_ATTRIBUTES if answer.get(name)}
+        return Download(info, attributes, self._read(key, answer["Body"]))
+
     def _read(self, key: str, body: Any) -> Iterator[bytes]:
         try:
             yield from body.iter_chunks(self.read_chunk_size)
@@ -511,6 +554,7 @@ class S3Storage(base.Storage):
                             size=int(item["Size"]),
                             last_modified=_utc(item["LastModified"]),
                             storage_class=item.get("StorageClass") or "STANDARD",
+                            etag=_etag(item.get("ETag")),
                         )
                     )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -542,6 +586,7 @@ class S3Storage(base.Storage):
                     size=int(item["Size"]),
                     last_modified=_utc(item["LastModified"]),
                     storage_class=item.get("StorageClass") or "STANDARD",
+                    etag=_etag(item.get("ETag")),
                 )
                 count += 1
                 if limit is not None and count >= limit:
@@ -590,6 +635,7 @@ class S3Storage(base.Storage):
             size=int(answer["ContentLength"]),
             last_modified=_utc(answer["LastModified"]),
             storage_class=answer.get("StorageClass") or "STANDARD",
+            etag=_etag(answer.get("ETag")),
         )
 
     # -- archive tiers -------------------------------------------------------------------
@@ -967,6 +1013,10 @@ def _parse_timestamp(value: Any) -> dt.datetime:
 
 def _as_datetime(value: Any) -> dt.datetime:
     return value if isinstance(value, dt.datetime) else _parse_timestamp(value)
+
+
+def _etag(value: Any) -> str | None:
+    return str(value).strip('"') if value else None
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
