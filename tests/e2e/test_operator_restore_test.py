@@ -236,7 +236,7 @@ def test_schedule_run_now_and_a_result_flowing_into_status(
     assert {"name": "scratch", "mountPath": "/var/lib/tonebridge-dr/scratch"} in (
         container["volumeMounts"])
     assert now_job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [
-        2, 3, 6, 7, 8, 10, 11, 14, 15, 16]
+        2, 3, 6, 7, 8, 10, 11, 14, 15, 16, 17, 19]
     wait_for(lambda: last_run(sandbox, namespace).get("jobName") == now_job["metadata"]["name"],
              60, message=op.log_tail)
     annotations = get_test(sandbox, namespace)["metadata"]["annotations"]
