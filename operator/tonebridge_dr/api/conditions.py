@@ -95,6 +95,7 @@ class Reason(StrEnum):
     RPO_UNKNOWN = "RPOUnknown"
     NO_FULL_RECOVERY_POINT = "NoFullRecoveryPoint"
     NO_BACKUP_YET = "NoBackupYet"
+    POD_CANNOT_START = "PodCannotStart"
     # BackupPolicy: WALArchiving.
     STREAMER_AVAILABLE = "StreamerAvailable"
     STREAMER_UNAVAILABLE = "StreamerUnavailable"

@@ -9,7 +9,7 @@ common ones and the retry policy.
 | `spec` changed | `reconcile-spec` | the same (labels, annotations, status: ignored) |
 | any policy watch event | `run-now` | `runnow.handle`, when a new token is there |
 | every `freshness_interval` | `monitor` | Secrets, run-now, `retention.tick` (when due), |
-| | | `freshness.tick` + `restorable` |
+| | | `stuck.tick` (pods that cannot start), `freshness.tick` + `restorable` |
 | policy deleted | `forget` | drop its metrics (owned objects go by garbage collection) |
 | backup Job events | `job-event` (core) | `record.observe`: finished Jobs -> policy status |
 """
@@ -32,6 +32,7 @@ from tonebridge_dr.controller.backuppolicy import (
     restorable,
     retention,
     runnow,
+    stuck,
 )
 from tonebridge_dr.controller.backuppolicy.reconcile import PolicyController
 from tonebridge_dr.controller.core import objects, registration
@@ -58,6 +59,7 @@ def _monitor_tick(controller: PolicyController, tests: restorable.RestoreTests,
     if runnow.pending_token(body) is not None:
         runnow.handle(controller, body)
     retention.tick(controller, body)
+    stuck.tick(controller, body)
     freshness.tick(controller, body, tests.of_policy(*objects.ident(body)))
 
 
