@@ -809,6 +809,13 @@ def test_point_in_time_restore_fills_a_volume_ready_for_postgres(
     assert world.kube.get(world.path("services", "pitr", group="/api/v1"))["spec"]["ports"][0][
         "port"] == 5432
     assert "StatefulSet pitr" in (world.rr("pitr") or {})["status"]["message"]
+    # "runs on it" only once its pod is Ready (a sandbox placeholder for postgres:15)
+    ready = wait_until(lambda: (world.rr("pitr") or {})["status"] if (
+        ((world.rr("pitr") or {}).get("status") or {}).get("instance") or {}).get("ready")
+        else None, 60, "the instance to be Ready")
+    assert ready["instance"] == {"name": "pitr", "image": "postgres:15", "ready": True}
+    assert ready["message"].endswith("PostgreSQL (postgres:15) runs on it: its pod is Ready.")
+    assert any(e["reason"] == "InstanceReady" for e in world.events("pitr"))
 
 
 def test_an_instance_image_of_another_major_version_is_not_started(

@@ -131,6 +131,7 @@ class Reason(StrEnum):
     RESTORE_FAILED = "RestoreFailed"
     JOB_DELETED = "JobDeleted"
     INSTANCE_NOT_STARTED = "InstanceNotStarted"
+    INSTANCE_READY = "InstanceReady"
     TARGET_TIME_IN_FUTURE = "TargetTimeInFuture"
     REPORT_STORED = "ReportStored"
     REPORT_NOT_STORED = "ReportNotStored"

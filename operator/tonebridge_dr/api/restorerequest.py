@@ -515,6 +515,17 @@ class RestoredSummary(StatusModel):
     """Bucket: objects written into the target bucket."""
 
 
+class InstanceStatus(StatusModel):
+    """The PostgreSQL instance started on a restored volume (`target.instance`)."""
+
+    name: str
+    """Its StatefulSet and Service."""
+    image: str
+    """The PostgreSQL image it runs."""
+    ready: bool = False
+    """Whether its pod is Ready (PostgreSQL accepts connections)."""
+
+
 class RestoreRequestStatus(StatusModel):
     """Observed state of a RestoreRequest."""
 
@@ -540,5 +551,7 @@ class RestoreRequestStatus(StatusModel):
     """What was recovered."""
     message: str | None = None
     """Last error or progress note."""
+    instance: InstanceStatus | None = None
+    """The PostgreSQL instance on the restored volume, once started (target.instance)."""
     kopf: FreeForm | None = None
     """Reserved for the kopf framework's own bookkeeping."""

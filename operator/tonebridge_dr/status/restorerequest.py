@@ -27,7 +27,12 @@ from typing import Any
 
 from tonebridge_dr.api import formats
 from tonebridge_dr.api.common import BackupMethod
-from tonebridge_dr.api.restorerequest import RestoredSummary, RestorePhase, RestoreRequestStatus
+from tonebridge_dr.api.restorerequest import (
+    InstanceStatus,
+    RestoredSummary,
+    RestorePhase,
+    RestoreRequestStatus,
+)
 from tonebridge_dr.status import conditions
 from tonebridge_dr.status.jobs import JobOutcome, parse_time
 
@@ -597,3 +602,21 @@ def finished(status: RestoreRequestStatus | None, *, note: str) -> RestoreReques
     if note in message:
         return current
     return current.model_copy(update={"message": f"{message} {note}".strip()})
+
+
+def instance_started(status: RestoreRequestStatus | None, *, name: str, image: str,
+                     note: str) -> RestoreRequestStatus:
+    """The instance's StatefulSet exists; it is not Ready yet (`instance_ready` says when)."""
+    current = finished(status, note=note)
+    if current.instance is not None:
+        return current
+    return current.model_copy(update={"instance": InstanceStatus(name=name, image=image)})
+
+
+def instance_ready(status: RestoreRequestStatus | None, *, note: str) -> RestoreRequestStatus:
+    """The instance's pod is Ready: only now does the message say PostgreSQL runs on it."""
+    current = finished(status, note=note)
+    if current.instance is None or current.instance.ready:
+        return current
+    return current.model_copy(update={"instance": current.instance.model_copy(
+        update={"ready": True})})

@@ -10,6 +10,7 @@ StatefulSet and Service then. Finished requests never change again.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -126,6 +127,7 @@ def _start_instance(
         port = rr.spec.target.instance.port if rr.spec.target.instance else 5432
         note = (f"PostgreSQL ({image}) is starting on it: StatefulSet {name}, Service "
                 f"{name} port {port} (`kubectl rollout status statefulset/{name}`).")
+        created = True
         for obj in builders.build_instance(rr, policy, image=image):
             try:
                 controller.ctx.kube.create(obj)
@@ -135,7 +137,13 @@ def _start_instance(
                 # The restore itself succeeded: say what is missing instead of failing it.
                 note = (f"The PostgreSQL instance could not be created ({obj['kind']} "
                         f"{name}: {exc}); the restored volume is ready to start by hand.")
+                created = False
                 break
+        if created:  # `instance.check` says when its pod is Ready
+            started = functools.partial(rr_status.instance_started, name=name, image=image,
+                                        note=note)
+            controller.write_status(body, lambda _b, s: started(s))
+            return
     controller.write_status(body, lambda _b, s: rr_status.finished(s, note=note))
 
 
