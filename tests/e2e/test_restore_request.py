@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.fixtures.gpg import GpgKeys
-from tests.fixtures.operator import OperatorProcess, get_columns
+from tests.fixtures.operator import OperatorProcess, WebhookReceiver, get_columns
 from tests.fixtures.pg_wal import batches, commit_batch, start_archiving, switch_wal, wait_archived
 from tests.fixtures.postgres import (
     ADMIN_PASSWORD,
@@ -397,13 +397,16 @@ def test_time_range_repair_reinserts_only_the_missing_rows_of_the_range(world: W
     assert world.rows(target, "SELECT count(*) FROM transformations") == [(300 - 6,)]
 
 
-def test_disaster_restore_from_the_bucket_alone(world: World, gpg_keys: GpgKeys) -> None:
-    """A new cluster: no BackupPolicy, only the bucket, read credentials and the key."""
+def test_disaster_restore_from_the_bucket_alone(world: World, gpg_keys: GpgKeys,
+                                               webhook: WebhookReceiver) -> None:
+    """A new cluster: no BackupPolicy, only the bucket, read credentials and the key; the
+    request's own notifications tell the team (there is no policy to take them from)."""
     src = world.source_db(rows=120)
     world.backup(src, "--encrypt-to", str(gpg_keys.public_key))
     target = world.pg.create_database("rebuilt")
     world.dsn_secret("db-restore", dbname_of(target))
     world.secret("restore-gpg", {"private.asc": gpg_keys.private_key.read_text()})
+    world.secret("hook", {"url": webhook.url})
     assert world.kube.get(world.path("backuppolicies"))["items"] == []
 
     world.request("rebuild", {
@@ -414,6 +417,8 @@ def test_disaster_restore_from_the_bucket_alone(world: World, gpg_keys: GpgKeys)
         },
         "latest": True,
         "target": {"database": {"dsnSecretRef": {"name": "db-restore", "key": "dsn"}}},
+        "notifications": {"webhookSecretRef": {"name": "hook", "key": "url"},
+                          "events": ["RestoreSucceeded", "RestoreFailed"]},
     })
     body = world.finished("rebuild")
     assert body["status"]["phase"] == "Succeeded", body["status"]["message"]
@@ -429,6 +434,9 @@ def test_disaster_restore_from_the_bucket_alone(world: World, gpg_keys: GpgKeys)
     assert key["secret"]["secretName"] == "restore-gpg"
     private = gpg_keys.private_key.read_text()
     assert_no_secret_leaks(world, "rebuild", private.splitlines()[3], world.pg.password)
+    (sent,) = wait_until(lambda: webhook.payloads("RestoreSucceeded") or None, 30,
+                         "the RestoreSucceeded notification")
+    assert (sent["policy"], sent["state"]) == ("rebuild", "Succeeded")
 
 
 def test_the_operator_process_runs_restore_requests(

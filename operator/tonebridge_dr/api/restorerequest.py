@@ -25,6 +25,7 @@ from tonebridge_dr.api.common import (
     BackupMethod,
     DatabaseName,
     LocalObjectRef,
+    Notifications,
     Region,
     Repository,
     ResourceRequirements,
@@ -384,6 +385,10 @@ class RestoreRequestSpec(SpecModel):
     """When the backup (or the WAL it needs) is in an archive storage class: the operator
     requests readable copies with these settings (default 1 day, Standard), reports phase
     Rehydrating and starts the restore once every object is readable."""
+    notifications: Notifications | None = None
+    """Webhook notifications of this restore (RestoreSucceeded / RestoreFailed); default: the
+    notifications of the BackupPolicy in source.policyRef. A restore from a repository
+    given directly (no policy: the disaster case) notifies only with these."""
 
     cel_rules = (
         Rule(

@@ -1,4 +1,6 @@
-"""Install CustomResourceDefinitions from YAML files and wait until they are Established."""
+"""Install CustomResourceDefinitions from YAML files and wait until they are Established
+and their resources can be listed (a CRD whose schema just changed answers 429 "storage is
+(re)initializing" for a moment after it is Established)."""
 
 from __future__ import annotations
 
@@ -44,8 +46,13 @@ def install(kube: Kube, paths: Iterable[Path], timeout: float = 60.0) -> list[st
     API server rejects a CRD and TimeoutError when one is not Established in time.
     """
     names = []
+    lists = []
     for document in load(paths):
         name = document["metadata"]["name"]
+        spec = document.get("spec") or {}
+        served = [v["name"] for v in spec.get("versions") or [] if v.get("served")]
+        if served:
+            lists.append(f"/apis/{spec['group']}/{served[-1]}/{spec['names']['plural']}")
         kube.patch(
             f"{_CRD_PATH}/{name}",
             document,
@@ -64,4 +71,13 @@ def install(kube: Kube, paths: Iterable[Path], timeout: float = 60.0) -> list[st
         if time.monotonic() > deadline:
             raise TimeoutError(f"CRDs not Established after {timeout:.0f}s: {', '.join(pending)}")
         time.sleep(0.1)
+    for path in lists:
+        while True:
+            try:
+                kube.get(path, limit=1)
+                break
+            except ApiError as exc:
+                if exc.status != 429 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
     return names

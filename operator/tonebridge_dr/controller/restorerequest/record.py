@@ -99,10 +99,14 @@ def observe_request(controller: RequestController, rr: RestoreRequest, body: Jso
                      message, warning=not succeeded)
     if succeeded and rr.spec.target.instance is not None:
         _start_instance(controller, rr, policy, written, outcome)
-    if policy is not None:
+    # The request's own notifications, else its policy's (a restore from a repository
+    # given directly has no policy: it notifies only with its own).
+    notifications, about = rr.spec.notifications, rr.metadata.name or ""
+    if notifications is None and policy is not None:
+        notifications, about = policy.spec.notifications, policy.metadata.name or ""
+    if notifications is not None:
         notify.send_notification(
-            ctx, policy.metadata.namespace or "default", policy.metadata.name or "",
-            policy.spec.notifications,
+            ctx, rr.metadata.namespace or "default", about, notifications,
             NotificationEvent.RESTORE_SUCCEEDED if succeeded else NotificationEvent.RESTORE_FAILED,
             state="Succeeded" if succeeded else "Failed",
             message=message,
