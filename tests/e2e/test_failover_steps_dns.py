@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from tests.e2e.failover_steps import context, run_step, step
 from tests.fixtures.s3 import MotoServer, s3_env
+from tonebridge_dr.api.failoverplan import Drill
 from tonebridge_dr.controller.core.kube import Kube
 from tonebridge_dr.controller.failoverplan.steps import StepContext, StepState
 from tonebridge_dr.controller.failoverplan.steps.dns import UpdateDnsExecutor
@@ -165,25 +165,15 @@ def test_update_dns_drill_refuses_what_route53_would_refuse(
     assert "is a CNAME in zone" in a_on_cname.message
 
 
-@dataclasses.dataclass(frozen=True)
-class DrillContext(StepContext):
-    """A StepContext with the plan's `spec.drill` (what the run engine hands over)."""
-
-    drill_targets: Any = None
-
-
 def test_update_dns_drill_with_a_drill_zone_submits_there_only(
     kube: Kube, namespace: str, moto_server: str, zone: str
 ) -> None:
     client = route53(moto_server)
     drill_zone = new_zone(client)
-    targets = types.SimpleNamespace(hosted_zone_id=drill_zone)
+    targets = Drill.model_validate({"hostedZoneId": drill_zone})  # the plan's spec.drill
 
     def drill_context() -> StepContext:
-        plain = context(kube, namespace, drill=True)
-        return DrillContext(**{f.name: getattr(plain, f.name)
-                               for f in dataclasses.fields(StepContext)},
-                            drill_targets=targets)
+        return dataclasses.replace(context(kube, namespace, drill=True), drill_targets=targets)
 
     final, seen = run_step(UpdateDnsExecutor(), dns_step(zone), drill_context)
 

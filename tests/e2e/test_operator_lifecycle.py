@@ -218,19 +218,3 @@ def test_missing_secret_is_reported_and_recovers(
     for text in (op.log(), json.dumps(policy), json.dumps(events_for(sandbox, namespace, "m"))):
         assert dsn_value not in text
 
-
-def test_target_without_runner_is_not_ready(
-    sandbox: Sandbox, namespace: str, operator_factory: Any, tmp_path: Any
-) -> None:
-    doc = policy_doc("k8s", repo_url=(tmp_path / "repo").as_uri(),
-                     target={"bucket": {"url": "s3://uploads/user-files"}})
-    apply_docs(sandbox, namespace, doc)
-    op = operator_factory(namespace)
-    policy = wait_for(
-        lambda: condition_is(sandbox, namespace, "k8s", "Ready", "False", "TargetNotSupported"),
-        60, message=lambda: op.log_tail(),
-    )
-    assert "bucket targets are not supported" in (
-        condition(policy, "Ready")["message"]  # type: ignore[index]
-    )
-    assert _cronjobs(sandbox, namespace) == {}

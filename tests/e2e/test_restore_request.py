@@ -894,6 +894,7 @@ def test_a_target_time_whose_wal_is_not_archived_yet_waits_for_it(
         assert backup.returncode == 0, backup.stderr
         commit_batch(server, 1, ROWS)
         wait_archived(server, switch_wal(server))
+        time.sleep(1.5)  # archive times have whole seconds: batch 2 in a later one
         target = commit_batch(server, 2, ROWS)[0]  # only in the server's current segment
         world.bucket_url = bucket_url
         world.policy(

@@ -119,6 +119,9 @@ def plan_restore(
 FUTURE_SLACK = timedelta(seconds=60)
 #: On top of archiveTimeout: the upload of the segment that closes it.
 WAL_SLACK = timedelta(seconds=60)
+#: Object times have whole seconds (S3 LastModified): a segment archived "at" T may hold
+#: commits of up to T + 1 s.
+WAL_TIME_RESOLUTION = timedelta(seconds=1)
 #: archiveTimeout of a repository given directly (no policy): PostgreSQL's own default
 #: for tonebridge-dr's documented setting.
 DEFAULT_ARCHIVE_TIMEOUT = timedelta(minutes=5)
@@ -155,7 +158,7 @@ def point_in_time(
             "point in time that has passed can be restored; check the time zone offset, or "
             "use latest: true",
         )
-    if newest_wal is None or target <= newest_wal:
+    if newest_wal is None or target < newest_wal + WAL_TIME_RESOLUTION:
         return None
     timeout = archive_timeout(policy)
     if now - target > timeout + WAL_SLACK:
