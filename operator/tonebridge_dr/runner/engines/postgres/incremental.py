@@ -188,7 +188,8 @@ class TarIndexer:
     whose SHA-256 is not in `known` are emitted (`chunks.bin`) and the others
     reference where the chain already holds them. `files`, `label` (the text of
     backup_label), `stored_chunks` and `reused_chunks` are complete once the
-    iteration ended.
+    iteration ended. The input chunks must be immutable `bytes` (os.read's): changed
+    chunks are emitted as memoryviews of them, without a copy.
     """
 
     def __init__(
@@ -218,10 +219,10 @@ class TarIndexer:
         self._hash = hashlib.sha256()
         self._chunk_len = 0
         self._chunk_start = 0
-        self._buffer = bytearray()
+        self._pieces: list[memoryview] = []  # the current chunk's bytes (delta mode)
         self._label: bytearray | None = None
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         for data in self._chunks:
             emitted = self._feed(data)
             if self._passthrough:
@@ -231,8 +232,10 @@ class TarIndexer:
         if self._state not in ("end", "header") or self._header:
             raise errors.ToolError("pg_basebackup's tar stream ended in the middle of a member")
 
-    def _feed(self, data: bytes) -> list[bytes]:
-        out: list[bytes] = []
+    def _feed(self, data: bytes) -> list[memoryview]:
+        # Slices of `data` (immutable bytes) are kept, not copied: a changed chunk is
+        # emitted as the views of the input it came in.
+        out: list[memoryview] = []
         view = memoryview(data)
         i, n = 0, len(view)
         while i < n:
@@ -244,7 +247,7 @@ class TarIndexer:
                     self._chunk_start = self._pos + i
                 self._hash.update(piece)
                 if not self._passthrough:
-                    self._buffer += piece
+                    self._pieces.append(piece)
                 if self._label is not None:
                     self._label += piece[: max(0, _LABEL_LIMIT - len(self._label))]
                 self._chunk_len += take
@@ -306,7 +309,7 @@ class TarIndexer:
         else:
             self._state = "data"
 
-    def _end_chunk(self, out: list[bytes]) -> None:
+    def _end_chunk(self, out: list[memoryview]) -> None:
         assert self._file is not None
         sha = self._hash.hexdigest()
         self._hash = hashlib.sha256()
@@ -320,11 +323,11 @@ class TarIndexer:
         else:
             self._file.chunks.append([sha, self._id, self._out])
             self._known[sha] = (self._id, self._out)
-            out.append(bytes(self._buffer))
+            out.extend(self._pieces)
             self._out += self._chunk_len
             self.stored_chunks += 1
             self.stored_raw_bytes += self._chunk_len
-        self._buffer = bytearray()
+        self._pieces = []
         self._chunk_len = 0
 
     def _end_member(self) -> None:
