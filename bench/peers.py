@@ -81,11 +81,14 @@ from bench.wal_bench import (  # noqa: E402
     set_archive_command,
     steady_load,
 )
+from tonebridge_dr.runner.engines.postgres.wal import spool  # noqa: E402
 
 STANZA = "bench"
 DB = "bench"
 PEERS = ("ours", "pgbackrest", "barman")
+WAL_METHODS = ("ours", "ours-light", "pgbackrest-sync", "pgbackrest-async", "barman")
 MiB = 1024 * 1024
+LIGHT_COMMAND = f"{sys.executable} {spool.__file__}"
 
 
 def as_postgres(argv: Sequence[str]) -> list[str]:
@@ -312,9 +315,14 @@ class Bench:
     def wal_commands(self, tag: str) -> dict[str, tuple[str, str]]:
         """method -> (archive_command, restore_command) into fresh archives named `tag`."""
         ours = self.folder(f"ours-wal-{tag}")
+        light = self.folder(f"ours-light-wal-{tag}")
         out: dict[str, tuple[str, str]] = {
             "ours": (f"{WAL_COMMAND} wal-push --repo {ours.as_uri()} %p",
                      f"{WAL_COMMAND} wal-fetch --repo {ours.as_uri()} %f %p"),
+            # What `restore postgres` writes as restore_command (pitr.settings): the light
+            # entry point, which answers a prefetched segment without importing the package.
+            "ours-light": (f"{LIGHT_COMMAND} wal-push --repo {light.as_uri()} %p",
+                           f"{LIGHT_COMMAND} wal-fetch --repo {light.as_uri()} %f %p"),
         }
         for mode in ("sync", "async"):
             repo = self.folder(f"pgbackrest-wal-{tag}-{mode}")
@@ -334,7 +342,7 @@ class Bench:
             shlex.join([*self.barman("barman-cloud-wal-archive"), "-z", url, STANZA]) + " %p",
             shlex.join([*self.barman("barman-cloud-wal-restore"), url, STANZA]) + " %f %p",
         )
-        return out
+        return {method: out[method] for method in out if method in self.args.wal_methods}
 
     def failed_archives(self) -> int:
         return int(self.server.query("postgres", "SELECT failed_count FROM pg_stat_archiver")[0][0])
@@ -423,12 +431,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"data: {report['data']}", file=sys.stderr)
         subprocess.run(as_postgres(bench.pgbackrest("stanza-create")), check=True,
                        capture_output=True, env=bench.env)
-        full: dict[str, list[dict[str, Any]]] = {tool: [] for tool in PEERS}
-        restore: dict[str, list[dict[str, Any]]] = {tool: [] for tool in PEERS}
+        tools = tuple(tool for tool in PEERS if tool in args.tools)
+        full: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
+        restore: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
         incr: dict[str, list[dict[str, Any]]] = {}
         rows = bench.server.query(DB, "SELECT max(id) FROM documents")[0][0]
         for number in range(args.rounds):
-            order = PEERS[number % 3:] + PEERS[: number % 3]
+            order = tools[number % len(tools):] + tools[: number % len(tools)]
             chain = f"round{number}"
             latest: dict[str, dict[str, Any]] = {}
             for tool in order:
@@ -484,7 +493,7 @@ def wal_phases(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     for method, (_, restore_command) in commands.items():
         if method == "pgbackrest-sync":
             continue  # the same archive format as async; fetch is measured async (prefetch)
-        tool = "ours" if method == "ours" else method.split("-")[0]
+        tool = method.split("-")[0]
         out["fetch"][method] = bench.fetch(tool, restore_command, fetched)
         print(f"fetch {method}: {out['fetch'][method]}", file=sys.stderr)
     bench.server.execute("postgres", "CREATE TABLE IF NOT EXISTS big (id int, pad text)")
@@ -508,8 +517,8 @@ def markdown(report: dict[str, Any]) -> str:
              "| tool | wall s | client CPU s | peak RSS MiB | stored MiB | wall vs pgBackRest "
              "| stored vs pgBackRest |", "|---|---:|---:|---:|---:|---:|---:|"]
     full = report["full"]
-    ref_wall = median(full["pgbackrest"], "wall")
-    ref_stored = median(full["pgbackrest"], "stored_mib")
+    ref_wall = median(full["pgbackrest"], "wall") if "pgbackrest" in full else 1.0
+    ref_stored = median(full["pgbackrest"], "stored_mib") if "pgbackrest" in full else 1.0
     for tool, samples in full.items():
         wall, stored = median(samples, "wall"), median(samples, "stored_mib")
         lines.append(f"| {tool} | {wall} | {median(samples, 'cpu')} | "
@@ -553,6 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--phases", nargs="+", default=["restore", "wal"],
                         choices=["restore", "wal"],
                         help="besides full and incremental backups (always run)")
+    parser.add_argument("--tools", nargs="+", default=list(PEERS), choices=PEERS,
+                        help="backup tools of the full/restore/incr phases (default all)")
+    parser.add_argument("--wal-methods", nargs="+", default=list(WAL_METHODS),
+                        choices=WAL_METHODS, help="archive/fetch methods of the wal phase")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 20 MiB, one round, 4 segments, 3 s of load")
     parser.add_argument("--markdown", action="store_true")

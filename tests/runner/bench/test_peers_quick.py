@@ -38,7 +38,7 @@ def test_peers_quick_runs_every_tool_through_every_phase(
             assert report["incr"][f"{tool} ({change})"][0]["stored_mib"] > 0
     assert report["incr"]["ours (clustered)"][0]["stored_mib"] < report["full"]["ours"][0][
         "stored_mib"]
-    methods = {"ours", "pgbackrest-sync", "pgbackrest-async", "barman"}
+    methods = {"ours", "ours-light", "pgbackrest-sync", "pgbackrest-async", "barman"}
     assert set(report["wal"]["drain"]) == methods
     assert set(report["wal"]["load"]) == methods
     assert set(report["wal"]["fetch"]) == methods - {"pgbackrest-sync"}
