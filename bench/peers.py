@@ -380,7 +380,11 @@ class Bench:
         wal.mkdir()
         chown_postgres(wal)
         script = root / "fetch.sh"
-        lines = ["set -e"]
+        # A recovering data directory, as the prefetcher of wal-fetch requires (it stops
+        # when recovery is over or no live postmaster owns the directory): the script's
+        # shell stands in for the postmaster.
+        (root / "recovery.signal").write_text("")
+        lines = ["set -e", f"echo $$ > {root}/postmaster.pid"]
         for name in segments:
             call = command.replace("%f", name).replace("%p", f"{wal}/RECOVERYXLOG")
             lines += [call, f"rm {wal}/RECOVERYXLOG"]
@@ -496,6 +500,8 @@ def wal_phases(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         tool = method.split("-")[0]
         out["fetch"][method] = bench.fetch(tool, restore_command, fetched)
         print(f"fetch {method}: {out['fetch'][method]}", file=sys.stderr)
+    if "load" not in args.phases:
+        return out
     bench.server.execute("postgres", "CREATE TABLE IF NOT EXISTS big (id int, pad text)")
     script = bench.work / "load.sql"
     script.write_text(
@@ -559,8 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--load-seconds", type=int, default=30)
     parser.add_argument("--load-tps", type=int, default=30)
     parser.add_argument("--load-rows", type=int, default=5000)
-    parser.add_argument("--phases", nargs="+", default=["restore", "wal"],
-                        choices=["restore", "wal"],
+    parser.add_argument("--phases", nargs="+", default=["restore", "wal", "load"],
+                        choices=["restore", "wal", "load"],
                         help="besides full and incremental backups (always run)")
     parser.add_argument("--tools", nargs="+", default=list(PEERS), choices=PEERS,
                         help="backup tools of the full/restore/incr phases (default all)")
