@@ -384,10 +384,18 @@ class Bench:
         # when recovery is over or no live postmaster owns the directory): the script's
         # shell stands in for the postmaster.
         (root / "recovery.signal").write_text("")
-        lines = ["set -e", f"echo $$ > {root}/postmaster.pid"]
+        # PostgreSQL runs restore_command in the data directory with %p relative to it;
+        # wal-fetch's prefetcher takes its working directory for the data directory.
+        if tool == "pgbackrest":  # it checks its working directory is pg1-path, and pg_control
+            command = command.replace(" archive-get", f" --pg1-path={root} archive-get")
+            (root / "global").mkdir()
+            shutil.copy2(self.server.datadir / "global" / "pg_control", root / "global")
+            shutil.copy2(self.server.datadir / "PG_VERSION", root)
+            subprocess.run(["chown", "-R", "postgres:postgres", str(root)], check=True)
+        lines = ["set -e", f"cd {root}", "echo $$ > postmaster.pid"]
         for name in segments:
-            call = command.replace("%f", name).replace("%p", f"{wal}/RECOVERYXLOG")
-            lines += [call, f"rm {wal}/RECOVERYXLOG"]
+            call = command.replace("%f", name).replace("%p", "pg_wal/RECOVERYXLOG")
+            lines += [call, "rm pg_wal/RECOVERYXLOG"]
         script.write_text("\n".join(lines) + "\n")
         os.chmod(script, 0o755)
         env = dict(self.env, TONEBRIDGE_DR_WAL_PREFETCH="16")
