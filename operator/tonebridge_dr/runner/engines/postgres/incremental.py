@@ -42,7 +42,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres import basebackup, connection, dump, process, tools
@@ -457,7 +457,8 @@ def backup_incremental(
             indexer = TarIndexer(tool.iter_stdout(), writer.id, known)
 
             def stream() -> Iterator[bytes]:
-                yield from indexer
+                # memoryviews of the input in delta mode: codecs and storage take any buffer
+                yield from cast(Iterator[bytes], iter(indexer))
                 tool.check()
 
             writer.put_object(BASE_OBJECT if parent is None else CHUNKS_OBJECT, stream())
