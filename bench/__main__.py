@@ -1,4 +1,4 @@
-"""`python -m bench [postgres|redis|wal|operator|restoretest|kubernetes] [ARGS...]`
+"""`python -m bench [postgres|redis|wal|operator|restoretest|kubernetes|bucket|peers] [ARGS...]`
 (`make bench BENCH_ARGS=...`).
 
 - `postgres` (default): bench/pg_dump_bench.py, our logical backup vs pg_dump and the
@@ -11,6 +11,8 @@
 - `kubernetes`: bench/kubernetes_bench.py, backup and restore of a namespace of 1,000
   ConfigMaps vs kubectl get / kubectl apply --server-side.
 - `bucket`: bench/bucket_bench.py, bucket snapshots vs an `aws s3 sync`-equivalent copy.
+- `peers`: bench/peers.py, physical backups, restores, incrementals and WAL archiving vs
+  pgBackRest and barman-cloud.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ def main(argv: list[str]) -> int:
         return pg_dump_bench.main(rest)
     scripts = {"redis": "redis_bench.py", "wal": "wal_bench.py", "operator": "operator_bench.py",
                "restoretest": "restoretest_bench.py", "kubernetes": "kubernetes_bench.py",
-               "bucket": "bucket_bench.py"}
+               "bucket": "bucket_bench.py", "peers": "peers.py"}
     if name in scripts:
         script = HERE / scripts[name]
         sys.argv = [str(script), *rest]
         runpy.run_path(str(script), run_name="__main__")
         return 0
     print(f"unknown benchmark {name!r}: use postgres, redis, wal, operator, restoretest, "
-          "kubernetes or bucket", file=sys.stderr)
+          "kubernetes, bucket or peers", file=sys.stderr)
     return 2
 
 

@@ -57,6 +57,7 @@ PATH_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: Modules outside the pure layers that start nothing: they run with `make unit` too.
 UNIT = frozenset({
     "runner/kubernetes/test_kubernetes_clean.py",
+    "runner/postgres/test_incremental_units.py",
     "runner/repository/test_audit_units.py",
     "runner/repository/test_immutability.py",
     "runner/repository/test_retention.py",

@@ -539,6 +539,20 @@ def test_runner_args_per_schedule() -> None:
     ]
 
 
+def test_incremental_physical_schedules_pass_the_chain_flags() -> None:
+    body = policy_body("00-local-demo")
+    schedule = body["spec"]["schedules"][0]
+    schedule.update(method="physical", incremental=True)
+    policy = BackupPolicy.from_body(body)
+    args = backup.runner_args(policy, policy.spec.schedules[0])
+    assert args[:5] == ["backup", "postgres", "--method", "physical", "--incremental"]
+    assert "--full-every" not in args  # the runner's default, 7d
+    schedule["fullEvery"] = "72h"
+    policy = BackupPolicy.from_body(body)
+    args = backup.runner_args(policy, policy.spec.schedules[0])
+    assert args[4:7] == ["--incremental", "--full-every", "3d"]
+
+
 def test_method_defaults_to_the_targets_default() -> None:
     body = policy_body("00-local-demo")
     del body["spec"]["schedules"][0]["method"]

@@ -298,12 +298,31 @@ class Schedule(SpecModel):
     """Only these tables (logical PostgreSQL backups), e.g. hot tables backed up hourly."""
     retention: Retention | None = None
     """Retention of this schedule's backups (default: spec.retention)."""
+    incremental: StrictBool | None = None
+    """method: physical only: store only the data files' chunks that changed since this
+    schedule's previous physical backup (a chain of incrementals on a full backup;
+    restore assembles and verifies the chain; retention keeps whole chains). Not with
+    spec.encryption."""
+    full_every: PositiveDuration | None = None
+    """With incremental: take a full backup once the chain's full backup is this old
+    (default 7d)."""
 
     cel_rules = (
         Rule(
             "!has(self.tables) || !has(self.method) || self.method == 'logical'",
             "tables can only be used with method: logical",
             lambda s: s.tables is None or s.method in (None, BackupMethod.LOGICAL),
+        ),
+        Rule(
+            "!has(self.incremental) || !self.incremental"
+            " || (has(self.method) && self.method == 'physical')",
+            "incremental can only be used with method: physical",
+            lambda s: not s.incremental or s.method == BackupMethod.PHYSICAL,
+        ),
+        Rule(
+            "!has(self.fullEvery) || (has(self.incremental) && self.incremental)",
+            "fullEvery can only be used with incremental: true",
+            lambda s: s.full_every is None or s.incremental is True,
         ),
     )
 
@@ -377,6 +396,13 @@ class BackupPolicySpec(SpecModel):
             " || self.schedules.all(s, !has(s.tables))",
             "tables can only be listed for a postgres target",
             lambda p: p.target.postgres is not None or all(s.tables is None for s in p.schedules),
+        ),
+        Rule(
+            "!has(self.encryption)"
+            " || self.schedules.all(s, !has(s.incremental) || !s.incremental)",
+            "incremental backups cannot be encrypted (the backup side could not read the "
+            "previous backup's file index)",
+            lambda p: p.encryption is None or not any(s.incremental for s in p.schedules),
         ),
         Rule(
             "!has(self.archive) || !self.repository.url.startsWith('file://')",

@@ -222,6 +222,10 @@ def runner_args(policy: BackupPolicy, schedule: Schedule) -> list[str]:
         if method is BackupMethod.LOGICAL:
             for table in schedule.tables or ():
                 args += ["--table", table]
+        elif schedule.incremental:
+            args += ["--incremental"]
+            if schedule.full_every is not None:
+                args += ["--full-every", formats.format_duration(schedule.full_every)]
     elif policy.spec.target.kubernetes is not None:
         args += kubernetes_args(policy.spec.target.kubernetes)
     args += _codec_args(policy)

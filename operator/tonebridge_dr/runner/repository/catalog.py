@@ -435,6 +435,7 @@ class Repository:
         )
         for backup_id in protected:
             reasons[backup_id] = ["in-use"]
+        _keep_dependencies(candidates, reasons)
         kept = [m.id for m in candidates if m.id in reasons]
         deleted = [m.id for m in candidates if m.id not in reasons]
         complete = {m.id for m in found} | set(unreadable)
@@ -485,6 +486,21 @@ class Repository:
             protected=protected,
             locked=locked,
         )
+
+
+def _keep_dependencies(
+    candidates: list[manifests.Manifest], reasons: dict[str, list[str]]
+) -> None:
+    """Keep every backup a kept backup builds on (an incremental's chain), with reason
+    `chain-of:<id>`: retention keeps whole chains, never a link in the middle."""
+    by_id = {m.id: m for m in candidates}
+    pending = [backup_id for backup_id in reasons if backup_id in by_id]
+    while pending:
+        kept = by_id[pending.pop()]
+        for other in kept.depends_on:
+            if other in by_id and other not in reasons:
+                reasons[other] = [f"chain-of:{kept.id}"]
+                pending.append(other)
 
 
 def candidate_of(manifest: manifests.Manifest) -> retention.Candidate:

@@ -157,6 +157,14 @@ class Manifest(_Model):
         return self.encryption is not None
 
     @property
+    def depends_on(self) -> tuple[str, ...]:
+        """Backups whose objects a restore of this one reads too (an incremental's chain)."""
+        chain = self.extra.get("incremental")
+        if not isinstance(chain, dict):
+            return ()
+        return tuple(str(other) for other in chain.get("depends_on") or ())
+
+    @property
     def size_bytes(self) -> int:
         """Stored bytes of all objects."""
         return sum(entry.size for entry in self.objects)

@@ -143,7 +143,7 @@ def _value(row: Any) -> str:
     return str(value)
 
 
-def _server_facts(info: connection.ConnInfo) -> tuple[str, int, int, str]:
+def server_facts(info: connection.ConnInfo) -> tuple[str, int, int, str]:
     """(version, major, wal segment size, system identifier) over a replication connection."""
     replication = info.with_params(replication="true")
     with connection.connect(replication, autocommit=True, purpose="source server") as conn:
@@ -162,12 +162,30 @@ def _server_facts(info: connection.ConnInfo) -> tuple[str, int, int, str]:
     return version, major, _segment_size(_value(seg_row)), _value(ident_row)
 
 
+def basebackup_argv(
+    pg_basebackup: str, info: connection.ConnInfo, checkpoint: str, label: str
+) -> list[str]:
+    """pg_basebackup writing one tar (WAL fetched into it) to stdout."""
+    return [
+        pg_basebackup,
+        "--dbname",
+        info.without_secrets(),
+        "--no-password",
+        "--pgdata=-",
+        "--format=tar",
+        "--wal-method=fetch",
+        "--verbose",
+        f"--checkpoint={checkpoint}",
+        f"--label={label}",
+    ]
+
+
 def backup_physical(repo: Repository, dsn: str, options: PhysicalBackupOptions) -> Manifest:
     """Take a base backup of the cluster at `dsn` into a new backup in `repo`."""
     if options.checkpoint not in ("fast", "spread"):
         raise errors.UsageError(f"checkpoint must be fast or spread, not {options.checkpoint!r}")
     info = connection.ConnInfo.parse(dsn)
-    version, major, segment_size, system_id = _server_facts(info)
+    version, major, segment_size, system_id = server_facts(info)
     pg_basebackup = tools.tool("pg_basebackup", major)
     tool_versions = {"pg_basebackup": tools.version(pg_basebackup)}
 
@@ -181,18 +199,7 @@ def backup_physical(repo: Repository, dsn: str, options: PhysicalBackupOptions) 
         schedule=options.schedule,
     ) as writer:
         label = f"tonebridge-dr {writer.id}"
-        argv = [
-            pg_basebackup,
-            "--dbname",
-            info.without_secrets(),
-            "--no-password",
-            "--pgdata=-",
-            "--format=tar",
-            "--wal-method=fetch",
-            "--verbose",
-            f"--checkpoint={options.checkpoint}",
-            f"--label={label}",
-        ]
+        argv = basebackup_argv(pg_basebackup, info, options.checkpoint, label)
         log.info("physical backup %s of %s to %s", writer.id, info.masked(), repo.url)
         with process.ToolProcess(
             argv, env=info.child_env(), stdout=process.PIPE, scrub=info.scrub
@@ -205,7 +212,7 @@ def backup_physical(repo: Repository, dsn: str, options: PhysicalBackupOptions) 
                 tool.check()
 
             writer.put_object(BASE_OBJECT, stream())
-        wal, extra = _wal_range(sniffer.label, tool.stderr_lines, segment_size)
+        wal, extra = wal_range(sniffer.label, tool.stderr_lines, segment_size)
         extra.update(
             {
                 "system_identifier": system_id,
@@ -221,7 +228,7 @@ def backup_physical(repo: Repository, dsn: str, options: PhysicalBackupOptions) 
         )
 
 
-def _wal_range(
+def wal_range(
     label_text: str | None, stderr_lines: list[str], segment_size: int
 ) -> tuple[WalRange, dict[str, Any]]:
     """Start from backup_label (fallback: verbose output), stop from the verbose output."""

@@ -16,9 +16,11 @@ Secret can serve restores into several databases of a server.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tonebridge_dr.api import formats
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres import connection
 from tonebridge_dr.runner.engines.restoretest import options as test_options
@@ -108,6 +110,21 @@ def add_backup_arguments(parser: argparse.ArgumentParser) -> None:
         default="fast",
         help="physical: checkpoint mode at the start of the base backup (default fast)",
     )
+    _add(
+        parser,
+        "--incremental",
+        action="store_true",
+        help="physical: store only the data that changed since the schedule's previous "
+        "physical backup (a full one when there is none or its chain is too old)",
+    )
+    _add(
+        parser,
+        "--full-every",
+        default=None,
+        metavar="DURATION",
+        help="physical --incremental: take a full backup once the chain's full is this old "
+        "(default 7d)",
+    )
 
 
 def run_backup(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,25 +135,32 @@ def run_backup(args: argparse.Namespace) -> dict[str, Any]:
             raise errors.UsageError("--table needs --method logical")
         if args.no_globals or args.role_passwords:
             raise errors.UsageError("--no-globals/--role-passwords need --method logical")
-    elif args.checkpoint != "fast":
-        raise errors.UsageError("--checkpoint needs --method physical")
+    elif args.checkpoint != "fast" or args.incremental:
+        raise errors.UsageError("--checkpoint/--incremental need --method physical")
+    if args.full_every is not None and not args.incremental:
+        raise errors.UsageError("--full-every needs --incremental")
+    full_every = _full_every(args.full_every)
     storage = open_storage(repo_from_env(args.repo))
     storage.check()  # a missing bucket fails before the database is touched
     if args.method == "physical":
         from tonebridge_dr.runner.engines.postgres import basebackup
 
-        manifest = basebackup.backup_physical(
-            _repository(storage),
-            dsn,
-            basebackup.PhysicalBackupOptions(
-                checkpoint=args.checkpoint,
-                compression=args.compression,
-                level=args.level,
-                encrypt_to=args.encrypt_to,
-                storage_class=args.storage_class,
-                schedule=args.schedule,
-            ),
+        physical = basebackup.PhysicalBackupOptions(
+            checkpoint=args.checkpoint,
+            compression=args.compression,
+            level=args.level,
+            encrypt_to=args.encrypt_to,
+            storage_class=args.storage_class,
+            schedule=args.schedule,
         )
+        if args.incremental:
+            from tonebridge_dr.runner.engines.postgres import incremental
+
+            manifest = incremental.backup_incremental(
+                _repository(storage), dsn, physical, full_every=full_every
+            )
+        else:
+            manifest = basebackup.backup_physical(_repository(storage), dsn, physical)
     else:
         from tonebridge_dr.runner.engines.postgres import dump
 
@@ -155,6 +179,18 @@ def run_backup(args: argparse.Namespace) -> dict[str, Any]:
             ),
         )
     return manifest.result()
+
+
+def _full_every(text: str | None) -> dt.timedelta:
+    if text is None:
+        return dt.timedelta(days=7)
+    try:
+        value = formats.parse_duration(text)
+    except ValueError as exc:
+        raise errors.UsageError(f"--full-every: {exc}") from None
+    if value <= dt.timedelta(0):
+        raise errors.UsageError("--full-every must be positive")
+    return value
 
 
 def _repository(storage: Storage) -> Repository:

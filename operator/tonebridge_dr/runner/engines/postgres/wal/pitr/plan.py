@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tonebridge_dr.runner import errors
+from tonebridge_dr.runner.engines.postgres import incremental
 from tonebridge_dr.runner.engines.postgres.wal import catalog, naming
 from tonebridge_dr.runner.repository.catalog import Repository
 from tonebridge_dr.runner.repository.manifest import Manifest, format_time
@@ -81,6 +82,11 @@ class Target:
         elif self.lsn is not None:
             value = naming.format_lsn(self.lsn)
         return {"type": self.kind, "value": value}
+
+
+def is_base_backup(manifest: Manifest) -> bool:
+    """A physical backup a restore can start from: a `base.tar`, or a chain member."""
+    return manifest.object(BASE_OBJECT) is not None or incremental.is_chain_member(manifest)
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -226,7 +232,7 @@ class _Planner:
         found = [
             m
             for m in self.repo.list_backups(engine="postgres", method="physical")
-            if m.wal is not None and m.object(BASE_OBJECT) is not None
+            if m.wal is not None and is_base_backup(m)
         ]
         if not found:
             raise RecoveryTargetUnreachable(
@@ -239,7 +245,7 @@ class _Planner:
         target = self.options.target
         if self.options.backup_id is not None:
             backup = self.repo.get(self.options.backup_id)
-            if backup.wal is None or backup.object(BASE_OBJECT) is None:
+            if backup.wal is None or not is_base_backup(backup):
                 raise errors.UsageError(f"backup {backup.id} is not a physical base backup")
             timeline = self.recovery_timeline(backup.wal.timeline)
             path = self.path_of(timeline)

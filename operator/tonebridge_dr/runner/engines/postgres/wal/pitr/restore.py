@@ -2,9 +2,11 @@
 
 The data directory must be empty (or `overwrite`). `base.tar` is
 streamed from the repository (SHA-256 verified; a bad object removes what
-was extracted), then `recovery.signal` is written and `postgresql.auto.conf`
-gets restore_command (`wal-fetch --repo URL --allow-partial %f %p`), the
-target, `recovery_target_action = 'promote'`, `recovery_target_timeline`,
+was extracted); an incremental backup is assembled from its chain instead
+(`assemble`: every chunk verified before it is written), then
+`recovery.signal` is written and `postgresql.auto.conf` gets restore_command
+(`wal-fetch --repo URL --allow-partial %f %p`), the target,
+`recovery_target_action = 'promote'`, `recovery_target_timeline`,
 `archive_mode = 'off'` unless `keep_archiving` (a restored copy must not
 archive a new timeline into the source's archive unless asked to), and the
 `settings` given (`--set`: meant to stay, for every later server too).
@@ -42,6 +44,7 @@ from typing import Any
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.engines.postgres.wal import fetch
 from tonebridge_dr.runner.engines.postgres.wal import tiering as wal_tiering
+from tonebridge_dr.runner.engines.postgres.wal.pitr import assemble
 from tonebridge_dr.runner.engines.postgres.wal.pitr.base import extract_base, prepare_dir
 from tonebridge_dr.runner.engines.postgres.wal.pitr.plan import (
     BASE_OBJECT,
@@ -106,6 +109,9 @@ def restore_physical(repo: Repository, options: RestoreOptions) -> dict[str, Any
     plan = plan_restore(repo, options)
     # An archived base backup (or WAL) fails here, before the data directory is touched.
     tiering.require_readable(repo, plan.backup, wal_tiering.restore_needs(repo, plan.backup))
+    if plan.backup.object(BASE_OBJECT) is None:
+        for member in assemble.chain_of(repo, plan.backup)[:-1]:
+            tiering.require_readable(repo, member)
     log.info(
         "restoring backup %s to %s (timeline %d, WAL %s .. %s)",
         plan.backup.id,
@@ -117,13 +123,19 @@ def restore_physical(repo: Repository, options: RestoreOptions) -> dict[str, Any
     created = prepare_dir(data_dir, options.overwrite)
     began = time.monotonic()
     try:
-        stream = repo.read_object(
-            plan.backup,
-            BASE_OBJECT,
-            decrypt_key=options.decrypt_key,
-            passphrase=options.passphrase,
-        )
-        raw_bytes = extract_base(stream, data_dir)
+        if plan.backup.object(BASE_OBJECT) is None:  # an incremental: assembled from its chain
+            raw_bytes = assemble.assemble(
+                repo, plan.backup, data_dir,
+                decrypt_key=options.decrypt_key, passphrase=options.passphrase,
+            )
+        else:
+            stream = repo.read_object(
+                plan.backup,
+                BASE_OBJECT,
+                decrypt_key=options.decrypt_key,
+                passphrase=options.passphrase,
+            )
+            raw_bytes = extract_base(stream, data_dir)
     except BaseException:
         for entry in list(data_dir.iterdir()) if data_dir.is_dir() else []:
             if entry.is_dir() and not entry.is_symlink():
