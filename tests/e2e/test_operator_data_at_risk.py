@@ -1,6 +1,6 @@
 """The WAL archiving condition and NoBackupYet, end to end: a real PostgreSQL archiving
-with `archive_command` into moto S3, a physical base backup, the operator as a real process asking the server's
-archiver every second.
+with `archive_command` into moto S3, a physical base backup, the operator as a real
+process asking the server's archiver every second.
 
 - archiving breaks (archive_command fails): WALArchiving turns False, reason
   ArchivingFailing, naming the failed segment; repaired, it is True again (the RPO
