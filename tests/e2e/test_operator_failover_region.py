@@ -100,6 +100,21 @@ def _cli_json(moto_server: str, *args: str) -> Any:
     return json.loads(done.stdout)
 
 
+def _zone(moto_server: str) -> tuple[Any, str]:
+    """A moto Route 53 client and a fresh tonebridge.io. zone where RECORD is a CNAME to
+    OLD_VALUE (TTL 300): what production points at before a failover."""
+    route53 = boto3.client("route53", endpoint_url=moto_server, region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+    zone = str(route53.create_hosted_zone(
+        Name="tonebridge.io.", CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
+    ).split("/")[-1]
+    route53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [{
+        "Action": "UPSERT", "ResourceRecordSet": {
+            "Name": RECORD, "Type": "CNAME", "TTL": 300,
+            "ResourceRecords": [{"Value": OLD_VALUE}]}}]})
+    return route53, zone
+
+
 def _dsn(server: PgServer) -> str:
     return (f"host=127.0.0.1 port={server.port} user={server.user} dbname=postgres "
             f"password={server.password}")
@@ -147,15 +162,7 @@ def test_the_six_stage_region_plan_rehearses_end_to_end(
     primary = pg_factory.start("fp-region-primary")
     standby = pg_factory.start_standby(primary, "fp-region-standby")
     wait_for(lambda: _in_recovery(standby), 60, message="the standby to run")
-    route53 = boto3.client("route53", endpoint_url=moto_server, region_name="us-east-1",
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
-    zone = str(route53.create_hosted_zone(
-        Name="tonebridge.io.", CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
-    ).split("/")[-1]
-    route53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [{
-        "Action": "UPSERT", "ResourceRecordSet": {
-            "Name": RECORD, "Type": "CNAME", "TTL": 300,
-            "ResourceRecords": [{"Value": OLD_VALUE}]}}]})
+    route53, zone = _zone(moto_server)
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "tonebridge-postgres"},
                "spec": {"selector": {"app": "postgres", "region": "ap-northeast-1"},
                         "ports": [{"port": 5432}]}}
@@ -248,15 +255,7 @@ def test_automatic_failover_promotes_switches_rolls_out_and_updates_dns(
     primary = pg_factory.start("fp-auto-primary")
     standby = pg_factory.start_standby(primary, "fp-auto-standby")
     wait_for(lambda: _in_recovery(standby), 60, message="the standby to run")
-    route53 = boto3.client("route53", endpoint_url=moto_server, region_name="us-east-1",
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
-    zone = str(route53.create_hosted_zone(
-        Name="tonebridge.io.", CallerReference=uuid.uuid4().hex)["HostedZone"]["Id"]
-    ).split("/")[-1]
-    route53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [{
-        "Action": "UPSERT", "ResourceRecordSet": {
-            "Name": RECORD, "Type": "CNAME", "TTL": 300,
-            "ResourceRecords": [{"Value": OLD_VALUE}]}}]})
+    route53, zone = _zone(moto_server)
     standby_pods = _workload("Deployment", "postgres-standby")
     standby_pods["spec"]["template"]["metadata"]["labels"] = {"app": "postgres-standby",
                                                               "role": "standby"}
