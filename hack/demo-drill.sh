@@ -22,7 +22,7 @@ TIMEOUT="${DEMO_TIMEOUT:-180}"
 BEGAN="$(date +%s)"
 
 say() { printf '\n\033[1m==> %s\033[0m  (%ss)\n' "$*" "$(( $(date +%s) - BEGAN ))"; }
-die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # die, free_port, stop_pid
 
 [[ -x "${TBDR}" ]] || die "no ${TBDR}: run 'make venv' first"
 [[ "$(id -u)" == "0" ]] || die "the drill needs root (the node agent uses mount namespaces)"
@@ -46,20 +46,12 @@ fi
 [[ -n "${PG_BIN}" && -x "${PG_BIN}/initdb" ]] || die "PostgreSQL server binaries not found (set TONEBRIDGE_DR_PG_BIN)"
 
 as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; }
-free_port() {
-  "${PY}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 cleanup() {
   local status=$?
   set +e
   trap - EXIT INT TERM
   say "tearing down"
-  if [[ -n "${OPERATOR_PID}" ]] && kill -0 "${OPERATOR_PID}" 2>/dev/null; then
-    kill -TERM "${OPERATOR_PID}" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 "${OPERATOR_PID}" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "${OPERATOR_PID}" 2>/dev/null
-  fi
+  stop_pid "${OPERATOR_PID}"
   [[ -n "${SANDBOX_STARTED}" ]] && "${TBDR}" sandbox down --state-dir "${SANDBOX_DIR}" >/dev/null 2>&1
   [[ -n "${PG_STARTED}" ]] && as_pg "${PG_BIN}/pg_ctl" -D "${PG_ROOT}/data" -m fast -w stop >/dev/null 2>&1
   [[ -n "${CHECK_STARTED}" ]] && as_pg "${PG_BIN}/pg_ctl" -D "${CHECK_STARTED}" -m fast -w stop >/dev/null 2>&1

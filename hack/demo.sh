@@ -22,7 +22,7 @@ POLICY="demo-db"
 TIMEOUT="${DEMO_TIMEOUT:-180}"
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # die, free_port, stop_pid
 
 [[ -x "${TBDR}" ]] || die "no ${TBDR}: run 'make venv' first"
 
@@ -53,20 +53,12 @@ as_pg() {  # PostgreSQL refuses to run as root: use the postgres OS user then
   fi
 }
 
-free_port() {
-  "${PY}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 cleanup() {
   local status=$?
   set +e
   trap - EXIT INT TERM
   say "tearing down"
-  if [[ -n "${OPERATOR_PID}" ]] && kill -0 "${OPERATOR_PID}" 2>/dev/null; then
-    kill -TERM "${OPERATOR_PID}" 2>/dev/null
-    for _ in $(seq 1 50); do kill -0 "${OPERATOR_PID}" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "${OPERATOR_PID}" 2>/dev/null
-  fi
+  stop_pid "${OPERATOR_PID}"
   if [[ -n "${SANDBOX_STARTED}" ]]; then
     "${TBDR}" sandbox down --state-dir "${SANDBOX_DIR}" >/dev/null 2>&1
   fi
