@@ -230,9 +230,48 @@ def test_wal_after_a_physical_backup_is_the_recovery_point_and_says_so() -> None
         "the newest recovery point, WAL up to segment 00000001000000000000000B at "
         "2024-01-15T02:30:00Z after physical backup p1, is 5m old, within the RPO of 1h")
     assert status.recovery_point == at(30)
-    # a full backup newer than the WAL wins; a tie goes to the backup
-    point = find_recovery_point((*backups, full("f2", 30)), chain)
+    # a full backup newer than the WAL wins; a tie goes to the WAL past the backup
+    point = find_recovery_point((*backups, full("f2", 31)), chain)
     assert point is not None and (point.source, point.backup.id) == ("backup", "f2")
+    point = find_recovery_point((*backups, full("f2", 30)), chain)
+    assert point is not None and (point.source, point.backup.id) == ("wal", "p1")
+
+
+def test_wal_archived_in_the_second_the_backup_finished_still_follows_it() -> None:
+    """S3 LastModified has whole seconds (and another clock): a segment archived right
+    after the backup can look older than it. WAL past the backup's own is newer anyway."""
+    finished = T0 + timedelta(seconds=0.38)
+    base = BackupRecord("p1", "postgres", "physical", finished,
+                        wal=WalStart(timeline=1, first_segno=10))
+    chain = wal_chain_end(base, [seg(10, 0), seg(11, 0)])
+    assert chain == WalChainEnd("p1", "00000001000000000000000B", finished)
+    point = find_recovery_point((base,), chain)
+    assert point is not None and (point.source, point.segment) == (
+        "wal", "00000001000000000000000B")
+    assert point.time == finished
+    # a newer full backup still wins; one finished in the same instant does not
+    newer = find_recovery_point((base, full("f1", 1)), chain)
+    assert newer is not None and (newer.source, newer.backup.id) == ("backup", "f1")
+    for other in ("a", "z"):  # whatever its name
+        same = find_recovery_point((base, BackupRecord(other, "postgres", "logical",
+                                                       finished)), chain)
+        assert same is not None and (same.source, same.backup.id) == ("wal", "p1")
+
+
+def test_wal_a_backup_needs_for_itself_adds_nothing_to_it() -> None:
+    """A backup without its own WAL needs the archive from its start segment; WAL up to
+    its stop segment only makes it consistent, the chain extends it only past that."""
+    base = BackupRecord("p1", "postgres", "physical", at(10),
+                        wal=WalStart(timeline=1, first_segno=5, stop_segno=7))
+    inside = wal_chain_end(base, [seg(5, 2), seg(6, 5), seg(7, 9)])
+    assert inside == WalChainEnd("p1", "000000010000000000000007", at(9),
+                                 extends_backup=False)
+    point = find_recovery_point((base,), inside)
+    assert point is not None and (point.source, point.time) == ("backup", at(10))
+    past = wal_chain_end(base, [seg(5, 2), seg(6, 5), seg(7, 9), seg(8, 10)])
+    assert past == WalChainEnd("p1", "000000010000000000000008", at(10))
+    point = find_recovery_point((base,), past)
+    assert point is not None and (point.source, point.time) == ("wal", at(10))
 
 
 def test_the_newest_physical_backup_decides_the_wal_chain() -> None:

@@ -51,6 +51,13 @@ class WalStart:
     start segment, or the one after its stop segment when the backup carries its own WAL."""
     segment_size: int = 16 * 1024 * 1024
     """The server's wal_segment_size (positions and names of segments depend on it)."""
+    stop_segno: int | None = None
+    """Position of the backup's own last segment (the one holding its stop position);
+    None: the one before `first_segno` (the backup carries its own WAL)."""
+
+    @property
+    def last_backup_segno(self) -> int:
+        return self.first_segno - 1 if self.stop_segno is None else self.stop_segno
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,11 @@ class WalChainEnd:
     segment: str
     """Name of the last segment of the chain (`....partial` when it ends with one)."""
     time: datetime
-    """When that segment was archived."""
+    """When that segment was archived; never before the base backup finished once the
+    chain reaches past the backup's own WAL (see `wal_chain_end`)."""
+    extends_backup: bool = True
+    """Whether the chain reaches past the backup's own last segment (then it restores
+    everything the backup does and more)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,11 @@ def wal_chain_end(base: BackupRecord, objects: Iterable[WalObject]) -> WalChainE
     Objects of other timelines and before the first needed segment are skipped.
     A `.partial` ends the chain only when no later segment exists (otherwise that
     segment is missing, like a restore would find).
+
+    The time of a chain that reaches past the backup's own last segment is never before
+    the backup finished: that WAL restores everything the backup does and more, while the
+    archive time an object store reports has whole seconds (S3 LastModified) and comes
+    from another clock, so a segment archived right after the backup can look older.
     """
     if base.wal is None:
         return None
@@ -184,20 +200,27 @@ def wal_chain_end(base: BackupRecord, objects: Iterable[WalObject]) -> WalChainE
     end = partial or last
     if end is None:
         return None
-    return WalChainEnd(backup_id=base.id, segment=end.name, time=end.archived_at)
+    extends = end.segno > base.wal.last_backup_segno
+    time = max(end.archived_at, base.finished_at) if extends else end.archived_at
+    return WalChainEnd(backup_id=base.id, segment=end.name, time=time, extends_backup=extends)
 
 
 def find_recovery_point(
     backups: Sequence[BackupRecord], chain: WalChainEnd | None
 ) -> RecoveryPoint | None:
-    """The newer of the newest full backup and the end of the WAL chain (a backup wins a
-    tie); None without a full backup. `chain` counts only when the physical base backup
-    it follows is among `backups` (retained)."""
+    """The newer of the newest full backup and the end of the WAL chain; None without a
+    full backup. A tie goes to the chain when it reaches past its backup's own WAL (then
+    the server's archiver can tell what is at risk after it), else to the backup.
+    `chain` counts only when the physical base backup it follows is among `backups`
+    (retained)."""
     full = newest_full_backup(backups)
     point = RecoveryPoint(full.finished_at, "backup", full) if full is not None else None
     if chain is not None:
         base = next((b for b in backups if b.id == chain.backup_id and b.is_full
                      and b.wal is not None), None)
-        if base is not None and (point is None or chain.time > point.time):
+        if base is not None and (
+            point is None or chain.time > point.time
+            or (chain.time == point.time and chain.extends_backup)
+        ):
             point = RecoveryPoint(chain.time, "wal", base, chain.segment)
     return point

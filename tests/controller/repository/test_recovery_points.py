@@ -248,3 +248,40 @@ def test_a_missing_first_segment_leaves_the_physical_backup_itself(
     assert point is not None and (point.source, point.backup.id) == ("backup", base)
     rpo = _rpo(summary, point.time + dt.timedelta(minutes=2))
     assert f"physical backup {base} at " in rpo.message
+
+
+def test_wal_archived_right_after_a_backup_follows_it_whatever_the_store_clock_says(
+    s3_repo_url: str, moto_server: str
+) -> None:
+    """moto (like S3) reports LastModified in whole seconds, from its own clock: a backup
+    whose host clock runs ahead finishes "after" the WAL archived behind it. The chain past
+    the backup's own WAL is still the recovery point, never older than the backup."""
+    bucket = s3_repo_url.removeprefix("s3://").split("/", 1)[0]
+    config = S3Config("AKIAWRITE", "write-secret", endpoint_url=moto_server)
+    storage = open_storage(f"s3://{bucket}/repo/p", s3=config)
+    repo = Repository(storage)
+    policy, secrets = _s3_policy(moto_server, bucket, wal=True)
+    ahead = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2.5)
+    with repo.begin(engine="postgres", method="physical", now=ahead) as writer:
+        writer.put_object("base.tar", [b"tar"])
+        base = writer.commit(
+            databases=[], server_version="16.0", tools={},
+            wal=WalRange(start_lsn="0/3000028", stop_lsn="0/3000100", timeline=1,
+                         start_wal_file=naming.segment_name(1, 3, MB16),
+                         stop_wal_file=naming.segment_name(1, 3, MB16)),
+            extra={"wal_segment_size": MB16, "wal_method": None},
+            finished_at=ahead,
+        )
+    _segment(storage, 1, 3)  # the backup's own WAL: consistency only
+    summary = catalog.CatalogReader().read(policy, secrets).summary
+    assert summary.wal_chain is not None and not summary.wal_chain.extends_backup
+    point = freshness.find_recovery_point_of(summary)
+    assert point is not None and point.source == "backup"
+
+    following = _segment(storage, 1, 4)
+    summary = catalog.CatalogReader().read(policy, secrets).summary
+    assert summary.wal_chain is not None and summary.wal_chain.segment == following
+    assert summary.newest_wal_time is not None and summary.newest_wal_time < ahead
+    point = freshness.find_recovery_point_of(summary)
+    assert point is not None and (point.source, point.backup.id) == ("wal", base.id)
+    assert point.time == base.finished_at

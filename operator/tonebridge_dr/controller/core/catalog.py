@@ -365,6 +365,7 @@ def _wal_start(manifest: Manifest) -> recoverypoint.WalStart | None:
         timeline=manifest.wal.timeline,
         first_segno=stop + 1 if included else start,
         segment_size=size,
+        stop_segno=stop,
     )
 
 
