@@ -19,6 +19,13 @@ COPY operator ./operator
 RUN python -m venv /opt/tonebridge-dr \
  && /opt/tonebridge-dr/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/tonebridge-dr/bin/pip install --no-cache-dir /src
+# The compiled front door of wal-push / wal-fetch, next to the venv's python (where
+# `restore postgres` looks for it; archive_command may name it too: docs/wal-archiving.md).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && cc -O2 -Wall -Wextra -Werror -std=c11 -o /opt/tonebridge-dr/bin/tonebridge-dr-walfast \
+      operator/tonebridge_dr/runner/engines/postgres/wal/walfast.c \
+ && rm -rf /var/lib/apt/lists/*
 
 FROM ${PYTHON_IMAGE}
 # Supported PostgreSQL majors (the runner picks /usr/lib/postgresql/<major>/bin matching
@@ -63,7 +70,8 @@ RUN set -eu; \
           || { echo "missing /usr/lib/postgresql/${major}/bin/${tool}" >&2; exit 1; }; \
       done; \
     done; \
-    for tool in redis-server redis-check-rdb redis-cli gpg zstd git tonebridge-dr; do \
+    for tool in redis-server redis-check-rdb redis-cli gpg zstd git tonebridge-dr \
+                tonebridge-dr-walfast; do \
       command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }; \
     done; \
     tonebridge-dr --help >/dev/null

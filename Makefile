@@ -4,6 +4,10 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The compiled front door of wal-push / wal-fetch (next to the venv's python, where
+# `restore postgres` looks for it).
+WALFAST := $(BIN)/tonebridge-dr-walfast
+WALFAST_SRC := operator/tonebridge_dr/runner/engines/postgres/wal/walfast.c
 
 .PHONY: deps venv test unit lint crds controlplane demo demo-drill bench e2e-kind image clean
 
@@ -11,7 +15,7 @@ STAMP := $(VENV)/.installed
 deps:
 	bash hack/install-deps.sh
 
-venv: $(STAMP)
+venv: $(STAMP) $(WALFAST)
 
 # The venv is built from the system Python so that other OS users (the
 # PostgreSQL server's, for archive_command) can execute the CLI.
@@ -20,6 +24,9 @@ $(STAMP): pyproject.toml | deps
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
+
+$(WALFAST): $(WALFAST_SRC) | $(STAMP)
+	$(CC) -O2 -Wall -Wextra -Werror -std=c11 -o $@ $<
 
 controlplane: deps
 	bash hack/controlplane/build.sh

@@ -86,9 +86,13 @@ from tonebridge_dr.runner.engines.postgres.wal import spool  # noqa: E402
 STANZA = "bench"
 DB = "bench"
 PEERS = ("ours", "pgbackrest", "barman")
-WAL_METHODS = ("ours", "ours-light", "pgbackrest-sync", "pgbackrest-async", "barman")
+WAL_METHODS = ("ours", "ours-light", "ours-walfast", "pgbackrest-sync", "pgbackrest-async",
+               "barman")
 MiB = 1024 * 1024
 LIGHT_COMMAND = f"{sys.executable} {spool.__file__}"
+#: The compiled front door (wal/walfast.c, built by make venv) before the command it hands
+#: misses to: what docs/wal-archiving.md recommends and what `restore postgres` writes.
+WALFAST = str(Path(sys.executable).parent / spool.WALFAST_NAME)
 
 
 def as_postgres(argv: Sequence[str]) -> list[str]:
@@ -316,6 +320,7 @@ class Bench:
         """method -> (archive_command, restore_command) into fresh archives named `tag`."""
         ours = self.folder(f"ours-wal-{tag}")
         light = self.folder(f"ours-light-wal-{tag}")
+        walfast = self.folder(f"ours-walfast-wal-{tag}")
         out: dict[str, tuple[str, str]] = {
             "ours": (f"{WAL_COMMAND} wal-push --repo {ours.as_uri()} %p",
                      f"{WAL_COMMAND} wal-fetch --repo {ours.as_uri()} %f %p"),
@@ -323,6 +328,9 @@ class Bench:
             # entry point, which answers a prefetched segment without importing the package.
             "ours-light": (f"{LIGHT_COMMAND} wal-push --repo {light.as_uri()} %p",
                            f"{LIGHT_COMMAND} wal-fetch --repo {light.as_uri()} %f %p"),
+            "ours-walfast": (
+                f"{WALFAST} {WAL_COMMAND} wal-push --repo {walfast.as_uri()} %p",
+                f"{WALFAST} {LIGHT_COMMAND} wal-fetch --repo {walfast.as_uri()} %f %p"),
         }
         for mode in ("sync", "async"):
             repo = self.folder(f"pgbackrest-wal-{tag}-{mode}")
@@ -393,21 +401,31 @@ class Bench:
             shutil.copy2(self.server.datadir / "PG_VERSION", root)
             subprocess.run(["chown", "-R", "postgres:postgres", str(root)], check=True)
         lines = ["set -e", f"cd {root}", "echo $$ > postmaster.pid"]
+        times = root / "call-times"
         for name in segments:
             call = command.replace("%f", name).replace("%p", "pg_wal/RECOVERYXLOG")
-            lines += [call, "rm pg_wal/RECOVERYXLOG"]
+            # each call's start and end ($EPOCHREALTIME: bash 5, microseconds)
+            lines += [f"t=$EPOCHREALTIME; {call}; echo $t $EPOCHREALTIME >> {times}",
+                      "rm pg_wal/RECOVERYXLOG"]
         script.write_text("\n".join(lines) + "\n")
         os.chmod(script, 0o755)
         env = dict(self.env, TONEBRIDGE_DR_WAL_PREFETCH="16")
         result = measure(as_postgres(["bash", str(script)]), env)
         result.pop("stdout")
+        calls = sorted(float(end) - float(start) for start, end in (
+            line.split() for line in times.read_text().splitlines()))
         if tool == "ours":
             from tonebridge_dr.runner.engines.postgres.wal import fetch
 
             fetch.stop_prefetcher(wal)
         shutil.rmtree(root, ignore_errors=True)
         return {"segments": len(segments), "seconds": round(result["wall"], 2),
-                "segments_per_s": round(len(segments) / result["wall"], 2)}
+                "segments_per_s": round(len(segments) / result["wall"], 2),
+                # per restore_command call, ms: where a slow fetch loses its time
+                "call_ms": {"median": round(statistics.median(calls) * 1000, 1),
+                            "p90": round(calls[int(len(calls) * 0.9)] * 1000, 1),
+                            "max": round(calls[-1] * 1000, 1),
+                            "over_50ms": sum(c > 0.05 for c in calls)}}
 
 
 def _round(result: dict[str, Any]) -> dict[str, Any]:

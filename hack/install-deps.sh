@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tonebridge-dr's demo and tests need, when missing:
-# PostgreSQL 15 (server, client, contrib), Redis, GnuPG, zstd, make, python3-venv,
+# PostgreSQL 15 (server, client, contrib), Redis, GnuPG, zstd, make, gcc + libc6-dev (the
+# compiled front door of wal-push / wal-fetch, walfast.c), python3-venv,
 # util-linux (unshare, for the sandbox's node agent), git (the Git copy of kubernetes
 # backups), pgBackRest and barman-cli-cloud (the peers bench/peers.py measures against).
 # A no-op when all are present.
 set -euo pipefail
 
-packages=(postgresql postgresql-contrib redis-server gnupg zstd make python3-venv util-linux procps git pgbackrest barman-cli-cloud)
+packages=(postgresql postgresql-contrib redis-server gnupg zstd make gcc libc6-dev python3-venv util-linux procps git pgbackrest barman-cli-cloud)
 need=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")

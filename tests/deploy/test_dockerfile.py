@@ -181,7 +181,7 @@ def test_every_checked_program_is_installed_for_every_supported_major() -> None:
             # the server package depends on the client package of its major
             assert f"postgresql-{kind}{major}" in packages or (
                 kind and f"postgresql-{major}" in packages), (program, major)
-    for program in sorted(on_path - {"tonebridge-dr"}):
+    for program in sorted(on_path - {"tonebridge-dr", "tonebridge-dr-walfast"}):
         assert program in PACKAGE_OF, f"{program}: add its Debian package to PACKAGE_OF"
         assert PACKAGE_OF[program] in packages, f"{program}: {PACKAGE_OF[program]} not installed"
 
@@ -192,3 +192,11 @@ def test_image_runs_the_operator_as_a_numeric_non_root_user() -> None:
     assert user and int(user[-1][0]) != 0, "the chart's runAsNonRoot needs a numeric USER"
     assert re.search(r'^ENTRYPOINT \["tonebridge-dr"\]$', text, re.MULTILINE)
     assert "image:" in (ROOT / "Makefile").read_text() and Path(DOCKERFILE).is_file()
+
+
+def test_the_image_builds_the_compiled_front_door_where_restore_looks_for_it() -> None:
+    text = _dockerfile()
+    assert re.search(r"cc .*-o /opt/tonebridge-dr/bin/tonebridge-dr-walfast", text)
+    assert "operator/tonebridge_dr/runner/engines/postgres/wal/walfast.c" in text
+    _, on_path = checked_programs(text)
+    assert "tonebridge-dr-walfast" in on_path  # the final check fails a build without it

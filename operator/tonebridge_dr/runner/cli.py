@@ -477,6 +477,7 @@ def _check_archive_command(command: str) -> dict[str, Any]:
 def _check(args: argparse.Namespace) -> Outcome:
     from tonebridge_dr.runner.repository.catalog import Repository
 
+    archive: dict[str, Any] | None = None
     if args.archive_command is not None:
         archive = _check_archive_command(args.archive_command)
         if not (args.repo or os.environ.get(runner_contract.ENV_REPO)):
@@ -491,6 +492,8 @@ def _check(args: argparse.Namespace) -> Outcome:
         "backups": len(manifests),
         "latest": manifests[-1].id if manifests else None,
     }
+    if archive is not None:
+        data["archive_command"] = archive
     dsn = args.dsn or os.environ.get(runner_contract.ENV_DSN)
     wanted = parse_duration(args.archive_timeout).total_seconds() if args.archive_timeout else None
     if dsn:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.pg_wal import WAL_COMMAND
+from tests.fixtures.pg_wal import WAL_COMMAND, WALFAST
 from tests.fixtures.postgres import chown_postgres, clean_env
 
 RUNUSER = shutil.which("runuser") or "/usr/sbin/runuser"
@@ -86,3 +86,19 @@ def test_a_program_behind_a_closed_folder_names_the_folder(tmp_path: Path,
     done = check_as_postgres(f"{program} wal-push %p", TONEBRIDGE_DR_REPO="file:///tmp")
     assert done.returncode == 3
     assert f"user postgres cannot execute {program}: it cannot enter {closed}" in done.stderr
+
+
+def test_behind_the_compiled_front_door_both_programs_are_checked(
+    tmp_path: Path, postgres_runs_cli: None
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    chown_postgres(repo)
+    url = repo.as_uri()
+    done = check_as_postgres(f"{WALFAST} {WAL_COMMAND} wal-push %p", TONEBRIDGE_DR_REPO=url)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["archive_command"]["program"] == WALFAST
+    # what it hands on to must resolve too (exit 127 at the first spool miss otherwise)
+    behind = check_as_postgres(f"{WALFAST} tonebridge-dr wal-push %p", TONEBRIDGE_DR_REPO=url)
+    assert behind.returncode == 3
+    assert "'tonebridge-dr' is not on the PATH of user postgres" in behind.stderr

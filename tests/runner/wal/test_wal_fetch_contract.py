@@ -5,7 +5,9 @@ PostgreSQL takes any status up to 125 for "the archive has no such file": it end
 recovery there and promotes. An error answered with 1 (Python's status for an uncaught
 exception) silently drops every transaction after that point, so every failure class is
 checked here, through every entry point: the installed `tonebridge-dr`, `python -m
-...wal` and the light `python .../wal/spool.py` that pitr writes into restore_command.
+...wal`, the light `python .../wal/spool.py` that pitr writes into restore_command, and
+that behind the compiled front door `tonebridge-dr-walfast` (which pitr writes when it
+is installed).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tests.fixtures.pg_wal import (
     SMALL_SEGMENT,
     VENV_PYTHON,
     WAL_COMMAND,
+    WALFAST,
     segment_bytes,
     write_segment,
 )
@@ -42,6 +45,8 @@ ENTRY_POINTS = {
     "tonebridge-dr": [WAL_COMMAND],
     "python -m wal": [str(VENV_PYTHON), "-m", "tonebridge_dr.runner.engines.postgres.wal"],
     "spool.py": [str(VENV_PYTHON), spool.__file__],
+    # what restore postgres writes when the compiled front door is installed
+    "walfast": [WALFAST, str(VENV_PYTHON), spool.__file__],
 }
 #: The same, called in-process.
 IN_PROCESS: dict[str, Callable[[list[str]], int]] = {

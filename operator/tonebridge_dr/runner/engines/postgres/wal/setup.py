@@ -8,7 +8,8 @@ what to fix, one sentence per problem:
 1. the command runs `wal-push %p` (the WAL file's path is what the server passes);
 2. its program resolves like the server's shell would: on the user's PATH, or as given
    by an absolute path; and the user may execute it (the first folder on the way that
-   the user cannot enter is named: a venv under /root is the usual one);
+   the user cannot enter is named: a venv under /root is the usual one); behind the
+   compiled front door `tonebridge-dr-walfast`, the command after it too;
 3. the repository URL reaches it: `TONEBRIDGE_DR_REPO` in the environment, or set in the
    command itself (`env TONEBRIDGE_DR_REPO=... tonebridge-dr wal-push %p`);
 4. the repository can be written with the credentials that environment gives: a small
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tonebridge_dr.runner.contract import runner_contract
+from tonebridge_dr.runner.engines.postgres.wal import spool
 from tonebridge_dr.runner.storage import open_storage
 
 REPO_ENV = runner_contract.ENV_REPO
@@ -80,6 +82,25 @@ def _environment(extra: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _resolve(program: str, search_path: str, user: str) -> tuple[str | None, str | None]:
+    """(the path `program` resolves to like the server's shell would, the problem if any)."""
+    found = program if "/" in program else shutil.which(program, path=search_path)
+    if found is None:
+        return None, (
+            f"{program!r} is not on the PATH of user {user} ({search_path}): give its "
+            f"absolute path in archive_command, e.g. '{EXAMPLE}' (install it where that "
+            "user can execute it: pip install tonebridge-dr into /opt/tonebridge-dr)")
+    if (blocked := _blocking_folder(Path(found))) is not None:
+        return None, (
+            f"user {user} cannot execute {found}: it cannot enter {blocked} (chmod o+x "
+            f"{blocked}, or install the CLI elsewhere, e.g. /opt/tonebridge-dr)")
+    if not os.path.exists(found):
+        return None, f"{found} does not exist"
+    if not os.access(found, os.X_OK):
+        return None, f"user {user} cannot execute {found} (chmod o+x {found})"
+    return found, None
+
+
 def check_archive_command(command: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What `check --archive-command` reports: `ok`, `problems` (sentences), the program it
     resolved and the repository it would write to."""
@@ -95,27 +116,20 @@ def check_archive_command(command: str, env: Mapping[str, str] | None = None) ->
     if not words:
         problems.append(f"archive_command runs nothing: use e.g. '{EXAMPLE}'")
     else:
-        program = words[0]
         if "wal-push" not in words[1:] or "%p" not in words[1:]:
             problems.append(f"archive_command must run `wal-push %p` (got {command!r}), "
                             f"e.g. '{EXAMPLE}'")
         search_path = assignments.get("PATH", env.get("PATH", os.defpath))
-        found = program if "/" in program else shutil.which(program, path=search_path)
-        if found is None:
-            problems.append(
-                f"{program!r} is not on the PATH of user {user} ({search_path}): give its "
-                f"absolute path in archive_command, e.g. '{EXAMPLE}' (install it where that "
-                "user can execute it: pip install tonebridge-dr into /opt/tonebridge-dr)")
-        elif (blocked := _blocking_folder(Path(found))) is not None:
-            problems.append(
-                f"user {user} cannot execute {found}: it cannot enter {blocked} (chmod o+x "
-                f"{blocked}, or install the CLI elsewhere, e.g. /opt/tonebridge-dr)")
-        elif not os.path.exists(found):
-            problems.append(f"{found} does not exist")
-        elif not os.access(found, os.X_OK):
-            problems.append(f"user {user} cannot execute {found} (chmod o+x {found})")
-        else:
-            program_path = found
+        # The compiled front door runs the command after it when the spool cannot answer:
+        # both must resolve and be executable.
+        front_door = os.path.basename(words[0]) == spool.WALFAST_NAME
+        programs = words[:2] if front_door else words[:1]
+        for program in programs:
+            found, problem = _resolve(program, search_path, user)
+            if problem is not None:
+                problems.append(problem)
+            elif program_path is None:
+                program_path = found
     repo = assignments.get(REPO_ENV) or env.get(REPO_ENV)
     if not repo:
         problems.append(

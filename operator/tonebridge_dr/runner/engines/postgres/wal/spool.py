@@ -53,6 +53,8 @@ LOG = "prefetch.log"
 PUSHER_LOCK = "pusher.lock"
 PUSHER_LOG = "pusher.log"
 PUSHER_STOP = "pusher.stop"
+#: The compiled front door of these fast paths (walfast.c), installed next to the Python.
+WALFAST_NAME = "tonebridge-dr-walfast"
 PUSH_WAIT_ENV = "TONEBRIDGE_DR_WAL_PUSH_WAIT"
 DEFAULT_PUSH_WAIT = 60.0
 #: Seconds between two looks at the marker while waiting for the background pusher.

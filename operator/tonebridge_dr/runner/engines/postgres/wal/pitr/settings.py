@@ -70,17 +70,28 @@ def conf_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+def walfast_path() -> str | None:
+    """The compiled front door (wal/walfast.c) installed next to this Python (`make venv`,
+    the image), if any."""
+    from tonebridge_dr.runner.engines.postgres.wal import spool
+
+    path = os.path.join(os.path.dirname(sys.executable), spool.WALFAST_NAME)
+    return path if os.access(path, os.X_OK) else None
+
+
 def wal_command_prefix(explicit: str | None = None) -> str:
     """How PostgreSQL calls us: `explicit`, else $TONEBRIDGE_DR_WAL_COMMAND, else the light
     entry point (`<this python> .../wal/spool.py`: a prefetched segment is answered by
-    an interpreter start and a rename; anything else execs the full command)."""
+    an interpreter start and a rename; anything else execs the full command), behind
+    the compiled front door when it is installed (a prefetched segment then costs a
+    fork/exec and a rename; anything else execs the light entry point)."""
     from tonebridge_dr.runner.engines.postgres.wal import spool
 
-    return (
-        explicit
-        or os.environ.get(WAL_COMMAND_ENV)
-        or f"{shlex.quote(sys.executable)} {shlex.quote(spool.__file__)}"
-    )
+    if explicit or os.environ.get(WAL_COMMAND_ENV):
+        return explicit or os.environ[WAL_COMMAND_ENV]
+    light = f"{shlex.quote(sys.executable)} {shlex.quote(spool.__file__)}"
+    walfast = walfast_path()
+    return f"{shlex.quote(walfast)} {light}" if walfast else light
 
 
 def restore_command(repo_url: str, options: RestoreOptions) -> str:
