@@ -62,6 +62,19 @@ def _inject(repo: Repository, when: dt.datetime, schedule: str | None,
                              extra=extra, finished_at=when + dt.timedelta(seconds=5)).id
 
 
+def _inject_physical(repo: Repository, when: dt.datetime, schedule: str,
+                     depends_on: tuple[str, ...] = ()) -> str:
+    """A backdated physical backup; with `depends_on` an incremental reading those backups
+    (runner/engines/postgres/incremental.py records its chain in the manifest like this)."""
+    with repo.begin(engine="postgres", method="physical", schedule=schedule,
+                    now=when, heartbeat=0) as writer:
+        writer.put_object("base.tar", iter([b"backdated " + when.isoformat().encode()]))
+        extra = {"incremental": {"parent": depends_on[-1] if depends_on else None,
+                                 "depends_on": list(depends_on)}}
+        return writer.commit(databases=[], server_version="15", tools={}, extra=extra,
+                             finished_at=when + dt.timedelta(seconds=5)).id
+
+
 def _plan() -> retention.RetentionPlan:
     return retention.RetentionPlan(
         default=retention.Rule(retention.RetentionPolicy(keep_last=1,
@@ -198,14 +211,17 @@ def test_from_retention_locks_follow_the_rule_that_keeps_each_backup(
 ) -> None:
     """`objectLock.retainFor: fromRetention`: the operator's retention run locks each kept
     backup until the end of the longest rule keeping it (yearly: 2 -> two years from its
-    start); the backup the rules let go is deleted (it never had a longer lock)."""
+    start); the backup the rules let go is deleted (it never had a longer lock). The
+    newest backup is an incremental: the full backup it reads, kept only for its chain,
+    is locked as long as it."""
     s3_fixtures.s3_env(monkeypatch, moto_server)
     bucket = s3_fixtures.new_bucket(moto_server, object_lock=True)
     repo = Repository.open(f"s3://{bucket}/repo/pg")
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     yearly = _inject(repo, now.replace(year=now.year - 1, month=6, day=15), "daily-full")
     older = _inject(repo, now.replace(year=now.year - 2, month=6, day=15), "daily-full")
-    daily = _inject(repo, now - dt.timedelta(hours=1), "daily-full")
+    base = _inject_physical(repo, now - dt.timedelta(days=3), "daily-full")
+    daily = _inject_physical(repo, now - dt.timedelta(hours=1), "daily-full", (base,))
     ancient = now - dt.timedelta(days=4 * 365)  # beyond the default auditRetention (1095d)
     old_record = audit.write_record(repo.storage, audit.AuditRecord(
         operation="backup", started_at=ancient, finished_at=ancient, outcome=audit.SUCCEEDED,
@@ -219,8 +235,8 @@ def test_from_retention_locks_follow_the_rule_that_keeps_each_backup(
     op = operator_factory(namespace)
     policy = wait_for(lambda: _retention_ran(sandbox, namespace, "schedule"), 90,
                       message=lambda: op.log_tail())
-    assert "Extended the Object Lock of 2" in policy["status"]["retention"]["message"]
-    assert {m.id for m in repo.list_backups()} == {yearly, daily}  # `older`: not kept
+    assert "Extended the Object Lock of 3" in policy["status"]["retention"]["message"]
+    assert {m.id for m in repo.list_backups()} == {yearly, base, daily}  # `older`: not kept
     assert older not in {m.id for m in repo.list_backups()}
     assert not repo.storage.exists(old_record)  # the daily run applies auditRetention
     assert "1 audit record(s)" in policy["status"]["retention"]["message"]
@@ -238,6 +254,8 @@ def test_from_retention_locks_follow_the_rule_that_keeps_each_backup(
     for backup_id in (yearly, daily):
         two_years = started[backup_id].replace(year=started[backup_id].year + 2)
         assert abs(lock_of(backup_id) - two_years) < dt.timedelta(seconds=2), backup_id
+    # the chain's full backup: no rule of its own keeps it, its incremental's date does
+    assert lock_of(base) == lock_of(daily)
     # The operator's own audit record of the run is locked like what Jobs write.
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="repo/pg/audit/")
             .get("Contents", []) if "-prune-" in o["Key"]]

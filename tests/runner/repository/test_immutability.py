@@ -87,3 +87,17 @@ def test_naive_datetimes_are_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         immutability.retain_until(["daily"], dt.datetime(2026, 1, 1), RetentionPolicy(daily=1),
                                   now=NOW)
+
+
+def test_a_chain_link_is_locked_as_long_as_the_incremental_that_reads_it() -> None:
+    now = dt.datetime(2026, 12, 5, tzinfo=dt.UTC)
+    dates = {"full": now + dt.timedelta(days=2), "incr1": now + dt.timedelta(days=700),
+             "incr2": now + dt.timedelta(days=30), "alone": now + dt.timedelta(days=9)}
+    depends = {"incr1": ("full",), "incr2": ("full", "incr1", "incr2"), "alone": ()}
+    out = immutability.follow_dependencies(dates, depends)
+    assert out["full"] == now + dt.timedelta(days=700)  # the longest reader decides
+    assert out["incr1"] == now + dt.timedelta(days=700)  # never shortened by incr2
+    assert out["incr2"] == now + dt.timedelta(days=30)
+    assert out["alone"] == now + dt.timedelta(days=9)
+    # a link the dates do not name (kept only for the chain) gets the reader's date
+    assert immutability.follow_dependencies({"i": now}, {"i": ("f",)}) == {"i": now, "f": now}

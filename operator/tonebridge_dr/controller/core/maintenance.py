@@ -323,21 +323,29 @@ def _extend_locks(
     now: dt.datetime,
 ) -> int:
     """`objectLock.retainFor: fromRetention`: lock every kept backup until the end of the
-    longest rule that keeps it (runner/repository/immutability.py); never shortens a lock.
-    Returns how many backups got a later date."""
+    longest rule that keeps it, and every link of a chain as long as the incremental that
+    reads it (runner/repository/immutability.py); never shortens a lock. Returns how many
+    backups got a later date."""
     lock = policy.spec.repository.object_lock
     if lock is None or not lock.from_retention:
         return 0
     from tonebridge_dr.runner.repository import immutability
 
-    extended = 0
+    dates: dict[str, dt.datetime] = {}
     for manifest in kept:
         reasons = report.reasons.get(manifest.id)
         rule = plan.rule_for(candidate_of(manifest))
         if reasons is None or rule is None:
             continue
-        until = immutability.retain_until(reasons, manifest.started_at, rule.policy, now=now)
-        if immutability.extend_locks(repo, manifest.id, until, mode=lock.mode.value):
+        dates[manifest.id] = immutability.retain_until(reasons, manifest.started_at,
+                                                       rule.policy, now=now)
+    # a chain's links stay locked as long as the incremental that reads them
+    dates = immutability.follow_dependencies(dates, {m.id: m.depends_on for m in kept})
+    extended = 0
+    for manifest in kept:
+        until = dates.get(manifest.id)
+        if until is not None and immutability.extend_locks(repo, manifest.id, until,
+                                                           mode=lock.mode.value):
             extended += 1
     return extended
 

@@ -19,7 +19,9 @@ The date of a kept backup is the latest of:
 - always: `now` plus the rolling floor (FROM_RETENTION_INITIAL_LOCK). Reasons whose end
   no rule can foresee (`newest`, `last`, `no-rule`, anything unknown) get only this: the
   next run extends them again while they are kept, so a kept backup never stands
-  unlocked between two runs.
+  unlocked between two runs;
+- for a backup another kept backup builds on (an incremental's chain): that backup's
+  date too (`follow_dependencies`), so no link is unlocked while its chain is locked.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.contract import runner_contract
@@ -90,6 +92,22 @@ def retain_until(
     if policy.min_age is not None:
         candidates.append(started + policy.min_age)
     return max(candidates)
+
+
+def follow_dependencies(
+    dates: Mapping[str, dt.datetime], depends_on: Mapping[str, Sequence[str]]
+) -> dict[str, dt.datetime]:
+    """`dates` (backup id -> lock date) with every backup locked at least as long as each
+    backup that reads its objects (`Manifest.depends_on`: an incremental's whole chain).
+    A full backup kept only as a link of a chain has no period rule of its own (reason
+    `chain-of:<id>`): without this it would stay locked for the rolling floor while the
+    incremental that needs it is locked for years, and could be deleted under it."""
+    out = dict(dates)
+    for backup_id, until in dates.items():
+        for other in depends_on.get(backup_id, ()):
+            if other != backup_id and (other not in out or out[other] < until):
+                out[other] = until
+    return out
 
 
 def extend_locks(
