@@ -107,7 +107,8 @@ class ToolError(DRError):
 
 
 class ConflictError(DRError):
-    """A write would overwrite different existing content (e.g. a WAL segment pushed twice)."""
+    """A write would overwrite different existing content (e.g. a WAL segment pushed twice),
+    or a delete would take objects another backup reads (a link of an incremental chain)."""
 
     exit_code = 13
     reason = "Conflict"

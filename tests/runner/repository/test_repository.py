@@ -505,6 +505,21 @@ def test_delete_backup_removes_manifest_first(repo_url: str) -> None:
         repo.delete_backup(m.id)
 
 
+def test_a_link_of_an_incremental_chain_is_not_deleted_under_it(repo_url: str) -> None:
+    repo = Repository(open_storage(repo_url))
+    full = write_backup(repo, {"base.tar": b"f"}, method="physical")
+    chain = {"incremental": {"parent": full.id, "depends_on": [full.id]}}
+    incr = write_backup(repo, {"base.tar": b"i"}, method="physical", extra=chain,
+                        now=T0 + dt.timedelta(hours=1))
+    with pytest.raises(errors.ConflictError, match=f"chain of incremental backup.s. {incr.id}"):
+        repo.delete_backup(full.id)
+    assert [b.id for b in repo.list_backups()] == [full.id, incr.id]  # nothing deleted
+    assert len(keys(repo, f"base/{full.id}/")) == 2  # still whole: manifest + base.tar
+    repo.delete_backup(incr.id)  # newest first
+    repo.delete_backup(full.id)
+    assert repo.list_backups() == []
+
+
 def test_interrupted_delete_never_leaves_a_dangling_manifest(repo_url: str) -> None:
     storage = Recording(open_storage(repo_url), fail_delete_number=2)
     repo = Repository(storage)

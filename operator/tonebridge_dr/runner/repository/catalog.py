@@ -381,6 +381,10 @@ class Repository:
     def delete_backup(self, backup_id: str) -> None:
         """Delete a backup: its manifest first, then its objects.
 
+        Refused (ConflictError, nothing deleted) while another backup reads its objects
+        (an incremental's chain): delete the incrementals first, newest first, or let
+        retention remove the whole chain.
+
         Safe to retry: a delete interrupted after the manifest went leaves a folder
         without manifest, which a second call (or `prune`) finishes.
         """
@@ -388,6 +392,13 @@ class Repository:
         infos = list(self.storage.list(manifests.backup_prefix(backup_id)))
         if not infos:
             raise self._not_found(f"backup {backup_id}")
+        readers = sorted(m.id for m in self.list_backups()
+                         if m.id != backup_id and backup_id in m.depends_on)
+        if readers:
+            raise errors.ConflictError(
+                f"backup {backup_id} is part of the chain of incremental backup(s) "
+                f"{', '.join(readers)}, which read its objects: delete those first (newest "
+                "first), or let retention remove the whole chain")
         self._delete_folder(backup_id, [info.key for info in infos])
         log.info("deleted backup %s (%d objects)", backup_id, len(infos))
 
