@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -28,6 +29,7 @@ from tonebridge_dr.runner import errors
 from tonebridge_dr.runner.repository import Repository
 from tonebridge_dr.runner.repository import catalog as catalog_mod
 from tonebridge_dr.runner.repository.retention import RetentionPolicy
+from tonebridge_dr.runner.storage import open_storage
 from tonebridge_dr.runner.storage.local import LocalStorage
 
 UTC = dt.UTC
@@ -301,3 +303,28 @@ def test_abort_says_what_it_could_not_remove(
 
 def test_the_default_grace_and_heartbeat_fit_together() -> None:
     assert catalog_mod.DEFAULT_ORPHAN_GRACE.total_seconds() >= catalog_mod.CLAIM_HEARTBEAT * 5
+
+
+def test_a_write_whose_empty_folder_a_delete_removes_meanwhile_still_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the 20-writer test hit once in CI: a writer creates base/<id>/, another
+    process's delete removes that folder while it is still empty (`_drop_empty_folders`),
+    then the writer's temp file has no folder. The real rmdir runs in exactly that window
+    here, twice; the write creates the folder again and lands."""
+    storage = open_storage(tmp_path.as_uri())
+    real_mkstemp = tempfile.mkstemp
+    removed: list[str] = []
+
+    def mkstemp_after_a_rmdir(*args: object, **kwargs: object) -> tuple[int, str]:
+        folder = Path(str(kwargs["dir"]))
+        if len(removed) < 2:
+            folder.rmdir()  # what a concurrent delete of its last key does
+            removed.append(str(folder))
+        return real_mkstemp(*args, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr("tonebridge_dr.runner.storage.local.tempfile.mkstemp",
+                        mkstemp_after_a_rmdir)
+    storage.put_bytes("base/20261205T134612Z/.claim-x", b"claim")
+    assert len(removed) == 2
+    assert storage.get_bytes("base/20261205T134612Z/.claim-x") == b"claim"

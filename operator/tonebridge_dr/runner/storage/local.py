@@ -37,6 +37,8 @@ def _check_key(key: str) -> None:
 _PART_RE = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.part")
 
 _SYNC_FILE_RANGE_WRITE = 2
+#: Attempts to create a temp file whose folder a concurrent delete keeps removing.
+_TEMP_ATTEMPTS = 5
 _sync_file_range: Callable[[int, int, int, int], int] | None = None
 
 
@@ -110,8 +112,7 @@ class LocalStorage(base.Storage):
     ) -> int:
         path = self._path(key)
         with _os_errors("store", key, self.url):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            fd, tmp = self._temp_file(path)
         size = 0
         try:
             out = os.fdopen(fd, "wb")
@@ -142,6 +143,23 @@ class LocalStorage(base.Storage):
             Path(tmp).unlink(missing_ok=True)
             raise
         return size
+
+    @staticmethod
+    def _temp_file(path: Path) -> tuple[int, str]:
+        """A temp file next to `path`, creating its folder. Another process's delete may
+        remove the folder while it is still empty (`_drop_empty_folders`: a prune, or a
+        writer withdrawing its claim from a shared folder) between the mkdir and the
+        create: then the folder is created again. Once the temp file is in it, the folder
+        is not empty and stays."""
+        for _ in range(_TEMP_ATTEMPTS - 1):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part",
+                                        dir=path.parent)
+            except FileNotFoundError:
+                continue  # the folder went between the two calls
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
 
     def get_stream(self, key: str) -> Iterator[bytes]:
         path = self._path(key)
