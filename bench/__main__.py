@@ -1,4 +1,5 @@
-"""`python -m bench [postgres|redis|wal|operator|restoretest|kubernetes|bucket|peers] [ARGS...]`
+"""`python -m bench [postgres|redis|wal|operator|restoretest|kubernetes|bucket|peers|wal-profile]
+[ARGS...]`
 (`make bench BENCH_ARGS=...`).
 
 - `postgres` (default): bench/pg_dump_bench.py, our logical backup vs pg_dump and the
@@ -13,6 +14,8 @@
 - `bucket`: bench/bucket_bench.py, bucket snapshots vs an `aws s3 sync`-equivalent copy.
 - `peers`: bench/peers.py, physical backups, restores, incrementals and WAL archiving vs
   pgBackRest and barman-cloud.
+- `wal-profile`: bench/wal_profile.py, the CPU of a WAL drain (ours vs pgBackRest async)
+  and a py-spy profile of our background pusher.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ def main(argv: list[str]) -> int:
         return pg_dump_bench.main(rest)
     scripts = {"redis": "redis_bench.py", "wal": "wal_bench.py", "operator": "operator_bench.py",
                "restoretest": "restoretest_bench.py", "kubernetes": "kubernetes_bench.py",
-               "bucket": "bucket_bench.py", "peers": "peers.py"}
+               "bucket": "bucket_bench.py", "peers": "peers.py",
+               "wal-profile": "wal_profile.py"}
     if name in scripts:
         script = HERE / scripts[name]
         sys.argv = [str(script), *rest]

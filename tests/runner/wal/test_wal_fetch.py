@@ -183,8 +183,10 @@ def test_a_file_taken_while_the_prefetcher_reads_wanted_is_not_downloaded_again(
 
 def _prefetcher_pid(data_dir: Path) -> int:
     folder = spool.prefetch_dir(str(data_dir / "pg_wal"))
-    wait_for(lambda: spool.prefetcher_running(folder), "the prefetcher to start")
-    return int(spool.read_text(os.path.join(folder, spool.LOCK)) or "0")
+    lock = os.path.join(folder, spool.LOCK)
+    # the lock is held from before the prefetcher starts; its pid follows
+    wait_for(lambda: (spool.read_text(lock) or "").isdigit(), "the prefetcher to start")
+    return int(spool.read_text(lock) or "0")
 
 
 def test_the_prefetcher_of_a_server_that_is_gone_exits(
@@ -222,3 +224,85 @@ def test_idle_is_measured_from_postgresql_requests_not_from_retries(
     assert Path(f"/proc/{pid}").exists()
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the idle prefetcher to exit", timeout=20)
     assert (data_dir / "recovery.signal").exists()
+
+
+def _prefetcher_thread(
+    folder: Path, repo_url: str, data_dir: Path, start: str, window: int = 2
+) -> threading.Thread:
+    settings = fetch.FetchSettings(repo_url, window=window, parallel=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / spool.REPO).write_text(repo_url)
+    runner = threading.Thread(
+        target=fetch.run_prefetcher, args=(folder, settings),
+        kwargs={"start": start, "segment_size": SMALL_SEGMENT, "data_dir": data_dir},
+    )
+    runner.start()
+    wait_for(lambda: spool.prefetcher_running(str(folder)), "the prefetcher to start")
+    return runner
+
+
+def test_a_call_the_prefetcher_has_not_served_yet_waits_for_it_instead_of_downloading(
+    file_repo_url: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL asks for a segment outside the prefetched window (it replays faster than
+    the window fills): the call does not start its own download in a new interpreter (the
+    slow path), it asks the running prefetcher, which fetches that segment first."""
+    names = _names(8)
+    _archive(file_repo_url, tmp_path / "src", names)
+    downloads: list[str] = []
+    real_download = fetch.download
+
+    def counting_download(archive: object, name: str, *args: object, **kwargs: object) -> object:
+        downloads.append(name)
+        return real_download(archive, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fetch, "download", counting_download)
+    folder = data_dir / "pg_wal" / spool.SPOOL_NAME / spool.PREFETCH
+    runner = _prefetcher_thread(folder, file_repo_url, data_dir, names[0])
+    try:
+        wait_for(lambda: _prefetched(data_dir) == set(names[1:3]), "the window")
+        monkeypatch.chdir(data_dir)
+        monkeypatch.setenv("TONEBRIDGE_DR_WAL_PREFETCH", "2")
+        # names[5]: beyond the window, nobody fetches it unless the call asks
+        answer = spool.fast_main(["wal-fetch", "--repo", file_repo_url, names[5],
+                                  "pg_wal/RECOVERYXLOG"])
+        assert answer == 0  # answered by the spool: no slow path, no download of its own
+        assert (data_dir / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment_bytes(
+            names[5], seed=5)
+        wait_for(lambda: _prefetched(data_dir) >= set(names[6:8]), "the window moved on")
+        time.sleep(0.5)  # many loops with the same `.waiting`: no second download of it
+        assert downloads.count(names[5]) == 1
+        assert names[5] not in _prefetched(data_dir)
+    finally:
+        (data_dir / "recovery.signal").unlink()
+        runner.join(30)
+    assert not runner.is_alive()
+
+
+def test_a_waited_for_segment_not_in_the_archive_goes_the_slow_way_at_once(
+    file_repo_url: str, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of the archive (recovery asks for the segment after the last): the
+    prefetcher says it could not get it, and the slow path answers "not found" (1)."""
+    names = _names(3)
+    _archive(file_repo_url, tmp_path / "src", names)
+    folder = data_dir / "pg_wal" / spool.SPOOL_NAME / spool.PREFETCH
+    runner = _prefetcher_thread(folder, file_repo_url, data_dir, names[0])
+    beyond = naming.next_segment(names[-1], SMALL_SEGMENT, 2)
+    try:
+        monkeypatch.chdir(data_dir)
+        began = time.monotonic()
+        spool.note_wanted(str(folder), beyond)  # what every call writes first
+        assert not spool.wait_for_prefetched(str(folder), beyond,
+                                             str(data_dir / "pg_wal" / "X"), file_repo_url)
+        assert time.monotonic() - began < 10  # not the 60 s wait
+        assert spool.read_text(str(folder / spool.FAILED)) == beyond
+        env = _env(file_repo_url, TONEBRIDGE_DR_WAL_PREFETCH="2")
+        done = run_wal("wal-fetch", beyond, "pg_wal/X", env=env, cwd=data_dir)
+        assert done.returncode == 1 and "not in the archive" in done.stderr
+        # another repository's call never waits on this prefetcher
+        assert not spool.wait_for_prefetched(str(folder), names[1], str(data_dir / "Y"),
+                                             "file:///elsewhere", timeout=30)
+    finally:
+        (data_dir / "recovery.signal").unlink()
+        runner.join(30)

@@ -198,6 +198,9 @@ def add_wal_prefetch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--decrypt-key", type=Path)
     parser.add_argument("--allow-partial", action="store_true")
+    parser.add_argument(
+        "--lock-fd", type=int, help="an inherited fd that already holds the prefetcher lock"
+    )
 
 
 def run_wal_prefetch(args: argparse.Namespace) -> int:
@@ -217,6 +220,7 @@ def run_wal_prefetch(args: argparse.Namespace) -> int:
         segment_size=args.segment_size,
         data_dir=args.data_dir,
         idle_exit=fetch.idle_exit_from_env(),
+        lock_fd=args.lock_fd,
     )
 
 

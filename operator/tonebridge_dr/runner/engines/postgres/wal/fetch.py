@@ -182,11 +182,21 @@ def ensure_prefetcher(
     """Start a prefetcher for the segments after `name` unless one runs. True if started."""
     folder = spool.prefetch_dir(str(dest.parent))
     try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        if spool.prefetcher_running(folder):
-            return False
         segment_size = dest.stat().st_size
+        lock_fd = spool.take_prefetcher_lock(folder)
     except OSError as exc:
+        log.warning("prefetch not started: %s", exc)
+        return False
+    if lock_fd is None:
+        return False  # one runs
+    try:
+        # Under the lock, before the prefetcher runs: the spool is this repository's, so
+        # the next calls can wait for the prefetcher while it starts.
+        if spool.read_text(os.path.join(folder, spool.REPO)) != settings.repo_url:
+            _clear(Path(folder))
+            Path(folder, spool.REPO).write_text(settings.repo_url)
+    except OSError as exc:
+        os.close(lock_fd)
         log.warning("prefetch not started: %s", exc)
         return False
     argv = spool.prefetcher_argv(
@@ -201,7 +211,7 @@ def ensure_prefetcher(
         allow_partial=settings.allow_partial,
     )
     spool.note_wanted(folder, name)
-    spool.start_prefetcher(folder, argv)
+    spool.start_prefetcher(folder, lock_fd, argv)
     return True
 
 
@@ -267,20 +277,19 @@ def run_prefetcher(
     segment_size: int,
     data_dir: Path,
     idle_exit: float = IDLE_EXIT,
+    lock_fd: int | None = None,
 ) -> int:
-    """Keep the window after the wanted segment filled; returns when not needed any more."""
-    import fcntl
-
+    """Keep the window after the wanted segment filled; returns when not needed any more.
+    `lock_fd`: an inherited fd that already holds the prefetcher lock (start_prefetcher)."""
     naming.check_segment_size(segment_size)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock_fd = os.open(folder / spool.LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+    if lock_fd is None:
+        lock_fd = spool.take_prefetcher_lock(str(folder))
+        if lock_fd is None:
             return 0  # another prefetcher is running
+    try:
         os.ftruncate(lock_fd, 0)
-        os.write(lock_fd, f"{os.getpid()}\n".encode())
+        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
         if spool.read_text(str(folder / spool.REPO)) != settings.repo_url:
             _clear(folder)
             (folder / spool.REPO).write_text(settings.repo_url)
@@ -306,9 +315,12 @@ def _prefetch_loop(
     inflight: dict[str, concurrent.futures.Future[catalog.ArchivedObject]] = {}
     missing: dict[str, float] = {}
     last_wanted: tuple[str, int] = ("", 0)
+    served: tuple[str | None, int] = (None, 0)  # the last `.waiting` request acted on
     last_request = time.monotonic()  # idle is PostgreSQL's idleness, not ours
     server_seen = time.monotonic()
-    pool = concurrent.futures.ThreadPoolExecutor(settings.parallel, thread_name_prefix="prefetch")
+    # one worker more than the window uses: a segment a call waits for starts at once
+    pool = concurrent.futures.ThreadPoolExecutor(settings.parallel + 1,
+                                                 thread_name_prefix="prefetch")
     try:
         while data_dir.is_dir() and _recovering(data_dir):
             now = time.monotonic()
@@ -319,6 +331,8 @@ def _prefetch_loop(
             elif now - server_seen > ORPHAN_EXIT:
                 log.info("no PostgreSQL runs on %s any more, exiting", data_dir)
                 return
+            waiting = spool.read_text(str(folder / spool.WAITING))
+            request = (waiting, _mtime_ns(folder / spool.WAITING))  # each wait writes anew
             for name, future in list(inflight.items()):
                 if not future.done():
                     continue
@@ -331,6 +345,8 @@ def _prefetch_loop(
                 except Exception as exc:  # restore_command reports it properly
                     log.warning("prefetch of %s failed: %s", name, exc)
                     missing[name] = now
+                if name in missing and name == waiting:
+                    _tell_failed(folder, name)  # the waiting call goes the slow way
             # Finished downloads first, then what is spooled, then what is wanted: a
             # download renames its file in before it counts as finished, and a call
             # writes `.wanted` before it moves its file out, so a file found missing
@@ -347,6 +363,17 @@ def _prefetch_loop(
                 naming.next_segment(wanted, segment_size, step)
                 for step in range(settings.window + 1)
             ]
+            if (request != served and waiting == wanted and wanted not in present
+                    and wanted not in inflight):
+                # A call waits for the segment it asked for: fetch it first, once per wait
+                # (after it took the file, the same `.waiting` must not fetch it again).
+                served = request
+                if wanted in missing and now - missing[wanted] < MISSING_RETRY:
+                    _tell_failed(folder, wanted)  # not in the archive a moment ago
+                else:
+                    inflight[wanted] = pool.submit(
+                        download, archive, wanted, folder / wanted, settings, durable=True
+                    )
             _clear(
                 folder,
                 keep=set(window) | {f".{name}.{os.getpid()}.tmp" for name in inflight},
@@ -370,16 +397,33 @@ def _prefetch_loop(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _tell_failed(folder: Path, name: str) -> None:
+    """Tell the call waiting for `name` that the prefetcher could not get it (best effort:
+    without it the call's own timeout ends the wait)."""
+    if spool.read_text(str(folder / spool.FAILED)) == name:
+        return
+    tmp = folder / f"{spool.FAILED}.{os.getpid()}.tmp"
+    with contextlib.suppress(OSError):
+        tmp.write_text(name)
+        os.replace(tmp, folder / spool.FAILED)
+
+
 def stop_prefetcher(wal_dir: Path, *, timeout: float = 10.0) -> None:
     """Stop a running prefetcher of this pg_wal (if any) and remove its spool."""
     import signal
 
     folder = Path(spool.prefetch_dir(str(wal_dir)))
+    deadline = time.monotonic() + timeout
     pid_text = spool.read_text(str(folder / spool.LOCK))
+    # A prefetcher holds its lock from before it starts (start_prefetcher): its pid is in
+    # the lock file a moment later.
+    while not (pid_text and pid_text.isdigit()) and spool.prefetcher_running(str(folder)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+        pid_text = spool.read_text(str(folder / spool.LOCK))
     if pid_text and pid_text.isdigit() and spool.prefetcher_running(str(folder)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(int(pid_text), signal.SIGTERM)
-        deadline = time.monotonic() + timeout
         while spool.prefetcher_running(str(folder)) and time.monotonic() < deadline:
             time.sleep(0.05)
     if folder.is_dir():

@@ -12,6 +12,9 @@ markers of the one it was copied from).
     pusher.stop         asks the running pusher to exit (archive_command changed repository)
     prefetch/<segment>  a prefetched, verified, fsynced segment waiting for PostgreSQL
     prefetch/.wanted    the segment PostgreSQL asked for last (the prefetcher follows it)
+    prefetch/.waiting   the segment a call waits for (it was not prefetched yet)
+    prefetch/.failed    the prefetcher could not get the waited-for segment: the call
+                        goes the slow way, which decides (not found, or an error)
     prefetch/.repo      the repository the prefetched files came from
     prefetch/.lock      flock()ed by the running prefetcher (holds its pid)
 
@@ -47,6 +50,8 @@ SPOOL_NAME = "tonebridge-dr"
 PUSHED = "pushed"
 PREFETCH = "prefetch"
 WANTED = ".wanted"
+WAITING = ".waiting"
+FAILED = ".failed"
 REPO = ".repo"
 LOCK = ".lock"
 LOG = "prefetch.log"
@@ -59,6 +64,10 @@ PUSH_WAIT_ENV = "TONEBRIDGE_DR_WAL_PUSH_WAIT"
 DEFAULT_PUSH_WAIT = 60.0
 #: Seconds between two looks at the marker while waiting for the background pusher.
 PUSH_POLL = 0.003
+FETCH_WAIT_ENV = "TONEBRIDGE_DR_WAL_FETCH_WAIT"
+DEFAULT_FETCH_WAIT = 60.0
+#: Seconds between two looks at the spool while waiting for the prefetcher.
+FETCH_POLL = 0.002
 
 _HEX = frozenset("0123456789ABCDEF")
 
@@ -340,6 +349,42 @@ def take_prefetched(spool: str, name: str, dest: str, repo_url: str) -> bool:
     return True
 
 
+def wait_for_prefetched(
+    spool: str, name: str, dest: str, repo_url: str, timeout: float | None = None
+) -> bool:
+    """True once the running prefetcher delivered `name` and it was moved to `dest`.
+
+    For a segment PostgreSQL asks for before the prefetcher has it: the call writes
+    `.waiting` and the prefetcher fetches that segment first (or finishes the download it
+    has in flight). False, and the caller takes the slow path, which decides and reports
+    everything, when no prefetcher of `repo_url` runs, when it exits, when it writes
+    `.failed` naming the segment (not in the archive, or an error), or after `timeout`
+    seconds (`TONEBRIDGE_DR_WAL_FETCH_WAIT`, default 60).
+    """
+    lock = os.path.join(spool, LOCK)
+    if read_text(os.path.join(spool, REPO)) != repo_url or not lock_held(lock):
+        return False
+    failed = os.path.join(spool, FAILED)
+    try:  # noqa: SIM105 - an answer about an earlier wait is no answer about this one
+        os.unlink(failed)
+    except OSError:
+        pass
+    try:
+        _write_atomic(os.path.join(spool, WAITING), name)
+    except OSError:
+        return False
+    limit = _env_float(FETCH_WAIT_ENV, DEFAULT_FETCH_WAIT) if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    while True:
+        if take_prefetched(spool, name, dest, repo_url):
+            return True
+        if read_text(failed) == name or time.monotonic() >= deadline:
+            return False
+        if not lock_held(lock):  # it exited; it may have delivered just before
+            return take_prefetched(spool, name, dest, repo_url)
+        time.sleep(FETCH_POLL)
+
+
 def lock_held(path: str) -> bool:
     """True while another process holds the flock() on `path`."""
     import fcntl
@@ -362,23 +407,44 @@ def prefetcher_running(spool: str) -> bool:
     return lock_held(os.path.join(spool, LOCK))
 
 
-def start_prefetcher(spool: str, argv: list[str]) -> None:
-    """Start the prefetcher detached (its own session), logging to `prefetch.log`."""
-    import subprocess
+def take_prefetcher_lock(spool: str) -> int | None:
+    """The fd holding the prefetcher's lock, or None when a prefetcher runs."""
+    import fcntl
 
     os.makedirs(spool, mode=0o700, exist_ok=True)
-    log = os.open(os.path.join(spool, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(os.path.join(spool, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        subprocess.Popen(
-            [sys.executable, "-m", "tonebridge_dr.runner.engines.postgres.wal", *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def start_prefetcher(spool: str, lock_fd: int, argv: list[str]) -> None:
+    """Start the prefetcher detached (its own session), logging to `prefetch.log`, handing
+    it the lock `lock_fd` (then closed here): from this moment on a prefetcher runs, so
+    PostgreSQL's next calls wait for it (`wait_for_prefetched`) while it starts, instead
+    of each downloading its own segment in a new interpreter."""
+    import subprocess
+
+    try:
+        log = os.open(os.path.join(spool, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            subprocess.Popen(
+                [sys.executable, "-m", "tonebridge_dr.runner.engines.postgres.wal", *argv,
+                 "--lock-fd", str(lock_fd)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=(lock_fd,),
+            )
+        finally:
+            os.close(log)
     finally:
-        os.close(log)
+        os.close(lock_fd)
 
 
 def prefetcher_argv(
@@ -484,14 +550,22 @@ def fast_main(argv: list[str]) -> int | None:
     if not os.path.isdir(folder):
         return None
     note_wanted(folder, name)
-    if not take_prefetched(folder, name, dest, repo):
-        return None
     window = _env_int("TONEBRIDGE_DR_WAL_PREFETCH", 16)
-    if window > 0 and not prefetcher_running(folder):
-        try:
-            size = os.stat(dest).st_size
+    if not take_prefetched(folder, name, dest, repo) and not (
+        window > 0 and wait_for_prefetched(folder, name, dest, repo)
+    ):
+        return None
+    # A prefetcher is only an optimisation: the file is delivered whatever happens here.
+    try:
+        size = os.stat(dest).st_size
+        lock_fd = take_prefetcher_lock(folder) if window > 0 else None
+    except OSError:
+        return 0
+    if lock_fd is not None:  # none runs: start one (the spool's .repo is this repository)
+        try:  # noqa: SIM105
             start_prefetcher(
                 folder,
+                lock_fd,  # start_prefetcher closes it, whatever happens
                 prefetcher_argv(
                     folder,
                     repo_url=repo,
@@ -505,7 +579,7 @@ def fast_main(argv: list[str]) -> int | None:
                 ),
             )
         except OSError:
-            pass  # the file is delivered; prefetching is only an optimisation
+            pass
     return 0
 
 
