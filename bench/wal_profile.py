@@ -2,6 +2,7 @@
 whole machine's CPU seconds of each method's drain (bench/README.md, issue #18).
 
     .venv/bin/python -m bench wal-profile [--segments 300] [--py-spy PATH] [--out DIR]
+    .venv/bin/python -m bench wal-profile --backup-mb 2048   # a full physical backup instead
 
 One private PostgreSQL 15 cluster with a backlog of `--segments` `.ready` segments (the
 same generator as bench/peers.py). For each method (ours through the compiled front
@@ -124,11 +125,50 @@ def drain(bench: Bench, command: str, segments: list[str]) -> dict[str, float]:
             "cpu_ms_per_segment": round(1000 * cpu / len(segments), 1)}
 
 
+def backup_profile(bench: Bench, py_spy: str, size_mb: int, out: Path) -> dict[str, Any]:
+    """One full physical backup of a `size_mb` MiB database (the first of an incremental
+    chain, as bench/peers.py takes it) under py-spy with its subprocesses (pg_basebackup's
+    time shows as the pipe reads that wait for it); CPU seconds of the whole machine."""
+    from bench.peers import DB, WAL_COMMAND
+    from bench.pg_dump_bench import generate
+
+    bench.server.execute("postgres", f"CREATE DATABASE {DB}")
+    generate(bench.server, DB, size_mb)
+    bench.archive_with(bench.archive_command("ours"))
+    bench.server.execute("postgres", "CHECKPOINT")
+    raw = out / "backup.txt"
+    began_cpu, began = cpu_seconds(), time.monotonic()
+    subprocess.run(
+        [py_spy, "record", "--rate", "100", "--format", "raw", "--output", str(raw),
+         "--subprocesses", "--nonblocking", "--", WAL_COMMAND, "backup", "postgres",
+         "--dsn", bench.server.dsn(), "--repo", bench.ours_repo.as_uri(), "--method",
+         "physical", "--incremental", "--compression", "zstd", "--level", "1",
+         "--schedule", "profile", "--json"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=bench.env)
+    return {"size_mb": size_mb, "seconds": round(time.monotonic() - began, 2),
+            "machine_cpu_s": round(cpu_seconds() - began_cpu, 2),
+            "lines": top_lines(raw)}
+
+
+def top_lines(raw: Path, count: int = 12) -> list[tuple[str, float]]:
+    """Samples by the innermost frame (function and line), in percent."""
+    lines: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if samples.isdigit():
+            lines[stack.split(";")[-1]] += int(samples)
+            total += int(samples)
+    return [(k, round(100 * v / total, 1)) for k, v in lines.most_common(count)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--segments", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--fetch-segments", type=int, default=64)
+    parser.add_argument("--backup-mb", type=int, default=0,
+                        help="instead: profile one full physical backup of this many MiB")
     parser.add_argument("--py-spy", default="/tmp/pyspy/bin/py-spy")
     parser.add_argument("--out", type=Path, default=Path("/tmp/wal-profile"))
     args = parser.parse_args(argv)
@@ -136,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(argparse.Namespace(size_mb=0, wal_methods=["ours-walfast", "pgbackrest-async"]))
     report: dict[str, Any] = {"drains": collections.defaultdict(list)}
     try:
+        if args.backup_mb:
+            report = {"backup": backup_profile(bench, args.py_spy, args.backup_mb, args.out)}
+            print(json.dumps(report, indent=2))
+            return 0
         set_archive_command(bench.server, "/bin/false")
         generate_backlog(bench.server, args.segments)
         segments = sorted(name[: -len(".ready")] for name in ready_files(bench.server))
