@@ -290,28 +290,37 @@ def start_pusher(wal_dir: str, lock_fd: int, argv: list[str]) -> int:
     lock is free between this call and the pusher running. Its log goes to
     `pusher.log`, cut when it exceeds 1 MiB. Returns the pusher's pid.
     """
-    import subprocess
-
     log_path = os.path.join(spool_root(wal_dir), PUSHER_LOG)
     try:
         if os.path.getsize(log_path) > 1024 * 1024:
             os.replace(log_path, f"{log_path}.1")
     except OSError:
         pass
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return _spawn_with_lock(log_path, lock_fd, argv)
+
+
+def _spawn_with_lock(log_path: str, lock_fd: int, argv: list[str]) -> int:
+    """`python -m ...wal ARGV --lock-fd N` detached (its own session), logging to
+    `log_path`, inheriting the locked open file `lock_fd` (closed here, whatever happens).
+    Returns the child's pid."""
+    import subprocess
+
     try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "tonebridge_dr.runner.engines.postgres.wal", *argv,
-             "--lock-fd", str(lock_fd)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=(lock_fd,),
-        )
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "tonebridge_dr.runner.engines.postgres.wal", *argv,
+                 "--lock-fd", str(lock_fd)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=(lock_fd,),
+            )
+        finally:
+            os.close(log)
     finally:
-        os.close(log)
         os.close(lock_fd)
     return child.pid
 
@@ -426,25 +435,7 @@ def start_prefetcher(spool: str, lock_fd: int, argv: list[str]) -> None:
     it the lock `lock_fd` (then closed here): from this moment on a prefetcher runs, so
     PostgreSQL's next calls wait for it (`wait_for_prefetched`) while it starts, instead
     of each downloading its own segment in a new interpreter."""
-    import subprocess
-
-    try:
-        log = os.open(os.path.join(spool, LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            subprocess.Popen(
-                [sys.executable, "-m", "tonebridge_dr.runner.engines.postgres.wal", *argv,
-                 "--lock-fd", str(lock_fd)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-                pass_fds=(lock_fd,),
-            )
-        finally:
-            os.close(log)
-    finally:
-        os.close(lock_fd)
+    _spawn_with_lock(os.path.join(spool, LOG), lock_fd, argv)
 
 
 def prefetcher_argv(
