@@ -38,12 +38,14 @@ def test_peers_quick_runs_every_tool_through_every_phase(
             assert report["incr"][f"{tool} ({change})"][0]["stored_mib"] > 0
     assert report["incr"]["ours (clustered)"][0]["stored_mib"] < report["full"]["ours"][0][
         "stored_mib"]
-    methods = {"ours", "ours-light", "pgbackrest-sync", "pgbackrest-async", "barman"}
+    methods = {"ours", "ours-light", "ours-walfast", "pgbackrest-sync", "pgbackrest-async",
+               "barman"}
     assert set(report["wal"]["drain"]) == methods
     assert set(report["wal"]["load"]) == methods
     assert set(report["wal"]["fetch"]) == methods - {"pgbackrest-sync"}
     backlog = report["wal"]["backlog"]["ready"]
     assert all(d["segments"] == backlog for d in report["wal"]["drain"].values())
     assert all(f["segments"] == 4 for f in report["wal"]["fetch"].values())
+    assert all(f["call_ms"]["median"] > 0 for f in report["wal"]["fetch"].values())
     assert report["versions"]["pgbackrest"].startswith("pgBackRest 2.")
     assert report["versions"]["barman-cloud"].startswith("barman-cloud-backup 3.")
