@@ -190,9 +190,11 @@ def test_escalation_levels_fire_once_each_after_their_delay() -> None:
     assert [lv.level for lv in due] == [1]
     told = fp.escalate(opened, problem=problem, notified=[1], now=_at(1))
     assert told.escalation is not None and told.escalation.opened_at == T0
-    assert fp.due_levels(told.escalation, _levels(), _at(29)) == []
-    assert [lv.level for lv in fp.due_levels(told.escalation, _levels(), _at(30))] == [2]
-    closed = fp.escalate(told, problem=None, notified=(), now=_at(31))
+    # opened_at is stored with whole seconds: the problem may have opened up to 1 s
+    # after it, so level 2 (30s) is due at 31 s, never early
+    assert fp.due_levels(told.escalation, _levels(), _at(30)) == []
+    assert [lv.level for lv in fp.due_levels(told.escalation, _levels(), _at(31))] == [2]
+    closed = fp.escalate(told, problem=None, notified=(), now=_at(32))
     assert closed.escalation is None
 
 

@@ -198,6 +198,10 @@ def position(status: FailoverPlanStatus | None) -> Position | None:
     return None
 
 
+#: Seconds of resolution of a time stored in a status (api.base.Time: whole seconds).
+STATUS_TIME_RESOLUTION = 1.0
+
+
 def _seconds(since: dt.datetime | None, now: dt.datetime) -> float:
     return max((now - since).total_seconds(), 0.0) if since is not None else 0.0
 
@@ -339,13 +343,21 @@ def due_levels(
     escalation: EscalationStatus, levels: Sequence[EscalationLevel], now: dt.datetime
 ) -> list[EscalationLevel]:
     """Levels whose `after` has passed since the problem opened and that were not
-    notified yet, lowest first."""
+    notified yet, lowest first.
+
+    `opened_at` comes back from the API server with whole seconds (api.base.Time): the
+    problem may have opened up to a second after it. A level with an `after` is due only
+    once `after` has passed even then (never early, at most a second late); `0s` is due
+    at once."""
     done = set(escalation.notified_levels or ())
     open_for = _seconds(escalation.opened_at, now)
-    return sorted(
-        (lv for lv in levels if lv.level not in done and lv.after.total_seconds() <= open_for),
-        key=lambda lv: lv.level,
-    )
+
+    def due(level: EscalationLevel) -> bool:
+        after = level.after.total_seconds()
+        return after <= 0 or after + STATUS_TIME_RESOLUTION <= open_for
+
+    return sorted((lv for lv in levels if lv.level not in done and due(lv)),
+                  key=lambda lv: lv.level)
 
 
 def escalate(
