@@ -300,6 +300,19 @@ def test_a_waited_for_segment_not_in_the_archive_goes_the_slow_way_at_once(
         env = _env(file_repo_url, TONEBRIDGE_DR_WAL_PREFETCH="2")
         done = run_wal("wal-fetch", beyond, "pg_wal/X", env=env, cwd=data_dir)
         assert done.returncode == 1 and "not in the archive" in done.stderr
+        # `.wanted` lost (a write that failed, or was removed under the call): the wait
+        # writes it again instead of waiting out its 60 s
+        further = naming.next_segment(beyond, SMALL_SEGMENT)
+        (folder / spool.WANTED).write_text(names[0])
+        began = time.monotonic()
+        assert not spool.wait_for_prefetched(str(folder), further,
+                                             str(data_dir / "pg_wal" / "X"), file_repo_url)
+        assert time.monotonic() - began < 10
+        # a call's temp file of `.wanted` / `.waiting` is never cleared under it
+        for temp in (".wanted.4242.tmp", ".waiting.4242.tmp"):
+            (folder / temp).write_text(further)
+        time.sleep(0.5)  # many loops of the prefetcher, each clearing what it does not keep
+        assert (folder / ".wanted.4242.tmp").exists() and (folder / ".waiting.4242.tmp").exists()
         # another repository's call never waits on this prefetcher
         assert not spool.wait_for_prefetched(str(folder), names[1], str(data_dir / "Y"),
                                              "file:///elsewhere", timeout=30)

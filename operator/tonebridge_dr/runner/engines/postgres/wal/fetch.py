@@ -256,10 +256,16 @@ def _clear(folder: Path, keep: set[str] | None = None, names: set[str] | None = 
     for name in _spooled(folder) if names is None else names:
         if name.startswith(".") and not name.endswith(".tmp"):
             continue  # .wanted/.repo/.lock
+        if name.startswith(_CALL_TEMP_PREFIXES):
+            continue  # a call writing .wanted / .waiting right now: never pull it away
         if name == spool.LOG or (keep is not None and name in keep):
             continue
         with contextlib.suppress(OSError):
             (folder / name).unlink()
+
+
+#: Temp files of the control files calls write (`_write_atomic`: `<name>.<pid>.tmp`).
+_CALL_TEMP_PREFIXES = (f"{spool.WANTED}.", f"{spool.WAITING}.", f"{spool.FAILED}.")
 
 
 def _spooled(folder: Path) -> set[str]:

@@ -384,11 +384,14 @@ def wait_for_prefetched(
         return False
     limit = _env_float(FETCH_WAIT_ENV, DEFAULT_FETCH_WAIT) if timeout is None else timeout
     deadline = time.monotonic() + limit
+    wanted = os.path.join(spool, WANTED)
     while True:
         if take_prefetched(spool, name, dest, repo_url):
             return True
         if read_text(failed) == name or time.monotonic() >= deadline:
             return False
+        if read_text(wanted) != name:  # the prefetcher serves `.waiting` = `.wanted` only
+            note_wanted(spool, name)
         if not lock_held(lock):  # it exited; it may have delivered just before
             return take_prefetched(spool, name, dest, repo_url)
         time.sleep(FETCH_POLL)
